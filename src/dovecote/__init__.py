@@ -1,0 +1,3 @@
+"""Dovecote: an XMPP server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+"""Configuration: one TOML file, validated into typed models.
+
+Every error names the key and the bad value, so `dovecote check-config` and a failing
+`dovecote serve` can print one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dovecote.jid import InvalidJID, prepare_domain
+
+DEFAULT_CONFIG_PATHS = (Path("dovecote.toml"), Path("/etc/dovecote/dovecote.toml"))
+ENV_CONFIG = "DOVECOTE_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for one line of output."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "dovecote")
+
+
+def _check_listen(value: str) -> str:
+    """'host:port', '[v6]:port' or '' (disabled)."""
+    if value == "":
+        return value
+    parse_listen(value)
+    return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+    return host, port
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+
+
+def _check_domain(value: str) -> str:
+    try:
+        return prepare_domain(value)
+    except InvalidJID as exc:
+        raise ValueError(f"invalid domain {value!r}: {exc}") from None
+
+
+Domain = Annotated[str, AfterValidator(_check_domain)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSection(_Section):
+    domains: list[Domain] = Field(default_factory=lambda: ["localhost"], min_length=1)
+    data_dir: str = Field(default_factory=_default_data_dir)
+    admins: list[str] = Field(default_factory=list)
+    #: Reported by XEP-0092 software version; false hides the operating system.
+    show_os: bool = True
+
+    @field_validator("domains")
+    @classmethod
+    def _unique(cls, domains: list[str]) -> list[str]:
+        if len(set(domains)) != len(domains):
+            raise ValueError("domains must not repeat")
+        return domains
+
+
+class ListenSection(_Section):
+    c2s: ListenAddress = "0.0.0.0:5222"
+    c2s_tls: ListenAddress = "0.0.0.0:5223"
+    s2s: ListenAddress = "0.0.0.0:5269"
+    http: ListenAddress = "0.0.0.0:5280"
+
+
+class TLSSection(_Section):
+    cert: str | None = None
+    key: str | None = None
+    #: RFC 6120 §5.3.1: STARTTLS is mandatory-to-negotiate before SASL unless disabled.
+    required: bool = True
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TLSSection:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key must be given together")
+        return self
+
+
+class StorageSection(_Section):
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme = url.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"unsupported storage url scheme {scheme!r} (sqlite or postgresql)")
+        return url
+
+
+class AuthSection(_Section):
+    scram_iterations: int = Field(default=4096, ge=4096)
+    #: Allow PLAIN (only ever offered over TLS).
+    allow_plain: bool = True
+
+
+class RegistrationSection(_Section):
+    open: bool = False
+
+
+class LimitsSection(_Section):
+    max_stanza_size: int = Field(default=262144, ge=10000)
+    #: Seconds a client may take from connecting to binding a resource.
+    negotiation_timeout: float = Field(default=60.0, gt=0)
+    #: Failed authentications from one address before the answers start to slow down.
+    auth_failures_before_delay: int = Field(default=3, ge=1)
+    max_auth_delay: float = Field(default=10.0, ge=0)
+
+
+class ServiceDomainSection(_Section):
+    domain: Domain | None = None
+
+
+class ModulesSection(_Section):
+    #: Modules to load in addition to the defaults.
+    enabled: list[str] = Field(default_factory=list)
+    #: Default modules to leave out.
+    disabled: list[str] = Field(default_factory=list)
+
+
+class LoggingSection(_Section):
+    level: str = "info"
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, level: str) -> str:
+        if level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(f"unknown log level {level!r}")
+        return level.lower()
+
+
+class Config(_Section):
+    server: ServerSection = Field(default_factory=ServerSection)
+    listen: ListenSection = Field(default_factory=ListenSection)
+    tls: TLSSection = Field(default_factory=TLSSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
+    registration: RegistrationSection = Field(default_factory=RegistrationSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    muc: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
+    pubsub: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
+    upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
+    modules: ModulesSection = Field(default_factory=ModulesSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    #: Where the file was read from (None: built-in defaults).
+    source: str | None = None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir).expanduser()
+
+    @property
+    def storage_url(self) -> str:
+        """The SQLAlchemy async URL (driver filled in)."""
+        url = self.storage.url or f"sqlite:///{self.data_path / 'dovecote.sqlite3'}"
+        return to_async_url(url)
+
+
+def to_async_url(url: str) -> str:
+    scheme, _sep, rest = url.partition(":")
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        return f"sqlite+aiosqlite:{rest}"
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg:{rest}"
+    return url
+
+
+def _format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    # Only the section/key path, not pydantic's internal function names.
+    key = ".".join(part for part in loc if not part.startswith("function-"))
+    if first["type"] == "extra_forbidden":
+        return f"unknown configuration key {key!r}"
+    value: Any = data
+    for part in first["loc"]:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            value = first.get("input")
+            break
+    message = first["msg"].removeprefix("Value error, ")
+    return f"invalid value {value!r} for {key!r}: {message}"
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the configuration.
+
+    Without a path: $DOVECOTE_CONFIG, ./dovecote.toml, /etc/dovecote/dovecote.toml, and
+    the built-in defaults (domain `localhost`) when none exists.
+    """
+    if path is None:
+        env = os.environ.get(ENV_CONFIG)
+        if env:
+            path = env
+        else:
+            path = next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str | None = None) -> Config:
+    if "source" in data:
+        raise ConfigError("unknown configuration key 'source'")
+    try:
+        return Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, data)) from None

@@ -1,0 +1,204 @@
+"""Routing (RFC 6120 §10): decide where a stanza goes and fire the matching event.
+
+Event names (handlers registered by modules, the core's defaults at the lowest priority):
+
+  iq/host/{type}/{ns}:{tag}   IQ get/set to a served domain (or with no 'to' and not
+                              handled as iq/bare)
+  iq/bare/{type}/{ns}:{tag}   IQ get/set to an account's bare JID (no 'to' = the sender's
+                              own account), answered by the server on its behalf
+  iq/host/result, iq/bare/result, iq/host/error ...: responses to the server
+  iq/full                     IQ to a full JID
+  message/host | message/bare | message/full
+  presence/host | presence/bare | presence/full
+  presence/broadcast          presence with no 'to' from a client (RFC 6121 §4.2, §4.4)
+  stanza/from-client          every stanza from a local client before it is routed
+  message/offline             a message to an account with no available resource
+
+The hot path (a message between two online users) touches no storage and no thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dovecote.jid import JID, InvalidJID
+from dovecote.stream.errors import StanzaError, error_reply
+from dovecote.xml import ns
+from dovecote.xml.element import Element
+
+if TYPE_CHECKING:
+    from dovecote.core.sessions import Session
+    from dovecote.server import Server
+
+log = logging.getLogger(__name__)
+
+
+class StanzaEvent:
+    """One stanza on its way, as handlers see it."""
+
+    __slots__ = ("origin", "sender", "server", "stanza", "to")
+
+    def __init__(
+        self, server: Server, stanza: Element, sender: JID, to: JID, origin: Session | None
+    ) -> None:
+        self.server = server
+        self.stanza = stanza
+        #: The stamped 'from' of the stanza.
+        self.sender = sender
+        #: Where it is going ('to', or the sender's bare JID / domain when absent).
+        self.to = to
+        #: The local session it came from (None: from the server itself or elsewhere).
+        self.origin = origin
+
+    @property
+    def type(self) -> str | None:
+        return self.stanza.attrs.get("type")
+
+    @property
+    def payload(self) -> Element | None:
+        """The child of an IQ get/set."""
+        return next(self.stanza.elements, None)
+
+    def reply(self, *children: Element, type: str = "result") -> None:
+        """Answer an IQ: same id, addresses swapped, from the addressed entity."""
+        attrs = {"type": type, "to": str(self.sender), "from": str(self.to)}
+        if "id" in self.stanza.attrs:
+            attrs["id"] = self.stanza.attrs["id"]
+        self.send_back(Element(self.stanza.tag, ns.CLIENT, attrs, list(children)))
+
+    def error(self, condition: str, text: str = "") -> None:
+        self.send_back(
+            self.server.router.make_error(
+                self.stanza, StanzaError(condition, text), to=self.sender, sender=self.to
+            )
+        )
+
+    def send_back(self, stanza: Element) -> None:
+        """Send to the sender: straight to the origin session when it is local."""
+        if self.origin is not None and self.origin.jid == self.sender:
+            self.origin.send(stanza)
+        else:
+            self.server.router.route_soon(stanza)
+
+
+class Router:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.events = server.events
+
+    # ---- building answers -----------------------------------------------------------
+    def make_error(
+        self,
+        stanza: Element,
+        error: StanzaError,
+        *,
+        to: JID | None = None,
+        sender: JID | None = None,
+    ) -> Element:
+        reply = error_reply(stanza, error)
+        if to is not None:
+            reply.attrs["to"] = str(to)
+        if sender is not None:
+            reply.attrs["from"] = str(sender)
+        return reply
+
+    def bounce(self, event: StanzaEvent, error: StanzaError) -> None:
+        """Answer with an error, unless the stanza is itself an error (RFC 6120 §8.3.1)."""
+        if event.type == "error":
+            return
+        if event.stanza.tag == "iq" and event.type == "result":
+            return
+        event.send_back(self.make_error(event.stanza, error, to=event.sender, sender=event.to))
+
+    # ---- routing ----------------------------------------------------------------------
+    def route_soon(self, stanza: Element) -> None:
+        """Route from synchronous code (a reply to a non-local sender, ...)."""
+        self.server.spawn(self.route(stanza))
+
+    async def route(self, stanza: Element, origin: Session | None = None) -> None:
+        """Route a stanza whose 'from' is already trustworthy."""
+        sender_text = stanza.attrs.get("from")
+        try:
+            sender = JID.parse(sender_text) if sender_text else JID(None, self.server.default_host)
+        except InvalidJID:
+            log.warning("dropping stanza with an invalid from: %r", sender_text)
+            return
+        to_text = stanza.attrs.get("to")
+        if to_text is None:
+            to = None
+        else:
+            try:
+                to = JID.parse(to_text)
+            except InvalidJID:
+                self.bounce(
+                    StanzaEvent(self.server, stanza, sender, sender.bare, origin),
+                    StanzaError("jid-malformed", f"invalid 'to' address {to_text!r}"),
+                )
+                return
+        event = StanzaEvent(
+            self.server, stanza, sender, to if to is not None else sender.bare, origin
+        )
+        try:
+            await self._dispatch(event, addressed=to is not None)
+        except StanzaError as exc:
+            self.bounce(event, exc)
+        except Exception:
+            log.exception("error while handling %s", stanza)
+            self.bounce(event, StanzaError("internal-server-error"))
+
+    async def _dispatch(self, event: StanzaEvent, addressed: bool) -> None:
+        kind = event.stanza.tag
+        to = event.to
+        server = self.server
+        if event.origin is not None:
+            if await self.events.fire("stanza/from-client", event):
+                return
+            if kind == "presence" and not addressed:
+                await self.events.fire("presence/broadcast", event)
+                return
+        if to.domain in server.hosts:
+            if to.local is None:
+                target = "host"
+            elif to.resource is None:
+                target = "bare"
+            else:
+                target = "full"
+        elif to.domain in server.components:
+            await server.components[to.domain].receive(event)
+            return
+        else:
+            # Federation comes with the s2s issue; until then remote domains are unreachable.
+            raise StanzaError("remote-server-not-found", f"{to.domain} is not reachable")
+        if kind == "iq" and target != "full":
+            await self._dispatch_iq(event, target, addressed)
+            return
+        if not await self.events.fire(f"{kind}/{target}", event):
+            if kind == "iq":
+                raise StanzaError("service-unavailable")
+
+    async def _dispatch_iq(self, event: StanzaEvent, target: str, addressed: bool) -> None:
+        iq_type = event.type
+        if iq_type in ("get", "set"):
+            payload = event.payload
+            assert payload is not None  # checked when the stanza came in
+            suffix = f"{iq_type}/{payload.ns}:{payload.tag}"
+            if await self.events.fire(f"iq/{target}/{suffix}", event):
+                return
+            # No 'to': addressed to the account, and failing that to the server.
+            if not addressed and await self.events.fire(f"iq/host/{suffix}", event):
+                return
+            raise StanzaError("service-unavailable")
+        await self.events.fire(f"iq/{target}/{iq_type}", event)
+
+    # ---- delivery helpers used by the core and modules ---------------------------------
+    def deliver(self, sessions: list[Any], stanza: Element) -> None:
+        """Write the same stanza to several sessions, serialized once."""
+        if not sessions:
+            return
+        if len(sessions) == 1:
+            sessions[0].send(stanza)
+            return
+        data = sessions[0].serialize(stanza)
+        for session in sessions:
+            session.send(stanza, data)

@@ -1,0 +1,83 @@
+"""XEP-0030: Service Discovery for the server and for accounts.
+
+Each module declares its features (FEATURES for the server, ACCOUNT_FEATURES for
+accounts); this module lists exactly those.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dovecote.stream.errors import StanzaError
+from dovecote.xml import ns
+from dovecote.xml.element import Element
+
+if TYPE_CHECKING:
+    from dovecote.core.router import StanzaEvent
+    from dovecote.server import Server
+
+FEATURES = [ns.DISCO_INFO, ns.DISCO_ITEMS]
+
+
+def info_query(
+    node: str | None, identities: list[tuple[str, str, str | None]], features: set[str]
+) -> Element:
+    query = Element("query", ns.DISCO_INFO, {"node": node} if node else {})
+    for category, kind, name in identities:
+        attrs = {"category": category, "type": kind}
+        if name:
+            attrs["name"] = name
+        query.add("identity", attrs=attrs)
+    for feature in sorted(features):
+        query.add("feature", attrs={"var": feature})
+    return query
+
+
+def setup(server: Server) -> None:
+    events = server.events
+
+    @events.on(f"iq/host/get/{ns.DISCO_INFO}:query")
+    def server_info(event: StanzaEvent) -> bool:
+        node = event.payload.get("node") if event.payload is not None else None
+        if node:
+            raise StanzaError("item-not-found")
+        # XEP-0030 §3.1; the server is category 'server', type 'im'.
+        identities = [("server", "im", "Dovecote")]
+        event.reply(info_query(None, identities, server.features))
+        return True
+
+    @events.on(f"iq/host/get/{ns.DISCO_ITEMS}:query")
+    def server_items(event: StanzaEvent) -> bool:
+        node = event.payload.get("node") if event.payload is not None else None
+        if node:
+            raise StanzaError("item-not-found")
+        query = Element("query", ns.DISCO_ITEMS)
+        for domain, component in sorted(server.components.items()):
+            name = getattr(component, "name", None)
+            query.add("item", attrs={"jid": domain, **({"name": name} if name else {})})
+        event.reply(query)
+        return True
+
+    async def ensure_account(event: StanzaEvent) -> None:
+        to = event.to.bare
+        if server.sessions.is_online(to):
+            return
+        if not await server.storage.accounts.exists(to.local or "", to.domain):
+            raise StanzaError("service-unavailable")
+
+    @events.on(f"iq/bare/get/{ns.DISCO_INFO}:query")
+    async def account_info(event: StanzaEvent) -> bool:
+        await ensure_account(event)
+        node = event.payload.get("node") if event.payload is not None else None
+        if node:
+            raise StanzaError("item-not-found")
+        # XEP-0030 §... an account: category 'account', type 'registered'.
+        identities = [("account", "registered", None)]
+        event.reply(info_query(None, identities, server.account_features | set(FEATURES)))
+        return True
+
+    @events.on(f"iq/bare/get/{ns.DISCO_ITEMS}:query")
+    async def account_items(event: StanzaEvent) -> bool:
+        await ensure_account(event)
+        event.reply(Element("query", ns.DISCO_ITEMS))
+        return True

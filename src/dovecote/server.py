@@ -1,0 +1,231 @@
+"""The composition root: builds and wires everything, owns the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from dovecote import __version__
+from dovecote.config import Config, parse_listen
+from dovecote.core import delivery
+from dovecote.core.events import EventBus
+from dovecote.core.modules import DEFAULT_MODULES, ModuleError, load_modules
+from dovecote.core.router import Router
+from dovecote.core.sessions import SessionManager
+from dovecote.core.throttle import AuthThrottle
+from dovecote.jid import JID, InvalidJID
+from dovecote.stream.tls import CertificateError, ServerTLS, ensure_self_signed, make_server_tls
+from dovecote.xml.element import Element
+
+log = logging.getLogger("dovecote")
+
+
+class StartupError(Exception):
+    """The server cannot start (port in use, unreadable certificate, ...)."""
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hosts: set[str] = set(config.server.domains)
+        self.default_host: str = config.server.domains[0]
+        self.events = EventBus()
+        self.sessions = SessionManager()
+        self.router = Router(self)
+        #: Service domains (MUC, pubsub, ...) -> component with `async receive(event)`.
+        self.components: dict[str, Any] = {}
+        #: disco#info features of the server and of each account (filled by modules).
+        self.features: set[str] = set()
+        self.account_features: set[str] = set()
+        #: Extra stream features offered after authentication (SM, CSI, ...).
+        self.stream_features: list[Element] = []
+        self.auth_throttle = AuthThrottle(
+            config.limits.auth_failures_before_delay, config.limits.max_auth_delay
+        )
+        #: Every client stream, bound or not (for shutdown).
+        self.streams: set[Any] = set()
+        self.storage: Any = None
+        self.tls: ServerTLS | None = None
+        self.modules: dict[str, Any] = {}
+        self.ports: dict[str, int] = {}
+        self.started_at = time.time()
+        self.version = __version__
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._control: Any = None
+
+    # ---- background work ------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a coroutine in the background; errors are logged, never lost."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # ---- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        from dovecote.storage.sql import open_storage
+
+        config = self.config
+        data_dir = config.data_path
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot create data_dir {str(data_dir)!r}: {exc.strerror}"
+            ) from None
+        self.tls = self._make_tls(data_dir)
+        try:
+            self.storage = await open_storage(config.storage_url)
+        except Exception as exc:
+            raise StartupError(f"cannot open storage: {exc}") from None
+        delivery.setup(self)
+        names = [m for m in DEFAULT_MODULES if m not in config.modules.disabled]
+        names += [m for m in config.modules.enabled if m not in names]
+        try:
+            self.modules = load_modules(self, names)
+        except ModuleError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self._listen("c2s", config.listen.c2s, direct_tls=False)
+            await self._listen("c2s_tls", config.listen.c2s_tls, direct_tls=True)
+        except StartupError:
+            await self.stop()
+            raise
+        await self._start_control(data_dir)
+        self.started_at = time.time()
+        log.info("Dovecote %s serving %s", self.version, ", ".join(sorted(self.hosts)))
+
+    def _make_tls(self, data_dir: Path) -> ServerTLS:
+        tls = self.config.tls
+        try:
+            if tls.cert and tls.key:
+                return make_server_tls(Path(tls.cert).expanduser(), Path(tls.key).expanduser())
+            domains = sorted(self.hosts)
+            cert, key = ensure_self_signed(data_dir, domains)
+            return make_server_tls(cert, key)
+        except CertificateError as exc:
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(
+                f"cannot create a certificate in {data_dir}: {exc.strerror}"
+            ) from None
+
+    async def _listen(self, name: str, address: str, direct_tls: bool) -> None:
+        if not address:
+            return
+        from dovecote.transport.tcp import C2STCPProtocol
+
+        host, port = parse_listen(address)
+        loop = asyncio.get_running_loop()
+        ssl_context = self.tls.context if (direct_tls and self.tls) else None
+        try:
+            listener = await loop.create_server(
+                lambda: C2STCPProtocol(self, self.tls, direct_tls),
+                host or None,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=self.config.limits.negotiation_timeout
+                if ssl_context
+                else None,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise StartupError(f"cannot listen on {address} ({name}): {reason}") from None
+        self._listeners.append(listener)
+        sockets = listener.sockets or []
+        if sockets:
+            self.ports[name] = sockets[0].getsockname()[1]
+        log.info("listening for %s on %s:%s", name, host, self.ports.get(name))
+
+    async def _start_control(self, data_dir: Path) -> None:
+        from dovecote.control import ControlServer
+
+        self._control = ControlServer(data_dir, self._control_event)
+        try:
+            await self._control.start()
+        except OSError as exc:
+            log.warning(
+                "control socket unavailable (%s); user commands will not reach this running server",
+                exc,
+            )
+            self._control = None
+
+    async def _control_event(self, event: dict[str, Any]) -> None:
+        """A `dovecote user ...` command changed an account (see control.py)."""
+        kind = event.get("event")
+        try:
+            jid = JID.parse(str(event.get("jid", "")))
+        except InvalidJID:
+            return
+        if kind == "account-deleted":
+            self.kick(jid, "not-authorized", "account deleted")
+        elif kind == "password-changed":
+            # RFC 6120 §4.9.3.16: the credentials changed; clients must reconnect.
+            self.kick(jid, "reset", "password changed")
+
+    def kick(self, jid: JID, condition: str, text: str) -> int:
+        sessions = self.sessions.resources(jid.bare)
+        for session in sessions:
+            session.close(condition, text)
+        return len(sessions)
+
+    async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        if self._control is not None:
+            await self._control.close()
+        for stream in list(self.streams):
+            stream.close("system-shutdown", "the server is shutting down")
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.wait_closed(), 2)
+        self._listeners.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        if self.storage is not None:
+            await self.storage.close()
+            self.storage = None
+        log.info("stopped")
+
+
+def run(config: Config) -> None:
+    """`dovecote serve`: run until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=config.logging.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        uvloop = None
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None)
+    with runner:
+        runner.run(_serve(config))
+
+
+async def _serve(config: Config) -> None:
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

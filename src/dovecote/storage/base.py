@@ -1,0 +1,127 @@
+"""Storage interfaces, one per concern (see DESIGN.md, "Storage behind interfaces").
+
+Every method is async and takes already prepared JID parts (RFC 7622: `local` is the
+UsernameCaseMapped localpart, `domain` the prepared domainpart). Later concerns (roster,
+offline, archive, pubsub, rooms) add their own interface here next to these and an
+attribute on `Storage`; the SQL implementation lives in `dovecote.storage.sql`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from types import TracebackType
+
+from dovecote.storage.credentials import ScramCredentials
+
+
+class StorageError(Exception):
+    """The storage could not do what was asked (unreachable, broken schema, ...)."""
+
+
+class AccountExists(StorageError):
+    """An account with this address already exists."""
+
+    def __init__(self, local: str, domain: str) -> None:
+        super().__init__(f"account '{local}@{domain}' already exists")
+        self.local = local
+        self.domain = domain
+
+    @property
+    def jid(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+class AccountStore(ABC):
+    """Accounts and their SCRAM credentials (passwords are never stored in plain text)."""
+
+    @abstractmethod
+    async def create(
+        self, local: str, domain: str, credentials: dict[str, ScramCredentials]
+    ) -> None:
+        """Create an account; raises `AccountExists`."""
+
+    @abstractmethod
+    async def create_many(
+        self, domain_items: list[tuple[str, str, dict[str, ScramCredentials]]]
+    ) -> None:
+        """Create (local, domain, credentials) accounts in one transaction.
+
+        All or nothing: if any account exists already (or is listed twice), raises
+        `AccountExists` naming the first such one and creates none.
+        """
+
+    @abstractmethod
+    async def delete(self, local: str, domain: str) -> bool:
+        """Delete an account and all its data in every other store; False if none."""
+
+    @abstractmethod
+    async def exists(self, local: str, domain: str) -> bool:
+        """True if the account exists."""
+
+    @abstractmethod
+    async def existing(self, domain: str, locals_: Iterable[str]) -> set[str]:
+        """The subset of `locals_` that are accounts of `domain` (for bulk checks)."""
+
+    @abstractmethod
+    async def get_credentials(
+        self, local: str, domain: str, hash_name: str
+    ) -> ScramCredentials | None:
+        """The account's SCRAM record for `hash_name` ("SHA-1", "SHA-256"), or None."""
+
+    @abstractmethod
+    async def set_credentials(
+        self, local: str, domain: str, credentials: dict[str, ScramCredentials]
+    ) -> bool:
+        """Replace all of the account's credentials; False if there is no such account."""
+
+    @abstractmethod
+    async def list_accounts(self, domain: str) -> list[str]:
+        """The localparts of `domain`'s accounts, sorted by code point."""
+
+    @abstractmethod
+    async def count(self, domain: str) -> int:
+        """How many accounts `domain` has."""
+
+
+class KVStore(ABC):
+    """Per-account key/value text (XML) blobs: XEP-0049 private storage, vCards, ...
+
+    Keys are chosen by the module that owns them, e.g. ``"vcard"`` or
+    ``"private:{storage:bookmarks}storage"``; values are serialized XML.
+    """
+
+    @abstractmethod
+    async def get(self, local: str, domain: str, key: str) -> str | None:
+        """The stored value, or None."""
+
+    @abstractmethod
+    async def set(self, local: str, domain: str, key: str, value: str | None) -> None:
+        """Store `value` under `key`; None removes it. Raises StorageError for no account."""
+
+
+class Storage(ABC):
+    """All stores of one backend, opened and closed together."""
+
+    accounts: AccountStore
+    kv: KVStore
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections; the object may be opened again."""
+
+    async def __aenter__(self) -> Storage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

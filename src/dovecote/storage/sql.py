@@ -1,0 +1,414 @@
+"""The SQL storage: SQLAlchemy 2 Core over asyncio, for SQLite and PostgreSQL alike.
+
+SQLite (``sqlite+aiosqlite:///path``) is the embedded default; every connection runs in
+WAL mode with a busy timeout and enforced foreign keys, so the CLI and a running server can
+use the same file at once. PostgreSQL (``postgresql+asyncpg://...``) is the same code with
+another URL. `SQLStorage.open` brings the schema to the newest Alembic revision; running it
+again (every restart) is harmless, and concurrent starts are serialized by a lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event, func, insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from dovecote.storage.base import AccountExists, AccountStore, KVStore, Storage, StorageError
+from dovecote.storage.credentials import ScramCredentials
+from dovecote.storage.schema import account_data_tables, account_kv, accounts, scram_credentials
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+#: pg_advisory_xact_lock key serializing schema migrations ("dove" in ASCII).
+_PG_MIGRATION_LOCK = 0x646F7665
+
+#: Rows per IN (...) query: well below SQLite's and PostgreSQL's bound-parameter limits.
+_CHUNK = 500
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a database error (without SQLAlchemy's background links)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _upgrade(connection: Connection) -> None:
+    """Run the Alembic migrations to head on `connection`, holding a migration lock."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        # A write transaction from the start: SQLite DDL is transactional, and a second
+        # process waits here (busy_timeout) and then finds the schema at head.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif dialect == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest migration shipped with this version of Dovecote."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Per connection: WAL lets readers and one writer work at once across processes,
+    # busy_timeout makes a writer wait for another instead of failing, and SQLite leaves
+    # foreign keys (ON DELETE CASCADE) off unless asked.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _prepare_sqlite_file(database: str) -> None:
+    """Create the SQLite file and its directory, private: it holds the credentials.
+
+    SQLite gives its -wal and -shm files the database file's permissions.
+    """
+    path = Path(database).expanduser()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    except OSError as exc:
+        raise StorageError(f"cannot create {database!r}: {exc.strerror}") from None
+
+
+class SQLStorage(Storage):
+    """All stores on one SQLAlchemy async engine."""
+
+    def __init__(self, url: str, **engine_options: Any) -> None:
+        """`url` is an async SQLAlchemy URL (`Config.storage_url`); `engine_options` go to
+        `create_async_engine` (e.g. ``connect_args`` to set a PostgreSQL search_path)."""
+        self.url = url
+        self._engine_options = engine_options
+        self._engine: AsyncEngine | None = None
+        self.accounts: SQLAccountStore = SQLAccountStore(self)
+        self.kv: SQLKVStore = SQLKVStore(self)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for messages."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:
+            return "<invalid url>"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StorageError("storage is not open")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        try:
+            url = make_url(self.url)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"invalid storage url: {exc}") from None
+        options: dict[str, Any] = dict(self._engine_options)
+        backend = url.get_backend_name()
+        if backend == "sqlite":
+            database = url.database or ""
+            if database in ("", ":memory:"):
+                # One shared connection, or every connection would see its own database.
+                options.setdefault("poolclass", StaticPool)
+            elif not database.startswith("file:"):
+                _prepare_sqlite_file(database)
+        elif backend == "postgresql":
+            options.setdefault("pool_pre_ping", True)
+        try:
+            engine = create_async_engine(url, **options)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StorageError(f"cannot use storage {self.safe_url}: {exc}") from None
+        if backend == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        self._engine = engine
+        try:
+            await self.migrate()
+        except BaseException:
+            self._engine = None
+            await engine.dispose()
+            raise
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (a no-op when it is there already)."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.run_sync(_upgrade)
+                await conn.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"cannot open storage {self.safe_url}: {_describe(exc)}") from exc
+
+    async def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at."""
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_current_revision)
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction; database failures other than integrity errors become StorageError.
+
+        IntegrityError passes through for the stores to turn into their own errors.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(_describe(exc)) from exc
+
+    async def __aenter__(self) -> SQLStorage:
+        await self.open()
+        return self
+
+
+async def open_storage(url: str, **engine_options: Any) -> SQLStorage:
+    """Open (and migrate) the storage at `url`, normally `Config.storage_url`."""
+    storage = SQLStorage(url, **engine_options)
+    await storage.open()
+    return storage
+
+
+def _credential_rows(
+    local: str, domain: str, credentials: dict[str, ScramCredentials]
+) -> list[dict[str, Any]]:
+    if not credentials:
+        raise ValueError(f"no credentials given for '{local}@{domain}'")
+    return [
+        {
+            "domain": domain,
+            "local": local,
+            "hash_name": creds.hash_name,
+            "salt": creds.salt,
+            "iterations": creds.iterations,
+            "stored_key": creds.stored_key,
+            "server_key": creds.server_key,
+        }
+        for creds in credentials.values()
+    ]
+
+
+class SQLAccountStore(AccountStore):
+    def __init__(self, storage: SQLStorage) -> None:
+        self._storage = storage
+
+    async def create(
+        self, local: str, domain: str, credentials: dict[str, ScramCredentials]
+    ) -> None:
+        await self.create_many([(local, domain, credentials)])
+
+    async def create_many(
+        self, domain_items: list[tuple[str, str, dict[str, ScramCredentials]]]
+    ) -> None:
+        if not domain_items:
+            return
+        seen: set[tuple[str, str]] = set()
+        account_rows: list[dict[str, Any]] = []
+        credential_rows: list[dict[str, Any]] = []
+        now = datetime.now(UTC)
+        for local, domain, credentials in domain_items:
+            if (domain, local) in seen:
+                raise AccountExists(local, domain)
+            seen.add((domain, local))
+            account_rows.append({"domain": domain, "local": local, "created_at": now})
+            credential_rows.extend(_credential_rows(local, domain, credentials))
+        try:
+            async with self._storage.begin() as conn:
+                if len(domain_items) > 1:
+                    # Name the first existing account, as the interface promises.
+                    found = await self._existing_pairs(conn, seen)
+                    for local, domain, _ in domain_items:
+                        if (domain, local) in found:
+                            raise AccountExists(local, domain)
+                await conn.execute(insert(accounts), account_rows)
+                await conn.execute(insert(scram_credentials), credential_rows)
+        except IntegrityError:
+            # Created concurrently between our check and our insert.
+            async with self._storage.begin() as conn:
+                found = await self._existing_pairs(conn, seen)
+            local, domain, _ = next(
+                (item for item in domain_items if (item[1], item[0]) in found),
+                domain_items[0],
+            )
+            raise AccountExists(local, domain) from None
+
+    @staticmethod
+    async def _existing_pairs(
+        conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        pairs = list(pairs)
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(pairs), _CHUNK):
+            chunk = pairs[start : start + _CHUNK]
+            result = await conn.execute(
+                select(accounts.c.domain, accounts.c.local).where(
+                    tuple_(accounts.c.domain, accounts.c.local).in_(chunk)
+                )
+            )
+            found.update((row.domain, row.local) for row in result)
+        return found
+
+    async def delete(self, local: str, domain: str) -> bool:
+        async with self._storage.begin() as conn:
+            # Every per-account table explicitly (ON DELETE CASCADE is the safety net).
+            for table in account_data_tables():
+                await conn.execute(
+                    delete(table).where(table.c.domain == domain, table.c.local == local)
+                )
+            result = await conn.execute(
+                delete(accounts).where(accounts.c.domain == domain, accounts.c.local == local)
+            )
+            return result.rowcount > 0
+
+    async def exists(self, local: str, domain: str) -> bool:
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(accounts.c.local).where(
+                    accounts.c.domain == domain, accounts.c.local == local
+                )
+            )
+            return result.first() is not None
+
+    async def existing(self, domain: str, locals_: Iterable[str]) -> set[str]:
+        async with self._storage.begin() as conn:
+            found = await self._existing_pairs(conn, ((domain, local) for local in locals_))
+        return {local for _, local in found}
+
+    async def get_credentials(
+        self, local: str, domain: str, hash_name: str
+    ) -> ScramCredentials | None:
+        table = scram_credentials
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(
+                    table.c.salt, table.c.iterations, table.c.stored_key, table.c.server_key
+                ).where(
+                    table.c.domain == domain,
+                    table.c.local == local,
+                    table.c.hash_name == hash_name,
+                )
+            )
+            row = result.first()
+        if row is None:
+            return None
+        return ScramCredentials(
+            hash_name, bytes(row.salt), row.iterations, bytes(row.stored_key),
+            bytes(row.server_key),
+        )  # fmt: skip
+
+    async def set_credentials(
+        self, local: str, domain: str, credentials: dict[str, ScramCredentials]
+    ) -> bool:
+        rows = _credential_rows(local, domain, credentials)
+        table = scram_credentials
+        try:
+            async with self._storage.begin() as conn:
+                found = await conn.execute(
+                    select(accounts.c.local).where(
+                        accounts.c.domain == domain, accounts.c.local == local
+                    )
+                )
+                if found.first() is None:
+                    return False
+                await conn.execute(
+                    delete(table).where(table.c.domain == domain, table.c.local == local)
+                )
+                await conn.execute(insert(table), rows)
+        except IntegrityError:
+            return False  # the account was deleted meanwhile (foreign key)
+        return True
+
+    async def list_accounts(self, domain: str) -> list[str]:
+        async with self._storage.begin() as conn:
+            result = await conn.execute(select(accounts.c.local).where(accounts.c.domain == domain))
+            # Sorted here: database collations differ (PostgreSQL's follows the locale).
+            return sorted(result.scalars())
+
+    async def count(self, domain: str) -> int:
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(func.count()).select_from(accounts).where(accounts.c.domain == domain)
+            )
+            return int(result.scalar_one())
+
+
+class SQLKVStore(KVStore):
+    def __init__(self, storage: SQLStorage) -> None:
+        self._storage = storage
+
+    async def get(self, local: str, domain: str, key: str) -> str | None:
+        table = account_kv
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(table.c.value).where(
+                    table.c.domain == domain, table.c.local == local, table.c.key == key
+                )
+            )
+            return result.scalar_one_or_none()
+
+    async def set(self, local: str, domain: str, key: str, value: str | None) -> None:
+        table = account_kv
+        where = (table.c.domain == domain, table.c.local == local, table.c.key == key)
+        try:
+            async with self._storage.begin() as conn:
+                if value is None:
+                    await conn.execute(delete(table).where(*where))
+                    return
+                dialect_insert = (
+                    postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                )
+                stmt = dialect_insert(table).values(
+                    domain=domain, local=local, key=key, value=value
+                )
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[table.c.domain, table.c.local, table.c.key],
+                        set_={"value": stmt.excluded.value},
+                    )
+                )
+        except IntegrityError:
+            raise StorageError(f"no account '{local}@{domain}'") from None

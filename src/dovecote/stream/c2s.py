@@ -1,0 +1,490 @@
+"""Client-to-server streams (RFC 6120 §4-§7): negotiation and the bound session.
+
+`C2SStream` takes parsed input (stream header, top-level elements, stream end) from any
+transport and answers through the transport's framing; it owns no socket and no timer.
+One stream goes through: stream header -> STARTTLS -> restart -> SASL -> restart ->
+resource binding -> a bound session that routes stanzas.
+
+Input is handled in order, synchronously where possible; an element whose handling has
+to wait (storage, TLS handshake) queues the input behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
+from dovecote.stream import sasl
+from dovecote.stream.errors import StanzaError, StreamError, error_reply
+from dovecote.xml import ns
+from dovecote.xml.element import XML_LANG, Element
+from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
+
+if TYPE_CHECKING:
+    from dovecote.server import Server
+    from dovecote.transport.base import StreamTransport
+
+log = logging.getLogger(__name__)
+
+STANZA_KINDS = frozenset(("message", "presence", "iq"))
+IQ_TYPES = frozenset(("get", "set", "result", "error"))
+MAX_SASL_ATTEMPTS = 5
+#: Input queued while one element waits on storage before reading pauses (backpressure).
+MAX_QUEUED = 64
+
+
+class C2SStream:
+    """One client connection: negotiation state and, once bound, the session."""
+
+    def __init__(self, server: Server, transport: StreamTransport) -> None:
+        self.server = server
+        self.transport = transport
+        self.state = "wait-header"  # -> negotiating -> authenticated -> bound -> closed
+        self.stream_id = ""
+        self.domain: str | None = None
+        self.lang = "en"
+        self.local: str | None = None  # set by SASL success
+        self.jid: JID = JID(None, server.default_host)
+        self.priority = 0
+        self.available = False
+        self.presence: Element | None = None
+        #: Free-form per-session data for modules (directed presence, CSI state, ...).
+        self.data: dict[str, object] = {}
+        self._header_sent = False
+        self._sasl: sasl.SaslNegotiation | None = None
+        self._sasl_failures = 0
+        self._queue: deque[ParserEvent] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+
+    # ---- identity ---------------------------------------------------------------------
+    @property
+    def bound(self) -> bool:
+        return self.state == "bound"
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    def __repr__(self) -> str:
+        return f"<C2SStream {self.jid} {self.state} from {self.transport.peer_address}>"
+
+    # ---- input ------------------------------------------------------------------------
+    def receive(self, events: Iterable[ParserEvent]) -> None:
+        """Called by the transport with newly parsed input."""
+        if self.state == "closed":
+            return
+        self._queue.extend(events)
+        if self._worker is None and self._queue:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        if len(self._queue) > MAX_QUEUED and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def fail(self, condition: str, text: str = "") -> None:
+        """A stream error found by the transport (XML errors, timeouts)."""
+        self._stream_error(StreamError(condition, text))
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and self.state != "closed":
+                event = self._queue.popleft()
+                try:
+                    await self._handle(event)
+                except StreamError as exc:
+                    self._stream_error(exc)
+                except Exception:
+                    log.exception("internal error on %r", self)
+                    self._stream_error(StreamError("internal-server-error"))
+                if self._paused and len(self._queue) < MAX_QUEUED // 2:
+                    self._paused = False
+                    self.transport.resume_reading()
+        finally:
+            self._worker = None
+
+    async def _handle(self, event: ParserEvent) -> None:
+        if isinstance(event, ElementReceived):
+            if self.state == "bound":
+                await self._stanza(event.element)
+            else:
+                await self._negotiation_element(event.element)
+        elif isinstance(event, StreamOpened):
+            self._stream_opened(event)
+        elif isinstance(event, StreamClosed):
+            self._stream_closed()
+
+    # ---- stream header (RFC 6120 §4.7) ------------------------------------------------
+    def _stream_opened(self, event: StreamOpened) -> None:
+        header = event.header
+        if self.state not in ("wait-header", "wait-restart"):
+            raise StreamError("bad-format", "unexpected stream header")
+        lang = header.attrs.get(XML_LANG)
+        if lang:
+            self.lang = lang
+        if header.ns != ns.STREAMS or header.tag != "stream":
+            raise StreamError(
+                "invalid-namespace",
+                "the stream element must be {http://etherx.jabber.org/streams}stream",
+            )
+        if header.prefix != "stream":
+            raise StreamError(
+                "bad-namespace-prefix", "the stream namespace prefix must be 'stream'"
+            )
+        if header.default_ns != ns.CLIENT:
+            raise StreamError("invalid-namespace", "the content namespace must be jabber:client")
+        to = header.attrs.get("to")
+        if not to:
+            raise StreamError(
+                "improper-addressing", "a 'to' attribute is required on the stream header"
+            )
+        try:
+            domain = prepare_domain(to)
+        except InvalidJID:
+            raise StreamError("host-unknown", f"{to} is not a valid domain") from None
+        if domain not in self.server.hosts:
+            raise StreamError("host-unknown", f"this server does not serve {domain}")
+        if self.domain is not None and domain != self.domain:
+            raise StreamError("host-unknown", "the domain may not change on a stream restart")
+        version = header.attrs.get("version", "0.9")
+        try:
+            major = int(version.split(".", 1)[0])
+        except ValueError:
+            major = 0
+        self.domain = domain
+        self.stream_id = secrets.token_urlsafe(12)
+        self._send_header(header.attrs.get("from"))
+        if major < 1:
+            raise StreamError("unsupported-version", "XMPP 1.0 is required")
+        if self.state == "wait-header":
+            self.state = "negotiating"
+        elif self.local is not None:
+            self.state = "authenticated"
+        else:
+            self.state = "negotiating"
+        self.transport.send_element(self._features())
+
+    def _send_header(self, client_from: str | None = None) -> None:
+        attrs = {
+            "from": self.domain or self.server.default_host,
+            "id": self.stream_id,
+            "version": "1.0",
+            XML_LANG: "en",
+        }
+        if client_from:
+            attrs["to"] = client_from
+        self.transport.send_header(attrs)
+        self._header_sent = True
+
+    def _features(self) -> Element:
+        features = Element("features", ns.STREAMS)
+        config = self.server.config
+        if self.state == "negotiating":
+            tls_required = config.tls.required and not self.transport.secure
+            if self.transport.can_starttls and not self.transport.secure:
+                starttls = features.add("starttls", ns.TLS)
+                if config.tls.required:
+                    starttls.add("required")
+            if not tls_required:
+                bindings = self.transport.channel_bindings()
+                mechanisms = features.add("mechanisms", ns.SASL)
+                for name in sasl.offered_mechanisms(
+                    self.transport.secure, bindings, config.auth.allow_plain
+                ):
+                    mechanisms.add("mechanism", text=name)
+                if bindings:
+                    # XEP-0440 §3: tell the client which channel-binding types we support.
+                    cb = features.add("sasl-channel-binding", ns.SASL_CB)
+                    for cb_type in bindings:
+                        cb.add("channel-binding", attrs={"type": cb_type})
+        elif self.state == "authenticated":
+            features.add("bind", ns.BIND)
+            # RFC 6121 §... legacy session establishment: offered, but optional.
+            features.add("session", ns.SESSION).add("optional")
+            for feature in self.server.stream_features:
+                features.append(feature.copy())
+        return features
+
+    def _stream_closed(self) -> None:
+        """RFC 6120 §4.4: answer the closing tag with ours, then close."""
+        self.close()
+
+    # ---- negotiation elements ---------------------------------------------------------
+    async def _negotiation_element(self, element: Element) -> None:
+        if self.state == "negotiating":
+            if element.ns == ns.TLS and element.tag == "starttls":
+                await self._starttls()
+                return
+            if element.ns == ns.SASL:
+                await self._sasl_element(element)
+                return
+            if self.server.config.tls.required and not self.transport.secure:
+                raise StreamError("policy-violation", "STARTTLS is required first")
+            raise StreamError("not-authorized", "authenticate first")
+        if self.state == "authenticated":
+            if element.tag == "iq" and element.ns == ns.CLIENT:
+                await self._pre_bind_iq(element)
+                return
+            if element.tag in STANZA_KINDS and element.ns == ns.CLIENT:
+                raise StreamError("not-authorized", "bind a resource first")
+            if await self.server.events.fire(
+                f"c2s/element/{element.ns}:{element.tag}", (self, element)
+            ):
+                return
+            raise StreamError("unsupported-stanza-type", f"unexpected {element.tag}")
+        raise StreamError("bad-format", "unexpected element")
+
+    async def _starttls(self) -> None:
+        if not self.transport.can_starttls or self.transport.secure:
+            self.transport.send_element(Element("failure", ns.TLS))
+            self.close()
+            return
+        self.transport.send_element(Element("proceed", ns.TLS))
+        # Anything the client pipelined after <starttls/> in clear text is discarded
+        # (it could be an injection, CVE-2011-0411 style).
+        self._queue.clear()
+        self.transport.reset_stream()
+        self.state = "wait-restart"
+        try:
+            await self.transport.starttls()
+        except Exception as exc:
+            log.info("TLS handshake with %s failed: %s", self.transport.peer_address, exc)
+            self.state = "closed"
+            self.transport.close()
+
+    async def _sasl_element(self, element: Element) -> None:
+        """RFC 6120 §6.4."""
+        if element.tag == "auth":
+            if self._sasl is not None:
+                raise StreamError("policy-violation", "authentication already in progress")
+            config = self.server.config
+            assert self.domain is not None
+            domain = self.domain
+            storage = self.server.storage
+
+            async def lookup(local: str, hash_name: str):  # type: ignore[no-untyped-def]
+                return await storage.accounts.get_credentials(local, domain, hash_name)
+
+            self._sasl = sasl.SaslNegotiation(
+                domain,
+                lookup,
+                secure=self.transport.secure,
+                channel_bindings=self.transport.channel_bindings(),
+                allow_plain=config.auth.allow_plain,
+                iterations=config.auth.scram_iterations,
+            )
+            mechanism = element.get("mechanism") or ""
+            text = element.text.strip()
+            initial = None if text == "" else self._b64decode(text)
+            if isinstance(initial, sasl.Failure):
+                await self._sasl_result(initial)
+                return
+            await self._sasl_result(await self._sasl.start(mechanism, initial))
+        elif element.tag == "response":
+            if self._sasl is None:
+                raise StreamError("policy-violation", "no authentication in progress")
+            data = self._b64decode(element.text.strip())
+            if isinstance(data, sasl.Failure):
+                await self._sasl_result(data)
+                return
+            await self._sasl_result(await self._sasl.respond(data))
+        elif element.tag == "abort":
+            self._sasl = None
+            self.transport.send_element(_sasl_failure("aborted"))
+        else:
+            raise StreamError("unsupported-stanza-type", f"unexpected SASL element {element.tag}")
+
+    @staticmethod
+    def _b64decode(text: str) -> bytes | sasl.Failure:
+        if text == "=":
+            return b""
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            return sasl.Failure("incorrect-encoding")
+
+    async def _sasl_result(self, result: sasl.SaslStep) -> None:
+        if isinstance(result, sasl.Challenge):
+            self.transport.send_element(
+                Element("challenge", ns.SASL, text=_b64(result.data) if result.data else "=")
+            )
+            return
+        self._sasl = None
+        throttle = self.server.auth_throttle
+        peer = self.transport.peer_address
+        if isinstance(result, sasl.Success):
+            throttle.succeeded(peer)
+            self.local = result.local
+            # RFC 6120 §6.4.6: restart the stream; the new parser must be in place
+            # before the client can react to <success/>.
+            self.transport.reset_stream()
+            self.state = "wait-restart"
+            self.transport.send_element(
+                Element("success", ns.SASL, text=_b64(result.data) if result.data else None)
+            )
+            log.info("%s@%s authenticated from %s", result.local, self.domain, peer)
+            return
+        delay = throttle.failed(peer)
+        if delay:
+            await asyncio.sleep(delay)
+        if self.state == "closed":
+            return
+        self.transport.send_element(_sasl_failure(result.condition, result.text))
+        self._sasl_failures += 1
+        if self._sasl_failures >= MAX_SASL_ATTEMPTS:
+            raise StreamError("policy-violation", "too many failed authentication attempts")
+
+    # ---- resource binding (RFC 6120 §7) -----------------------------------------------
+    async def _pre_bind_iq(self, iq: Element) -> None:
+        payload = next(iq.elements, None)
+        iq_id = iq.get("id")
+        if (
+            iq.get("type") == "set"
+            and payload is not None
+            and payload.ns == ns.BIND
+            and payload.tag == "bind"
+        ):
+            self._bind(iq, payload)
+            return
+        if iq.get("type") == "set" and payload is not None and payload.ns == ns.SESSION:
+            self.transport.send_element(
+                Element("iq", ns.CLIENT, {"type": "result", "id": iq_id or ""})
+            )
+            return
+        if iq.get("type") in ("get", "set"):
+            self.transport.send_element(
+                error_reply(iq, StanzaError("not-authorized", "bind a resource first"))
+            )
+
+    def _bind(self, iq: Element, bind: Element) -> None:
+        assert self.local is not None and self.domain is not None
+        requested = bind.find_text("resource", ns.BIND)
+        if requested is not None and requested.strip():
+            try:
+                resource = prepare_resource(requested.strip())
+            except InvalidJID:
+                # RFC 6120 §7.7.2.1
+                self.transport.send_element(
+                    error_reply(iq, StanzaError("bad-request", "invalid resource"))
+                )
+                return
+        else:
+            resource = secrets.token_hex(8)
+        jid = JID(self.local, self.domain, resource)
+        replaced = self.server.sessions.bind(self, jid)
+        if replaced is not None:
+            # Policy: the new session takes over the resource (RFC 6120 §7.7.2.2).
+            replaced.close("conflict", "replaced by a new connection with the same resource")
+        self.state = "bound"
+        self.transport.stream_bound()
+        result = Element("iq", ns.CLIENT, {"type": "result", "id": iq.get("id") or ""})
+        result.add("bind", ns.BIND).add("jid", text=str(jid))
+        self.transport.send_element(result)
+        log.info("bound %s", jid)
+        self.server.spawn(self.server.events.fire_all("session/bound", self))
+
+    # ---- stanzas (RFC 6120 §8) --------------------------------------------------------
+    async def _stanza(self, stanza: Element) -> None:
+        kind = stanza.tag
+        if stanza.ns != ns.CLIENT or kind not in STANZA_KINDS:
+            if await self.server.events.fire(f"c2s/element/{stanza.ns}:{kind}", (self, stanza)):
+                return
+            raise StreamError("unsupported-stanza-type", f"unsupported element {kind}")
+        if kind == "iq" and stanza.attrs.get("type") == "set":
+            payload = next(stanza.elements, None)
+            if payload is not None and payload.ns == ns.SESSION:
+                self.send(
+                    Element("iq", ns.CLIENT, {"type": "result", "id": stanza.get("id") or ""})
+                )
+                return
+        # RFC 6120 §8.1.2.1: the server stamps the full JID; a forged 'from' is replaced.
+        stanza.attrs["from"] = str(self.jid)
+        if kind == "iq":
+            problem = _iq_problem(stanza)
+            if problem is not None:
+                if stanza.attrs.get("type") not in ("result", "error"):
+                    self.send(error_reply(stanza, StanzaError("bad-request", problem)))
+                return
+        await self.server.router.route(stanza, self)
+
+    # ---- output -------------------------------------------------------------------------
+    def serialize(self, stanza: Element) -> bytes:
+        return self.transport.serialize(stanza)
+
+    def send(self, stanza: Element, data: bytes | None = None) -> None:
+        """Deliver a stanza to this client (data: the same stanza already serialized)."""
+        if self.state == "closed":
+            return
+        if data is None:
+            self.transport.send_element(stanza)
+        else:
+            self.transport.write(data)
+
+    def _stream_error(self, error: StreamError) -> None:
+        if self.state == "closed":
+            return
+        log.info(
+            "stream error %s to %s (%s)", error.condition, self.transport.peer_address, error.text
+        )
+        if not self._header_sent:
+            # RFC 6120 §4.9.1.2: open a stream first so that the error can be sent.
+            self.stream_id = secrets.token_urlsafe(12)
+            self._send_header()
+        self.transport.send_element(error.to_element())
+        self.close()
+
+    def close(self, condition: str | None = None, text: str = "") -> None:
+        """End the stream, with a stream error when `condition` is given."""
+        if self.state == "closed":
+            return
+        if condition is not None:
+            self._stream_error(StreamError(condition, text))
+            return
+        if not self._header_sent:
+            self._send_header()
+        self.transport.send_close()
+        self.transport.close()
+        self.connection_lost()
+
+    def connection_lost(self) -> None:
+        """The transport is gone (closed by either side)."""
+        if self.state == "closed":
+            return
+        was_bound = self.state == "bound"
+        self.state = "closed"
+        self._queue.clear()
+        if was_bound:
+            self.server.sessions.unbind(self)
+            self.server.spawn(self.server.events.fire_all("session/ended", self))
+
+
+def _iq_problem(iq: Element) -> str | None:
+    """RFC 6120 §8.2.3: id required; get/set carry exactly one payload element."""
+    iq_type = iq.attrs.get("type")
+    if iq_type not in IQ_TYPES:
+        return "the type of an IQ must be get, set, result or error"
+    if not iq.attrs.get("id"):
+        return "an IQ needs an id"
+    if iq_type in ("get", "set"):
+        children = sum(1 for _ in iq.elements)
+        if children != 1:
+            return "an IQ get or set must contain exactly one child element"
+    return None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _sasl_failure(condition: str, text: str = "") -> Element:
+    failure = Element("failure", ns.SASL)
+    failure.add(condition)
+    if text:
+        failure.add("text", attrs={XML_LANG: "en"}, text=text)
+    return failure

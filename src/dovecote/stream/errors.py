@@ -1,0 +1,109 @@
+"""Stream errors (RFC 6120 §4.9) and stanza errors (RFC 6120 §8.3)."""
+
+from __future__ import annotations
+
+from dovecote.xml import ns
+from dovecote.xml.element import Element
+
+STREAM_CONDITIONS = frozenset(
+    """bad-format bad-namespace-prefix conflict connection-timeout host-gone host-unknown
+    improper-addressing internal-server-error invalid-from invalid-namespace invalid-xml
+    not-authorized not-well-formed policy-violation remote-connection-failed reset
+    resource-constraint restricted-xml see-other-host system-shutdown undefined-condition
+    unsupported-encoding unsupported-feature unsupported-stanza-type unsupported-version""".split()
+)
+
+#: RFC 6120 §8.3.3: each defined condition with its usual error type.
+STANZA_CONDITIONS: dict[str, str] = {
+    "bad-request": "modify",
+    "conflict": "cancel",
+    "feature-not-implemented": "cancel",
+    "forbidden": "auth",
+    "gone": "cancel",
+    "internal-server-error": "cancel",
+    "item-not-found": "cancel",
+    "jid-malformed": "modify",
+    "not-acceptable": "modify",
+    "not-allowed": "cancel",
+    "not-authorized": "auth",
+    "policy-violation": "modify",
+    "recipient-unavailable": "wait",
+    "redirect": "modify",
+    "registration-required": "auth",
+    "remote-server-not-found": "cancel",
+    "remote-server-timeout": "wait",
+    "resource-constraint": "wait",
+    "service-unavailable": "cancel",
+    "subscription-required": "auth",
+    "undefined-condition": "cancel",
+    "unexpected-request": "wait",
+}
+
+
+class StreamError(Exception):
+    """Raise to end a stream with `<stream:error/>` (RFC 6120 §4.9)."""
+
+    def __init__(self, condition: str, text: str = "") -> None:
+        assert condition in STREAM_CONDITIONS, condition
+        super().__init__(f"{condition}: {text}" if text else condition)
+        self.condition = condition
+        self.text = text
+
+    def to_element(self) -> Element:
+        return stream_error_element(self.condition, self.text)
+
+
+def stream_error_element(condition: str, text: str = "") -> Element:
+    error = Element("error", ns.STREAMS)
+    error.add(condition, ns.STREAM_ERRORS)
+    if text:
+        error.add("text", ns.STREAM_ERRORS, {f"{{{ns.XML}}}lang": "en"}, text=text)
+    return error
+
+
+class StanzaError(Exception):
+    """Raise from a handler to answer the stanza with an error (RFC 6120 §8.3)."""
+
+    def __init__(
+        self,
+        condition: str,
+        text: str = "",
+        type: str | None = None,
+        app_condition: Element | None = None,
+    ) -> None:
+        assert condition in STANZA_CONDITIONS, condition
+        super().__init__(f"{condition}: {text}" if text else condition)
+        self.condition = condition
+        self.text = text
+        self.type = type or STANZA_CONDITIONS[condition]
+        self.app_condition = app_condition
+
+    def to_element(self, by: str | None = None) -> Element:
+        error = Element("error", ns.CLIENT, {"type": self.type})
+        if by:
+            error.attrs["by"] = by
+        error.add(self.condition, ns.STANZA_ERRORS)
+        if self.text:
+            error.add("text", ns.STANZA_ERRORS, {f"{{{ns.XML}}}lang": "en"}, text=self.text)
+        if self.app_condition is not None:
+            error.append(self.app_condition)
+        return error
+
+
+def error_reply(stanza: Element, error: StanzaError, by: str | None = None) -> Element:
+    """The error answer to `stanza` (RFC 6120 §8.3.1): same kind and id, addresses swapped,
+    type 'error'. The payload of a message is kept so the sender can tell which one failed."""
+    attrs = {"type": "error"}
+    if "id" in stanza.attrs:
+        attrs["id"] = stanza.attrs["id"]
+    if "from" in stanza.attrs:
+        attrs["to"] = stanza.attrs["from"]
+    if "to" in stanza.attrs:
+        attrs["from"] = stanza.attrs["to"]
+    reply = Element(stanza.tag, ns.CLIENT, attrs)
+    if stanza.tag != "iq":
+        reply.children.extend(
+            c for c in stanza.children if isinstance(c, Element) and c.tag != "error"
+        )
+    reply.append(error.to_element(by))
+    return reply

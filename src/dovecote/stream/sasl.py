@@ -1,0 +1,250 @@
+"""SASL for client streams (RFC 6120 §6): SCRAM-SHA-1, SCRAM-SHA-256 and their -PLUS
+variants with channel binding (RFC 5802, RFC 7677, RFC 5929), and PLAIN (RFC 4616) over
+TLS only. SCRAM is done by `scramp`; this module picks the mechanism, looks up the stored
+keys and turns the outcome into RFC 6120 §6.5 conditions. No I/O of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import scramp
+
+from dovecote.jid import InvalidJID, prepare_local
+from dovecote.storage.credentials import ScramCredentials, verify_password
+
+#: Hash name of the stored credentials each SCRAM family uses.
+SCRAM_HASHES = {"SCRAM-SHA-256": "SHA-256", "SCRAM-SHA-1": "SHA-1"}
+#: Preference order, strongest first (what the features list shows).
+MECHANISM_ORDER = (
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "PLAIN",
+)
+
+CredentialsLookup = Callable[[str, str], Awaitable[ScramCredentials | None]]
+
+# A per-process secret so that unknown users get a stable but meaningless salt: the
+# exchange then fails only at the proof, like a wrong password (no account probing).
+_DECOY_SECRET = os.urandom(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    local: str
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    condition: str
+    text: str = ""
+
+
+SaslStep = Challenge | Success | Failure
+
+
+def offered_mechanisms(
+    secure: bool, channel_bindings: dict[str, bytes], allow_plain: bool
+) -> list[str]:
+    """RFC 6120 §6.4.1: what to list in <mechanisms/> on this connection."""
+    offered = []
+    for mechanism in MECHANISM_ORDER:
+        if mechanism.endswith("-PLUS"):
+            if secure and channel_bindings:
+                offered.append(mechanism)
+        elif mechanism == "PLAIN":
+            if secure and allow_plain:
+                offered.append(mechanism)
+        else:
+            offered.append(mechanism)
+    return offered
+
+
+def _parse_client_first(message: str) -> tuple[str, str | None, str | None]:
+    """Return (username, authzid, channel binding name) from a SCRAM client-first-message
+    (RFC 5802 §7) without validating the rest, which scramp does."""
+    try:
+        flag, authz, bare = message.split(",", 2)
+    except ValueError:
+        raise ValueError("malformed client-first-message") from None
+    cb_name = None
+    if flag.startswith("p="):
+        cb_name = flag[2:]
+    elif flag not in ("n", "y"):
+        raise ValueError("bad gs2 flag")
+    authzid = None
+    if authz:
+        if not authz.startswith("a="):
+            raise ValueError("bad authzid")
+        authzid = _unescape(authz[2:])
+    first = bare.split(",", 1)[0]
+    if not first.startswith("n="):
+        raise ValueError("missing username")
+    return _unescape(first[2:]), authzid, cb_name
+
+
+def _unescape(value: str) -> str:
+    return value.replace("=2C", ",").replace("=3D", "=")
+
+
+class SaslNegotiation:
+    """One authentication exchange on one stream."""
+
+    def __init__(
+        self,
+        domain: str,
+        lookup: CredentialsLookup,
+        *,
+        secure: bool,
+        channel_bindings: dict[str, bytes],
+        allow_plain: bool = True,
+        iterations: int = 4096,
+    ) -> None:
+        self.domain = domain
+        self.lookup = lookup
+        self.secure = secure
+        self.channel_bindings = channel_bindings
+        self.allow_plain = allow_plain
+        self.iterations = iterations
+        self.mechanisms = offered_mechanisms(secure, channel_bindings, allow_plain)
+        self.mechanism: str | None = None
+        self._scram: scramp.core.ScramServer | None = None
+        self._local: str | None = None
+        self._state = "start"
+
+    async def start(self, mechanism: str, initial: bytes | None) -> SaslStep:
+        """`<auth mechanism=...>`; `initial` is None when the client sent no initial
+        response (RFC 6120 §6.4.2), b'' for the '=' empty response."""
+        if mechanism not in self.mechanisms:
+            if mechanism == "PLAIN" and not self.secure:
+                return Failure("encryption-required", "PLAIN is offered only over TLS")
+            return Failure("invalid-mechanism", f"{mechanism} is not offered")
+        self.mechanism = mechanism
+        if initial is None:
+            self._state = "wait-initial"
+            return Challenge(b"")
+        return await self._first(initial)
+
+    async def respond(self, data: bytes) -> SaslStep:
+        """`<response>` from the client."""
+        if self._state == "wait-initial":
+            return await self._first(data)
+        if self._state == "wait-final" and self._scram is not None:
+            return self._scram_final(data)
+        if self._state == "wait-empty" and self._local is not None:
+            # The client acknowledged server-final data sent in a challenge.
+            return Success(self._local)
+        return Failure("malformed-request", "unexpected response")
+
+    async def _first(self, data: bytes) -> SaslStep:
+        if self.mechanism == "PLAIN":
+            return await self._plain(data)
+        return await self._scram_first(data)
+
+    # ---- PLAIN -------------------------------------------------------------------
+    async def _plain(self, data: bytes) -> SaslStep:
+        try:
+            authzid, authcid, password = data.decode("utf-8").split("\0")
+        except (UnicodeDecodeError, ValueError):
+            return Failure("malformed-request", "PLAIN message is malformed")
+        try:
+            local = prepare_local(authcid)
+        except InvalidJID:
+            return Failure("not-authorized")
+        if authzid and not self._authzid_ok(authzid, local):
+            return Failure("invalid-authzid")
+        creds = await self.lookup(local, "SHA-256") or await self.lookup(local, "SHA-1")
+        if creds is None:
+            return Failure("not-authorized")
+        # PBKDF2 is CPU work: keep it off the event loop (DESIGN: asyncio all the way).
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, password, creds
+        )
+        if not ok:
+            return Failure("not-authorized")
+        return Success(local)
+
+    # ---- SCRAM -------------------------------------------------------------------
+    async def _scram_first(self, data: bytes) -> SaslStep:
+        assert self.mechanism is not None
+        try:
+            message = data.decode("utf-8")
+            username, authzid, cb_name = _parse_client_first(message)
+        except (UnicodeDecodeError, ValueError):
+            return Failure("malformed-request", "bad client-first-message")
+        try:
+            local = prepare_local(username)
+        except InvalidJID:
+            local = None
+        if local is not None and authzid and not self._authzid_ok(authzid, local):
+            return Failure("invalid-authzid")
+        family = self.mechanism.removesuffix("-PLUS")
+        creds = await self.lookup(local, SCRAM_HASHES[family]) if local else None
+        auth_info = (
+            (creds.salt, creds.stored_key, creds.server_key, creds.iterations)
+            if creds is not None
+            else self._decoy(username, family)
+        )
+        binding = self._binding_for(cb_name)
+        if self.mechanism.endswith("-PLUS") and binding is None:
+            return Failure("not-authorized", f"channel binding {cb_name!r} is not supported")
+        try:
+            server = scramp.ScramMechanism(self.mechanism).make_server(
+                lambda _username: auth_info, channel_binding=binding
+            )
+            server.set_client_first(message)
+            server_first = server.get_server_first()
+        except scramp.ScramException as exc:
+            return Failure("not-authorized", str(exc.args[0]) if exc.args else "")
+        self._scram = server
+        self._local = local
+        self._state = "wait-final"
+        return Challenge(server_first.encode())
+
+    def _scram_final(self, data: bytes) -> SaslStep:
+        assert self._scram is not None
+        try:
+            self._scram.set_client_final(data.decode("utf-8"))
+            server_final = self._scram.get_server_final()
+        except (scramp.ScramException, UnicodeDecodeError):
+            self._state = "done"
+            return Failure("not-authorized")
+        self._state = "done"
+        if self._local is None:  # decoy exchange: cannot succeed
+            return Failure("not-authorized")
+        return Success(self._local, server_final.encode())
+
+    def _binding_for(self, cb_name: str | None) -> tuple[str, bytes] | None:
+        if cb_name is not None:
+            data = self.channel_bindings.get(cb_name)
+            return (cb_name, data) if data else None
+        # Not asked for: still tell scramp that we support binding, so a client saying
+        # 'y' (it believes we do not) is caught as a downgrade (RFC 5802 §6).
+        for name, data in self.channel_bindings.items():
+            return (name, data)
+        return None
+
+    def _decoy(self, username: str, family: str) -> tuple[bytes, bytes, bytes, int]:
+        digest = hmac.new(_DECOY_SECRET, f"{family}\0{username}".encode(), hashlib.sha256).digest()
+        return digest[:16], os.urandom(32), os.urandom(32), self.iterations
+
+    def _authzid_ok(self, authzid: str, local: str) -> bool:
+        try:
+            from dovecote.jid import JID
+
+            return JID.parse(authzid) == JID(local, self.domain)
+        except InvalidJID:
+            return False

@@ -1,0 +1,156 @@
+"""TCP transport for client streams: STARTTLS on the c2s port (RFC 6120 §5) and direct
+TLS on its own port (XEP-0368). Owns the socket, the XML parser and the timers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING
+
+from dovecote.stream.c2s import C2SStream
+from dovecote.xml import ns
+from dovecote.xml.element import Element, escape_attr, serialize
+from dovecote.xml.parser import StreamParser, XMLStreamError
+
+if TYPE_CHECKING:
+    from dovecote.server import Server
+    from dovecote.stream.tls import ServerTLS
+
+log = logging.getLogger(__name__)
+
+PREFIXES = {ns.STREAMS: "stream"}
+#: A client that does not read while this much waits to be written is dropped.
+MAX_WRITE_BUFFER = 8 * 1024 * 1024
+
+
+class C2STCPProtocol(asyncio.Protocol):
+    def __init__(self, server: Server, tls: ServerTLS | None, direct_tls: bool) -> None:
+        self.server = server
+        self.tls = tls
+        self.secure = direct_tls
+        self.can_starttls = tls is not None and not direct_tls
+        self.peer_address = "?"
+        self.parser = StreamParser(server.config.limits.max_stanza_size)
+        self.stream = C2SStream(server, self)
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_address = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.server.streams.add(self.stream)
+        timeout = self.server.config.limits.negotiation_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._negotiation_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.parser.feed(data)
+        except XMLStreamError as exc:
+            log.debug("XML error %s on %r", exc, data[:200])
+            self.stream.fail(exc.condition, exc.text)
+            return
+        if events:
+            self.stream.receive(events)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.server.streams.discard(self.stream)
+        self.stream.connection_lost()
+
+    def _negotiation_timeout(self) -> None:
+        self._timer = None
+        if not self.stream.bound:
+            self.stream.fail("connection-timeout", "negotiation took too long")
+
+    # ---- StreamTransport ----------------------------------------------------------------
+    def send_header(self, attrs: dict[str, str]) -> None:
+        parts = [
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+            "xmlns:stream='http://etherx.jabber.org/streams'"
+        ]
+        for key, value in attrs.items():
+            name = key.replace(f"{{{ns.XML}}}", "xml:")
+            parts.append(f" {name}='{escape_attr(value)}'")
+        parts.append(">")
+        self.write("".join(parts).encode())
+
+    def serialize(self, element: Element) -> bytes:
+        return serialize(element, ns.CLIENT, PREFIXES).encode()
+
+    def send_element(self, element: Element) -> None:
+        self.write(serialize(element, ns.CLIENT, PREFIXES).encode())
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning("%s does not read its data; dropping the connection", self.peer_address)
+            self._closing = True
+            transport.abort()
+
+    def send_close(self) -> None:
+        self.write(b"</stream:stream>")
+
+    def reset_stream(self) -> None:
+        self.parser.reset()
+
+    async def starttls(self) -> None:
+        assert self.tls is not None and self._transport is not None
+        loop = asyncio.get_running_loop()
+        new_transport = await loop.start_tls(
+            self._transport,
+            self,
+            self.tls.context,
+            server_side=True,
+            ssl_handshake_timeout=self.server.config.limits.negotiation_timeout,
+        )
+        if new_transport is None:
+            raise ConnectionError("TLS upgrade failed")
+        self._transport = new_transport
+        self.secure = True
+        self.can_starttls = False
+
+    def channel_bindings(self) -> dict[str, bytes]:
+        if not self.secure or self.tls is None or self._transport is None:
+            return {}
+        bindings = {"tls-server-end-point": self.tls.end_point_hash}
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        if (
+            isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket)
+            and ssl_object.version() != "TLSv1.3"
+        ):
+            # RFC 5929 tls-unique is defined only up to TLS 1.2 (RFC 9266).
+            unique = ssl_object.get_channel_binding("tls-unique")
+            if unique:
+                bindings["tls-unique"] = unique
+        return bindings
+
+    def stream_bound(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._closing = True
+            self._transport.close()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()

@@ -1,0 +1,186 @@
+"""Incremental XML stream parser on expat (RFC 6120 §4, §11).
+
+Feed it bytes as they arrive; it returns the events completed so far: the stream header,
+each top-level element (a stanza, or a negotiation element) as one `Element`, and the end
+of the stream. RFC 6120 §11.1 restrictions are enforced: a DTD, entity declaration,
+processing instruction or comment is `restricted-xml`; broken XML is `not-well-formed`;
+a top-level element over the size limit is `policy-violation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from xml.parsers import expat
+
+from dovecote.xml.element import Element
+
+_SEP = "\x01"  # expat's namespace separator: cannot occur in names or URIs
+MAX_DEPTH = 100
+
+
+class XMLStreamError(Exception):
+    """A stream-level XML error; `condition` is the RFC 6120 §4.9.3 stream error."""
+
+    def __init__(self, condition: str, text: str = "") -> None:
+        super().__init__(f"{condition}: {text}" if text else condition)
+        self.condition = condition
+        self.text = text
+
+
+@dataclass(slots=True)
+class StreamHeader:
+    """The opening `<stream:stream>` tag."""
+
+    tag: str
+    ns: str
+    prefix: str | None
+    attrs: dict[str, str]
+    #: Namespace declarations on the header: prefix ('' for the default) -> URI.
+    namespaces: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def default_ns(self) -> str | None:
+        return self.namespaces.get("")
+
+
+@dataclass(slots=True)
+class StreamOpened:
+    header: StreamHeader
+
+
+@dataclass(slots=True)
+class ElementReceived:
+    element: Element
+    #: Bytes of XML this element took on the wire (for accounting and SM).
+    size: int
+
+
+@dataclass(slots=True)
+class StreamClosed:
+    pass
+
+
+ParserEvent = StreamOpened | ElementReceived | StreamClosed
+
+
+def _split(name: str) -> tuple[str, str, str | None]:
+    """expat 'uri SEP local SEP prefix' -> (uri, local, prefix)."""
+    parts = name.split(_SEP)
+    if len(parts) == 1:
+        return "", parts[0], None
+    if len(parts) == 2:
+        return parts[0], parts[1], None
+    return parts[0], parts[1], parts[2]
+
+
+class StreamParser:
+    """One XML stream; call `reset()` at each stream restart (after TLS, after SASL)."""
+
+    def __init__(self, max_stanza_size: int = 262144) -> None:
+        self.max_stanza_size = max_stanza_size
+        self.reset()
+
+    def reset(self) -> None:
+        parser = expat.ParserCreate("UTF-8", _SEP)
+        parser.namespace_prefixes = True
+        parser.buffer_text = True
+        parser.ordered_attributes = False
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.CharacterDataHandler = self._text
+        parser.StartNamespaceDeclHandler = self._ns_decl
+        parser.XmlDeclHandler = self._xml_decl
+        parser.StartDoctypeDeclHandler = self._restricted("a DTD")
+        parser.EntityDeclHandler = self._restricted("an entity declaration")
+        parser.ProcessingInstructionHandler = self._restricted("a processing instruction")
+        parser.CommentHandler = self._restricted("a comment")
+        parser.DefaultHandler = None
+        parser.SkippedEntityHandler = self._restricted("an entity reference")
+        self._parser = parser
+        self._stack: list[Element] = []
+        self._depth = 0
+        self._events: list[ParserEvent] = []
+        self._pending_ns: dict[str, str] = {}
+        self._stanza_start = 0
+        self._fed = 0
+        self._closed = False
+
+    # ---- expat callbacks -----------------------------------------------------------
+    def _restricted(self, what: str):  # type: ignore[no-untyped-def]
+        def handler(*_args: object) -> None:
+            raise XMLStreamError("restricted-xml", f"{what} is not allowed in XMPP")
+
+        return handler
+
+    def _xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
+        if encoding is not None and encoding.upper().replace("-", "") != "UTF8":
+            raise XMLStreamError("unsupported-encoding", f"encoding {encoding!r} is not UTF-8")
+
+    def _ns_decl(self, prefix: str | None, uri: str | None) -> None:
+        if self._depth == 0:
+            self._pending_ns[prefix or ""] = uri or ""
+
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
+        uri, local, prefix = _split(name)
+        depth = self._depth
+        self._depth = depth + 1
+        if depth == 0:
+            header_attrs = {self._attr_name(k): v for k, v in attrs.items()}
+            self._events.append(
+                StreamOpened(StreamHeader(local, uri, prefix, header_attrs, self._pending_ns))
+            )
+            self._pending_ns = {}
+            return
+        if depth >= MAX_DEPTH:
+            raise XMLStreamError("policy-violation", "elements nested too deeply")
+        el = Element(local, uri, {self._attr_name(k): v for k, v in attrs.items()} if attrs else {})
+        if depth == 1:
+            self._stanza_start = self._parser.CurrentByteIndex
+        else:
+            self._stack[-1].children.append(el)
+        self._stack.append(el)
+
+    @staticmethod
+    def _attr_name(name: str) -> str:
+        if _SEP not in name:
+            return name
+        uri, local, _prefix = _split(name)
+        return f"{{{uri}}}{local}"
+
+    def _end(self, name: str) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._closed = True
+            self._events.append(StreamClosed())
+            return
+        el = self._stack.pop()
+        if self._depth == 1:
+            size = self._parser.CurrentByteIndex - self._stanza_start
+            if size > self.max_stanza_size:
+                raise XMLStreamError("policy-violation", "stanza too large")
+            self._events.append(ElementReceived(el, size))
+
+    def _text(self, data: str) -> None:
+        if self._depth >= 2:
+            self._stack[-1].children.append(data)
+        # Text between stanzas (depth 1) is whitespace keepalive: ignored (RFC 6120 §4.6.1).
+
+    # ---- feeding -------------------------------------------------------------------
+    def feed(self, data: bytes) -> list[ParserEvent]:
+        """Parse a chunk; returns the completed events. Raises XMLStreamError."""
+        if self._closed:
+            return []
+        self._fed += len(data)
+        try:
+            self._parser.Parse(data, False)
+        except expat.ExpatError as exc:
+            raise XMLStreamError("not-well-formed", expat.errors.messages[exc.code]) from None
+        if self._depth >= 2 and self._fed - self._stanza_start > self.max_stanza_size:
+            raise XMLStreamError("policy-violation", "stanza too large")
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def in_stanza(self) -> bool:
+        return self._depth >= 2

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dovecote.server import Server
+from tests.helpers import start_server
+
+
+@pytest.fixture
+async def server(tmp_path) -> AsyncIterator[Server]:  # type: ignore[no-untyped-def]
+    srv = await start_server(tmp_path / "data")
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_slixmpp() -> None:
+    logging.getLogger("slixmpp").setLevel(logging.WARNING)

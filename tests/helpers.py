@@ -1,0 +1,288 @@
+"""Test helpers: an in-process Dovecote on ephemeral ports, real clients over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import scramp
+import slixmpp
+
+from dovecote.config import config_from_dict
+from dovecote.server import Server
+from dovecote.storage.credentials import derive_credentials
+
+STREAMS = "http://etherx.jabber.org/streams"
+CLIENT = "jabber:client"
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+DOMAIN = "example.org"
+PASSWORD = "secret-pässword"
+
+
+def make_config(data_dir: Path, **sections: dict[str, Any]) -> Any:
+    data: dict[str, Any] = {
+        "server": {"domains": [DOMAIN, "other.example"], "data_dir": str(data_dir)},
+        "listen": {"c2s": "127.0.0.1:0", "c2s_tls": "127.0.0.1:0", "s2s": "", "http": ""},
+        "logging": {"level": "debug"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return config_from_dict(data)
+
+
+async def start_server(data_dir: Path, **sections: dict[str, Any]) -> Server:
+    server = Server(make_config(data_dir, **sections))
+    await server.start()
+    return server
+
+
+async def add_user(server: Server, local: str, password: str = PASSWORD,
+                   domain: str = DOMAIN) -> str:
+    creds = await asyncio.get_running_loop().run_in_executor(None, derive_credentials, password)
+    await server.storage.accounts.create(local, domain, creds)
+    return f"{local}@{domain}"
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# ---- slixmpp -----------------------------------------------------------------------------
+class Client(slixmpp.ClientXMPP):
+    """A slixmpp client that records what it receives."""
+
+    def __init__(self, jid: str, password: str, **kwargs: Any) -> None:
+        super().__init__(jid, password, **kwargs)
+        self.messages: asyncio.Queue[Any] = asyncio.Queue()
+        self.presences: asyncio.Queue[Any] = asyncio.Queue()
+        self.stream_errors: list[str] = []
+        self.disconnected_event = asyncio.Event()
+        self.add_event_handler("message", lambda m: self.messages.put_nowait(m))
+        self.add_event_handler("presence", lambda p: self.presences.put_nowait(p))
+        self.add_event_handler("stream_error", lambda e: self.stream_errors.append(e["condition"]))
+        self.add_event_handler("disconnected", lambda _e: self.disconnected_event.set())
+        self.ssl_context = client_ssl_context()
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0199")
+        self.register_plugin("xep_0092")
+
+
+async def connect(server: Server, jid: str, password: str = PASSWORD, *,
+                  presence: bool = True, direct_tls: bool = False, timeout: float = 15,
+                  **kwargs: Any) -> Client:
+    """Log a slixmpp client in (STARTTLS by default) and wait for the session."""
+    client = Client(jid, password, **kwargs)
+    started = asyncio.Event()
+    failed: list[str] = []
+    client.add_event_handler("session_start", lambda _e: started.set())
+    client.add_event_handler("failed_all_auth", lambda _e: (failed.append("auth"), started.set()))
+    if direct_tls:
+        client.enable_direct_tls = True
+        client.enable_starttls = False
+        port = server.ports["c2s_tls"]
+    else:
+        client.enable_direct_tls = False
+        port = server.ports["c2s"]
+    client.connect("127.0.0.1", port)
+    await asyncio.wait_for(started.wait(), timeout)
+    if failed:
+        client.disconnect()
+        raise PermissionError(f"authentication failed for {jid}")
+    if presence:
+        client.send_presence()
+        await asyncio.sleep(0.05)
+    return client
+
+
+async def disconnect(*clients: Client) -> None:
+    for client in clients:
+        client.disconnect()
+    for client in clients:
+        try:
+            await asyncio.wait_for(client.disconnected_event.wait(), 5)
+        except TimeoutError:
+            pass
+
+
+# ---- raw XML over a socket ----------------------------------------------------------------
+def q(ns: str, tag: str) -> str:
+    return f"{{{ns}}}{tag}"
+
+
+class RawClient:
+    """XML over a plain socket, for checks a client library would hide."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.header: dict[str, str] | None = None
+        self.closed_by_server = False
+        self._new_parser()
+
+    @classmethod
+    async def open(cls, port: int, *, tls: bool = False) -> RawClient:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ssl_context() if tls else None,
+            server_hostname=DOMAIN if tls else None,
+        )
+        return cls(reader, writer)
+
+    def _new_parser(self) -> None:
+        self._parser = ET.XMLPullParser(events=("start", "end"))
+        self._depth = 0
+        self._elements: list[ET.Element] = []
+
+    def send(self, data: str | bytes) -> None:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+
+    def open_stream(self, to: str = DOMAIN, extra: str = "") -> None:
+        self._new_parser()
+        self.header = None
+        self.send(
+            f"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+            f"xmlns:stream='{STREAMS}' to='{to}' version='1.0' {extra}>"
+        )
+
+    async def _pump(self, timeout: float) -> bool:
+        data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        if not data:
+            self.closed_by_server = True
+            return False
+        self._parser.feed(data)
+        for event, el in self._parser.read_events():
+            if event == "start":
+                self._depth += 1
+                if self._depth == 1:
+                    self.header = dict(el.attrib)
+            else:
+                self._depth -= 1
+                if self._depth == 1:
+                    self._elements.append(el)
+                elif self._depth == 0:
+                    self.closed_by_server = True
+        return True
+
+    async def next(self, timeout: float = 5) -> ET.Element:
+        """The next top-level element from the server."""
+        while not self._elements:
+            if not await self._pump(timeout):
+                raise EOFError("connection closed")
+        return self._elements.pop(0)
+
+    async def expect(self, tag: str, timeout: float = 5) -> ET.Element:
+        el = await self.next(timeout)
+        assert el.tag == tag, f"expected {tag}, got {el.tag}: {ET.tostring(el)!r}"
+        return el
+
+    async def wait_for(self, predicate: Callable[[ET.Element], bool], timeout: float = 5) -> ET.Element:
+        while True:
+            el = await self.next(timeout)
+            if predicate(el):
+                return el
+
+    async def stream_error(self, timeout: float = 5) -> str:
+        """Read until a stream error; return its condition and check the stream is closed."""
+        el = await self.wait_for(lambda e: e.tag == q(STREAMS, "error"), timeout)
+        conditions = [c.tag.split("}")[1] for c in el if c.tag.startswith(f"{{{STREAM_ERRORS}}}")
+                      and not c.tag.endswith("}text")]
+        await self.closed(timeout)
+        return conditions[0]
+
+    async def closed(self, timeout: float = 5) -> None:
+        """The server closed the stream and the connection."""
+        while True:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            except ConnectionResetError:
+                return
+            if not data:
+                return
+            self._parser.feed(data)
+
+    async def starttls(self) -> None:
+        self.send(f"<starttls xmlns='{TLS_NS}'/>")
+        await self.expect(q(TLS_NS, "proceed"))
+        await self.writer.start_tls(client_ssl_context(), server_hostname=DOMAIN)
+        self.open_stream()
+        await self.expect(q(STREAMS, "features"))
+
+    async def features(self) -> ET.Element:
+        return await self.expect(q(STREAMS, "features"))
+
+    async def auth_plain(self, local: str, password: str = PASSWORD) -> ET.Element:
+        token = base64.b64encode(f"\0{local}\0{password}".encode()).decode()
+        self.send(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth>")
+        return await self.next()
+
+    async def auth_scram(self, local: str, password: str = PASSWORD,
+                         mechanism: str = "SCRAM-SHA-1",
+                         channel_binding: tuple[str, bytes] | None = None) -> ET.Element:
+        """Run a SCRAM exchange with scramp as the client; returns success or failure."""
+        client = scramp.ScramClient([mechanism], local, password,
+                                    channel_binding=channel_binding)
+        first = base64.b64encode(client.get_client_first().encode()).decode()
+        self.send(f"<auth xmlns='{SASL}' mechanism='{mechanism}'>{first}</auth>")
+        el = await self.next()
+        if el.tag != q(SASL, "challenge"):
+            return el
+        client.set_server_first(base64.b64decode(el.text or "").decode())
+        final = base64.b64encode(client.get_client_final().encode()).decode()
+        self.send(f"<response xmlns='{SASL}'>{final}</response>")
+        el = await self.next()
+        if el.tag == q(SASL, "success"):
+            client.set_server_final(base64.b64decode(el.text or "").decode())
+        return el
+
+    def tls_end_point_hash(self) -> bytes:
+        from dovecote.stream.tls import end_point_hash
+
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True)
+        return end_point_hash(ssl.DER_cert_to_PEM_cert(der).encode())
+
+    async def login(self, local: str, password: str = PASSWORD, resource: str | None = "raw",
+                    direct_tls: bool = False) -> str:
+        """STARTTLS (unless direct TLS), SCRAM-SHA-1, bind; returns the bound JID."""
+        self.open_stream()
+        await self.features()
+        if not direct_tls:
+            await self.starttls()
+        el = await self.auth_scram(local, password)
+        assert el.tag == q(SASL, "success"), ET.tostring(el)
+        self.open_stream()
+        await self.features()
+        res = f"<resource>{resource}</resource>" if resource else ""
+        self.send(f"<iq type='set' id='bind1'><bind xmlns='{BIND}'>{res}</bind></iq>")
+        el = await self.expect(q(CLIENT, "iq"))
+        assert el.get("type") == "result", ET.tostring(el)
+        return el.find(f"{q(BIND, 'bind')}/{q(BIND, 'jid')}").text  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+
+def error_condition(el: ET.Element) -> tuple[str | None, str | None]:
+    """(type, condition) of a stanza error."""
+    error = el.find(q(CLIENT, "error"))
+    if error is None:
+        return None, None
+    for child in error:
+        if child.tag.startswith(f"{{{STANZA_ERRORS}}}") and not child.tag.endswith("}text"):
+            return error.get("type"), child.tag.split("}")[1]
+    return error.get("type"), None
