@@ -129,6 +129,7 @@ class RawClient:
         self.writer = writer
         self.header: dict[str, str] | None = None
         self.closed_by_server = False
+        self.eof = False
         self._new_parser()
 
     @classmethod
@@ -158,7 +159,7 @@ class RawClient:
     async def _pump(self, timeout: float) -> bool:
         data = await asyncio.wait_for(self.reader.read(65536), timeout)
         if not data:
-            self.closed_by_server = True
+            self.eof = True
             return False
         self._parser.feed(data)
         for event, el in self._parser.read_events():
@@ -171,7 +172,7 @@ class RawClient:
                 if self._depth == 1:
                     self._elements.append(el)
                 elif self._depth == 0:
-                    self.closed_by_server = True
+                    self.closed_by_server = True  # </stream:stream> received
         return True
 
     async def next(self, timeout: float = 5) -> ET.Element:
@@ -201,15 +202,12 @@ class RawClient:
         return conditions[0]
 
     async def closed(self, timeout: float = 5) -> None:
-        """The server closed the stream and the connection."""
-        while True:
+        """Wait until the server has closed the connection."""
+        while not self.eof:
             try:
-                data = await asyncio.wait_for(self.reader.read(65536), timeout)
-            except ConnectionResetError:
-                return
-            if not data:
-                return
-            self._parser.feed(data)
+                await self._pump(timeout)
+            except (ConnectionResetError, ET.ParseError):
+                self.eof = True
 
     async def starttls(self) -> None:
         self.send(f"<starttls xmlns='{TLS_NS}'/>")

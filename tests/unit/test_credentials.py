@@ -134,9 +134,9 @@ def test_credentials_from_scramp_verify() -> None:
     st.text(
         # Code points Unicode 3.2 assigned (SASLprep refuses unassigned ones, RFC 4013 §2.5).
         # Below U+0590: no right-to-left text, whose mixing RFC 4013 §6 restricts.
-        alphabet=st.characters(
-            max_codepoint=0x58F, categories=["L", "N", "P", "S", "Zs"]
-        ).filter(lambda char: unicodedata.ucd_3_2_0.category(char) != "Cn"),
+        alphabet=st.characters(max_codepoint=0x58F, categories=["L", "N", "P", "S", "Zs"]).filter(
+            lambda char: unicodedata.ucd_3_2_0.category(char) != "Cn"
+        ),
         min_size=1,
     ).filter(lambda text: text.strip())
 )

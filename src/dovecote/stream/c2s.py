@@ -224,8 +224,7 @@ class C2SStream:
             if element.ns == ns.SASL:
                 await self._sasl_element(element)
                 return
-            if self.server.config.tls.required and not self.transport.secure:
-                raise StreamError("policy-violation", "STARTTLS is required first")
+            # RFC 6120 §4.9.3.12: nothing but negotiation before authentication.
             raise StreamError("not-authorized", "authenticate first")
         if self.state == "authenticated":
             if element.tag == "iq" and element.ns == ns.CLIENT:
@@ -260,6 +259,10 @@ class C2SStream:
 
     async def _sasl_element(self, element: Element) -> None:
         """RFC 6120 §6.4."""
+        if self.server.config.tls.required and not self.transport.secure:
+            # RFC 6120 §5.3.1: TLS is mandatory-to-negotiate before SASL here.
+            self.transport.send_element(_sasl_failure("encryption-required", "use STARTTLS"))
+            return
         if element.tag == "auth":
             if self._sasl is not None:
                 raise StreamError("policy-violation", "authentication already in progress")
