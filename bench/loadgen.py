@@ -420,7 +420,7 @@ allow_registration = false
 authentication = "internal_hashed"
 storage = "internal"
 log = {{ {{ levels = {{ min = "warn" }}, to = "file", filename = {lua_string(self.log_path)} }} }}
--- certificates = {lua_string(self.workdir)}
+certificates = {lua_string(self.workdir)}
 ssl = {ssl_files}
 modules_enabled = {{
 {modules}

@@ -284,3 +284,53 @@ def error_condition(el: ET.Element) -> tuple[str | None, str | None]:
         if child.tag.startswith(f"{{{STANZA_ERRORS}}}") and not child.tag.endswith("}text"):
             return error.get("type"), child.tag.split("}")[1]
     return error.get("type"), None
+
+
+# ---- raw sessions on any served domain, presence, quiet checks ----------------------------
+async def raw_login(server: Server, local: str, resource: str = "raw", *,
+                    domain: str = DOMAIN, password: str = PASSWORD) -> tuple[RawClient, str]:
+    """A RawClient logged in as local@domain (STARTTLS, SCRAM-SHA-1, bind) on any of the
+    server's domains; returns it with the bound full JID."""
+    raw = await RawClient.open(server.ports["c2s"])
+    raw.open_stream(to=domain)
+    await raw.features()
+    raw.send(f"<starttls xmlns='{TLS_NS}'/>")
+    await raw.expect(q(TLS_NS, "proceed"))
+    await raw.writer.start_tls(client_ssl_context(), server_hostname=domain)
+    raw.open_stream(to=domain)
+    await raw.features()
+    el = await raw.auth_scram(local, password)
+    assert el.tag == q(SASL, "success"), ET.tostring(el)
+    raw.open_stream(to=domain)
+    await raw.features()
+    raw.send(f"<iq type='set' id='bind1'><bind xmlns='{BIND}'>"
+             f"<resource>{resource}</resource></bind></iq>")
+    el = await raw.expect(q(CLIENT, "iq"))
+    assert el.get("type") == "result", ET.tostring(el)
+    jid = el.find(f"{q(BIND, 'bind')}/{q(BIND, 'jid')}").text  # type: ignore[union-attr]
+    assert jid is not None
+    return raw, jid
+
+
+async def send_presence(raw: RawClient, jid: str, priority: int | None = None) -> ET.Element:
+    """Send available presence (with `priority` when given) and wait for the server's
+    broadcast of it back to this resource, so that it is known to be available."""
+    body = f"<priority>{priority}</priority>" if priority is not None else ""
+    raw.send(f"<presence>{body}</presence>")
+    return await raw.wait_for(
+        lambda e: e.tag == q(CLIENT, "presence") and e.get("from") == jid
+        and e.get("type") is None
+    )
+
+
+async def collect(raw: RawClient, timeout: float = 0.3) -> list[ET.Element]:
+    """Every top-level element the server sends within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    received: list[ET.Element] = []
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            received.append(await raw.next(remaining))
+        except TimeoutError:
+            break
+    return received

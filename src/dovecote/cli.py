@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -62,7 +63,18 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(exc))
 
 
-def _user_jid(config: Config, text: str) -> JID:
+@dataclass(frozen=True, slots=True)
+class _User:
+    """A prepared account address (bare JID with a localpart)."""
+
+    local: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+def _user_jid(config: Config, text: str) -> _User:
     """Parse USER@DOMAIN (RFC 7622 preparation) for a domain this server hosts."""
     try:
         jid = JID.parse(text)
@@ -73,7 +85,7 @@ def _user_jid(config: Config, text: str) -> JID:
     if jid.resource is not None:
         fail(f"invalid JID {text!r}: a user JID has no resource")
     _check_domain(config, jid.domain)
-    return jid
+    return _User(jid.local, jid.domain)
 
 
 def _check_domain(config: Config, domain: str) -> None:
@@ -108,7 +120,7 @@ async def _open(config: Config) -> SQLStorage:
     return await open_storage(config.storage_url)
 
 
-async def _notify(config: Config, event: str, jid: JID) -> None:
+async def _notify(config: Config, event: str, jid: _User) -> None:
     from dovecote.control import notify_server
 
     await notify_server(config.data_path, {"event": event, "jid": str(jid)})
@@ -273,7 +285,7 @@ def user_list(domain: str, config_path: str | None) -> None:
 @dataclass(slots=True)
 class _ImportLine:
     lineno: int
-    jid: JID
+    user: _User
     password: str
 
 
@@ -283,7 +295,7 @@ def _parse_import(
     """Lines of ``user@domain,password``; returns the users and (line, error) found."""
     users: list[_ImportLine] = []
     errors: list[tuple[int, str]] = []
-    first_seen: dict[JID, int] = {}
+    first_seen: dict[_User, int] = {}
     # Only "\n" ends a line: a password may hold any other character after the comma.
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.removesuffix("\r")
@@ -311,16 +323,17 @@ def _parse_import(
             served = ", ".join(config.server.domains)
             error(f"unknown domain {jid.domain!r} (served: {served})")
             continue
-        if jid in first_seen:
-            error(f"duplicate user '{jid}' (first on line {first_seen[jid]})")
+        user = _User(jid.local, jid.domain)
+        if user in first_seen:
+            error(f"duplicate user '{user}' (first on line {first_seen[user]})")
             continue
         try:
             prepare_password(password)
         except ValueError as exc:
             error(str(exc))
             continue
-        first_seen[jid] = lineno
-        users.append(_ImportLine(lineno, jid, password))
+        first_seen[user] = lineno
+        users.append(_ImportLine(lineno, user, password))
     return users, errors
 
 
@@ -372,11 +385,20 @@ def _derive_all(passwords: list[str], iterations: int) -> list[dict[str, ScramCr
                 results.append(derive(password))
                 advance(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # Ctrl-C reaches the whole process group: only this process handles it.
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+            try:
                 for creds in pool.map(derive, passwords, chunksize=_CHUNKSIZE):
                     results.append(creds)
                     advance(1)
+            finally:
+                # On an interrupt, drop the queued work instead of finishing it.
+                pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @user.command("import")
@@ -409,13 +431,13 @@ def user_import(file: str, config_path: str | None) -> None:
         try:
             by_domain: dict[str, list[_ImportLine]] = {}
             for item in users:
-                by_domain.setdefault(item.jid.domain, []).append(item)
+                by_domain.setdefault(item.user.domain, []).append(item)
             for domain, items in by_domain.items():
-                found = await storage.accounts.existing(domain, [u.jid.local for u in items])
+                found = await storage.accounts.existing(domain, [u.user.local for u in items])
                 errors.extend(
-                    (u.lineno, f"{file}:{u.lineno}: user '{u.jid}' already exists")
+                    (u.lineno, f"{file}:{u.lineno}: user '{u.user}' already exists")
                     for u in items
-                    if u.jid.local in found
+                    if u.user.local in found
                 )
         finally:
             await storage.close()
@@ -430,10 +452,10 @@ def user_import(file: str, config_path: str | None) -> None:
         storage = await _open(config)
         try:
             await storage.accounts.create_many(
-                [(u.jid.local, u.jid.domain, c) for u, c in zip(users, derived, strict=True)]
+                [(u.user.local, u.user.domain, c) for u, c in zip(users, derived, strict=True)]
             )
         except AccountExists as exc:
-            line = next(u.lineno for u in users if str(u.jid) == exc.jid)
+            line = next(u.lineno for u in users if str(u.user) == exc.jid)
             fail(f"{file}:{line}: user '{exc.jid}' already exists (nothing imported)")
         finally:
             await storage.close()

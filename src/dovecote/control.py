@@ -44,8 +44,8 @@ NOTIFY_TIMEOUT = 5.0
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-class ControlError(Exception):
-    """The control socket cannot be set up."""
+class ControlError(OSError):
+    """The control socket cannot be set up (an OSError: a server may carry on without)."""
 
 
 def control_socket_path(data_dir: Path) -> Path:
@@ -128,7 +128,7 @@ class ControlServer:
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._serve_client, path=os.fsencode(self.path), limit=MAX_LINE
+                self._serve_client, path=str(self.path), limit=MAX_LINE
             )
         except OSError as exc:
             raise ControlError(f"cannot listen on {str(self.path)!r}: {exc.strerror}") from None
@@ -205,7 +205,7 @@ async def notify_server(data_dir: Path, event: dict[str, Any]) -> bool:
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(NOTIFY_TIMEOUT):
-            reader, writer = await asyncio.open_unix_connection(os.fsencode(path))
+            reader, writer = await asyncio.open_unix_connection(str(path))
             writer.write(json.dumps(event).encode() + b"\n")
             await writer.drain()
             line = await reader.readline()

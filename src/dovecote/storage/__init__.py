@@ -7,6 +7,8 @@ Typical use::
     await storage.close()
 """
 
+from typing import TYPE_CHECKING
+
 from dovecote.storage.base import AccountExists, AccountStore, KVStore, Storage, StorageError
 from dovecote.storage.credentials import (
     HASHES,
@@ -14,7 +16,20 @@ from dovecote.storage.credentials import (
     derive_credentials,
     verify_password,
 )
-from dovecote.storage.sql import SQLStorage, open_storage
+
+if TYPE_CHECKING:
+    from dovecote.storage.sql import SQLStorage, open_storage
+
+
+def __getattr__(name: str) -> object:
+    # The SQL implementation loads SQLAlchemy: only when asked for (the CLI's --help and
+    # check-config stay quick).
+    if name in ("SQLStorage", "open_storage"):
+        from dovecote.storage import sql
+
+        return getattr(sql, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "HASHES",

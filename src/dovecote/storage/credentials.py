@@ -55,7 +55,7 @@ def prepare_password(password: str) -> str:
     Uses scramp's own SASLprep so stored keys match what a SCRAM exchange computes.
     """
     try:
-        prepared = saslprep(password)
+        prepared: str = saslprep(password)
     except scramp.ScramException as exc:
         raise ValueError(f"password not allowed: {exc.args[0]}") from None
     if not prepared:
