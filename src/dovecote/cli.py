@@ -120,6 +120,14 @@ async def _open(config: Config) -> SQLStorage:
     return await open_storage(config.storage_url)
 
 
+async def _exists(config: Config, account: _User) -> bool:
+    storage = await _open(config)
+    try:
+        return await storage.accounts.exists(account.local, account.domain)
+    finally:
+        await storage.close()
+
+
 async def _notify(config: Config, event: str, jid: _User) -> None:
     from dovecote.control import notify_server
 
@@ -183,6 +191,9 @@ def user_add(jid: str, password: str | None, config_path: str | None) -> None:
     """Create an account."""
     config = _config(config_path)
     account = _user_jid(config, jid)
+    # Before asking for a password: is the name taken?
+    if _run(_exists(config, account)):
+        fail(f"user '{account}' already exists")
     secret = _read_password(password)
     credentials = derive_credentials(secret, config.auth.scram_iterations)
 
@@ -229,16 +240,8 @@ def user_passwd(jid: str, password: str | None, config_path: str | None) -> None
     """Change an account's password."""
     config = _config(config_path)
     account = _user_jid(config, jid)
-
-    async def exists() -> bool:
-        storage = await _open(config)
-        try:
-            return await storage.accounts.exists(account.local, account.domain)
-        finally:
-            await storage.close()
-
     # Ask for the password only for an account that exists.
-    if not _run(exists()):
+    if not _run(_exists(config, account)):
         fail(f"no such user '{account}'")
     credentials = derive_credentials(_read_password(password), config.auth.scram_iterations)
 
@@ -347,7 +350,7 @@ def _fail_with(errors: Sequence[tuple[int, str]]) -> NoReturn:
 
 @contextmanager
 def _progress(total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr when it is a terminal; plain start/end lines otherwise."""
+    """A progress bar on stderr when it is a terminal, else one plain line."""
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import (
@@ -455,7 +458,8 @@ def user_import(file: str, config_path: str | None) -> None:
                 [(u.user.local, u.user.domain, c) for u, c in zip(users, derived, strict=True)]
             )
         except AccountExists as exc:
-            line = next(u.lineno for u in users if str(u.user) == exc.jid)
+            # Created by someone else while the keys were being derived.
+            line = next((u.lineno for u in users if str(u.user) == exc.jid), "?")
             fail(f"{file}:{line}: user '{exc.jid}' already exists (nothing imported)")
         finally:
             await storage.close()
@@ -463,7 +467,3 @@ def user_import(file: str, config_path: str | None) -> None:
     _run(store())
     elapsed = time.perf_counter() - started
     click.echo(f"imported {len(users)} users in {elapsed:.1f} s")
-
-
-if __name__ == "__main__":
-    main()

@@ -146,6 +146,16 @@ class LimitsSection(_Section):
     max_auth_delay: float = Field(default=10.0, ge=0)
 
 
+class OfflineSection(_Section):
+    #: XEP-0160: messages kept per user; beyond, senders get resource-constraint.
+    max_messages: int = Field(default=1000, ge=0)
+
+
+class VCardSection(_Section):
+    #: XEP-0054: the largest vCard accepted, in bytes (photos are inline).
+    max_size: int = Field(default=128 * 1024, ge=1024)
+
+
 class ServiceDomainSection(_Section):
     domain: Domain | None = None
 
@@ -176,6 +186,8 @@ class Config(_Section):
     auth: AuthSection = Field(default_factory=AuthSection)
     registration: RegistrationSection = Field(default_factory=RegistrationSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    offline: OfflineSection = Field(default_factory=OfflineSection)
+    vcard: VCardSection = Field(default_factory=VCardSection)
     muc: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     pubsub: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)

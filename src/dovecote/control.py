@@ -123,8 +123,8 @@ class ControlServer:
 
     async def start(self) -> None:
         _prepare_socket_path(self.path)
-        # No connection can slip in between bind and chmod: the socket is only created
-        # with the umask's permissions, so narrow the umask around the bind.
+        # bind() creates the socket file with the umask's permissions: narrow the umask
+        # for that moment so no other user can connect before the chmod below.
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(

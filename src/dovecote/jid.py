@@ -119,9 +119,13 @@ def prepare_local(local: str) -> str:
 
 def prepare_domain(domain: str) -> str:
     if domain.endswith("."):
-        domain = domain[:-1]
+        domain = domain[:-1]  # RFC 7622 §3.2: one trailing dot is removed
     if not domain:
         raise InvalidJID("empty domainpart")
+    if not (domain.startswith("[") and domain.endswith("]")) and (
+        domain.startswith(".") or domain.endswith(".") or ".." in domain
+    ):
+        raise InvalidJID(f"empty label in domainpart {domain!r}")
     if domain.startswith("[") and domain.endswith("]"):
         try:
             return f"[{ipaddress.IPv6Address(domain[1:-1]).compressed}]"

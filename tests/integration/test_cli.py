@@ -253,6 +253,16 @@ def test_invalid_config(setup: Setup, toml: str, message: str) -> None:
         assert_error(setup.run(*args), message)
 
 
+def test_unreachable_storage(setup: Setup) -> None:
+    write_config(
+        setup.config, setup.data_dir, '[storage]\nurl = "postgresql://u:pw@127.0.0.1:1/x"\n'
+    )
+    assert_error(
+        setup.run("user", "list", "example.org"),
+        "cannot open storage postgresql+asyncpg://u:***@127.0.0.1:1/x",
+    )
+
+
 def test_missing_config_file(setup: Setup) -> None:
     result = setup.run("check-config", "--config", str(setup.tmp / "nope.toml"), config=False)
     assert_error(result, "not found")

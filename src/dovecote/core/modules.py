@@ -17,7 +17,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODULES = ["presence", "disco", "ping", "version", "time", "last"]
+DEFAULT_MODULES = [
+    "presence",
+    "roster",
+    "offline",
+    "disco",
+    "ping",
+    "version",
+    "time",
+    "last",
+]
 
 
 class ModuleError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from dovecote.storage.credentials import ScramCredentials
@@ -100,11 +101,82 @@ class KVStore(ABC):
         """Store `value` under `key`; None removes it. Raises StorageError for no account."""
 
 
+@dataclass(slots=True)
+class RosterItem:
+    """One roster item (RFC 6121 §2.1.2); `ask` is the pending-out flag, `approved` the
+    pre-approval flag (§3.4)."""
+
+    jid: str
+    name: str | None = None
+    subscription: str = "none"  # none | to | from | both
+    ask: bool = False
+    approved: bool = False
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Roster:
+    """A user's roster: its items, its version (XEP-0237) and the subscription requests
+    waiting for an answer (pending-in, RFC 6121 §3.1.3), contact -> the stanza as XML."""
+
+    version: int = 0
+    items: dict[str, RosterItem] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+
+
+class RosterStore(ABC):
+    """Rosters, their versions and pending subscription requests."""
+
+    @abstractmethod
+    async def load(self, local: str, domain: str) -> Roster: ...
+
+    @abstractmethod
+    async def put(self, local: str, domain: str, item: RosterItem) -> int:
+        """Create or replace an item; returns the roster's new version."""
+
+    @abstractmethod
+    async def remove(self, local: str, domain: str, contact: str) -> int:
+        """Delete an item (remembered as removed for versioning); returns the new version."""
+
+    @abstractmethod
+    async def changes_since(
+        self, local: str, domain: str, version: int
+    ) -> list[tuple[int, str, RosterItem | None]] | None:
+        """(version, contact, item or None if removed) changed after `version`, oldest
+        first; None when `version` is unknown (the client then gets the whole roster)."""
+
+    @abstractmethod
+    async def add_pending(self, local: str, domain: str, contact: str, stanza: str) -> None: ...
+
+    @abstractmethod
+    async def remove_pending(self, local: str, domain: str, contact: str) -> None: ...
+
+
+class OfflineStore(ABC):
+    """Messages kept for users with no available resource (XEP-0160)."""
+
+    @abstractmethod
+    async def store(self, local: str, domain: str, stanza: str, limit: int) -> bool:
+        """Keep a message (serialized XML); False when the user already has `limit`."""
+
+    @abstractmethod
+    async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:
+        """All kept messages, oldest first, as (id, stanza)."""
+
+    @abstractmethod
+    async def delete(self, local: str, domain: str, ids: Iterable[int]) -> None: ...
+
+    @abstractmethod
+    async def count(self, local: str, domain: str) -> int: ...
+
+
 class Storage(ABC):
     """All stores of one backend, opened and closed together."""
 
     accounts: AccountStore
     kv: KVStore
+    roster: RosterStore
+    offline: OfflineStore
 
     @abstractmethod
     async def open(self) -> None:

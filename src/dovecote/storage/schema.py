@@ -12,9 +12,12 @@ data goes even where the database does not enforce foreign keys.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKeyConstraint,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -75,6 +78,85 @@ account_kv = Table(
     ForeignKeyConstraint(
         ["domain", "local"], ["accounts.domain", "accounts.local"], ondelete="CASCADE"
     ),
+    info=ACCOUNT_DATA,
+)
+
+
+#: A bare JID: localpart '@' domainpart (RFC 7622 §3.1).
+BARE_JID = 2 * JID_PART + 1
+
+
+def _account_fk() -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["domain", "local"], ["accounts.domain", "accounts.local"], ondelete="CASCADE"
+    )
+
+
+roster_items = Table(
+    "roster_items",
+    metadata,
+    Column("domain", String(JID_PART), primary_key=True),
+    Column("local", String(JID_PART), primary_key=True),
+    Column("contact", String(BARE_JID), primary_key=True),
+    Column("name", Text, nullable=True),
+    Column("subscription", String(8), nullable=False),
+    Column("ask", Boolean, nullable=False),
+    Column("approved", Boolean, nullable=False),
+    # JSON list of group names (RFC 6121 §2.1.2.3).
+    Column("groups", Text, nullable=False),
+    # The roster version at this item's last change (XEP-0237).
+    Column("version", BigInteger, nullable=False),
+    _account_fk(),
+    info=ACCOUNT_DATA,
+)
+
+#: Removed items, kept so that a client can be sent only the changes (XEP-0237 §3).
+roster_removed = Table(
+    "roster_removed",
+    metadata,
+    Column("domain", String(JID_PART), primary_key=True),
+    Column("local", String(JID_PART), primary_key=True),
+    Column("contact", String(BARE_JID), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    _account_fk(),
+    info=ACCOUNT_DATA,
+)
+
+roster_versions = Table(
+    "roster_versions",
+    metadata,
+    Column("domain", String(JID_PART), primary_key=True),
+    Column("local", String(JID_PART), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    _account_fk(),
+    info=ACCOUNT_DATA,
+)
+
+#: Subscription requests waiting for the user's answer (RFC 6121 §3.1.3).
+roster_pending = Table(
+    "roster_pending",
+    metadata,
+    Column("domain", String(JID_PART), primary_key=True),
+    Column("local", String(JID_PART), primary_key=True),
+    Column("contact", String(BARE_JID), primary_key=True),
+    Column("stanza", Text, nullable=False),
+    _account_fk(),
+    info=ACCOUNT_DATA,
+)
+
+offline_messages = Table(
+    "offline_messages",
+    metadata,
+    # INTEGER PRIMARY KEY on SQLite is the rowid: increasing, so it orders the messages.
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("domain", String(JID_PART), nullable=False),
+    Column("local", String(JID_PART), nullable=False),
+    Column("stanza", Text, nullable=False),
+    Column("stored_at", DateTime(timezone=True), nullable=False),
+    _account_fk(),
+    Index("ix_offline_messages_owner", "domain", "local", "id"),
     info=ACCOUNT_DATA,
 )
 

@@ -9,6 +9,7 @@ again (every restart) is harmless, and concurrent starts are serialized by a loc
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -23,9 +24,29 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from dovecote.storage.base import AccountExists, AccountStore, KVStore, Storage, StorageError
+from dovecote.storage.base import (
+    AccountExists,
+    AccountStore,
+    KVStore,
+    OfflineStore,
+    Roster,
+    RosterItem,
+    RosterStore,
+    Storage,
+    StorageError,
+)
 from dovecote.storage.credentials import ScramCredentials
-from dovecote.storage.schema import account_data_tables, account_kv, accounts, scram_credentials
+from dovecote.storage.schema import (
+    account_data_tables,
+    account_kv,
+    accounts,
+    offline_messages,
+    roster_items,
+    roster_pending,
+    roster_removed,
+    roster_versions,
+    scram_credentials,
+)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -40,8 +61,12 @@ def _describe(exc: BaseException) -> str:
     """One line for a database error (without SQLAlchemy's background links)."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    lines = str(exc).strip().splitlines()
+    name = type(exc).__name__
+    if not lines:
+        return name
+    # The driver adapters' generic "Error" class name says nothing: leave it out.
+    return lines[0] if name == "Error" else f"{name}: {lines[0]}"
 
 
 def _upgrade(connection: Connection) -> None:
@@ -117,6 +142,8 @@ class SQLStorage(Storage):
         self._engine: AsyncEngine | None = None
         self.accounts: SQLAccountStore = SQLAccountStore(self)
         self.kv: SQLKVStore = SQLKVStore(self)
+        self.roster: SQLRosterStore = SQLRosterStore(self)
+        self.offline: SQLOfflineStore = SQLOfflineStore(self)
 
     @property
     def safe_url(self) -> str:
@@ -376,6 +403,18 @@ class SQLAccountStore(AccountStore):
             return int(result.scalar_one())
 
 
+async def _upsert(
+    conn: AsyncConnection, table: Any, values: dict[str, Any], keys: list[str]
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE the other columns (SQLite and PostgreSQL)."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(table).values(**values)
+    update = {name: getattr(stmt.excluded, name) for name in values if name not in keys}
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=[table.c[k] for k in keys], set_=update)
+    )
+
+
 class SQLKVStore(KVStore):
     def __init__(self, storage: SQLStorage) -> None:
         self._storage = storage
@@ -398,17 +437,177 @@ class SQLKVStore(KVStore):
                 if value is None:
                     await conn.execute(delete(table).where(*where))
                     return
-                dialect_insert = (
-                    postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                await _upsert(
+                    conn,
+                    table,
+                    {"domain": domain, "local": local, "key": key, "value": value},
+                    ["domain", "local", "key"],
                 )
-                stmt = dialect_insert(table).values(
-                    domain=domain, local=local, key=key, value=value
+        except IntegrityError:
+            raise StorageError(f"no account '{local}@{domain}'") from None
+
+
+class SQLRosterStore(RosterStore):
+    """Rosters with a version counter per user; removed items are kept as (contact,
+    version) rows so that XEP-0237 can send only what changed."""
+
+    def __init__(self, storage: SQLStorage) -> None:
+        self._storage = storage
+
+    async def load(self, local: str, domain: str) -> Roster:
+        owner = {"domain": domain, "local": local}
+        roster = Roster()
+        async with self._storage.begin() as conn:
+            roster.version = await self._version(conn, owner)
+            result = await conn.execute(select(roster_items).filter_by(**owner))
+            for row in result:
+                roster.items[row.contact] = _roster_item(row)
+            result = await conn.execute(
+                select(roster_pending.c.contact, roster_pending.c.stanza).filter_by(**owner)
+            )
+            roster.pending = {row.contact: row.stanza for row in result}
+        return roster
+
+    @staticmethod
+    async def _version(conn: AsyncConnection, owner: dict[str, str]) -> int:
+        result = await conn.execute(select(roster_versions.c.version).filter_by(**owner))
+        return int(result.scalar_one_or_none() or 0)
+
+    async def _bump(self, conn: AsyncConnection, owner: dict[str, str]) -> int:
+        version = await self._version(conn, owner) + 1
+        await _upsert(conn, roster_versions, {**owner, "version": version}, ["domain", "local"])
+        return version
+
+    async def put(self, local: str, domain: str, item: RosterItem) -> int:
+        owner = {"domain": domain, "local": local}
+        try:
+            async with self._storage.begin() as conn:
+                version = await self._bump(conn, owner)
+                await _upsert(
+                    conn,
+                    roster_items,
+                    {
+                        **owner,
+                        "contact": item.jid,
+                        "name": item.name,
+                        "subscription": item.subscription,
+                        "ask": item.ask,
+                        "approved": item.approved,
+                        "groups": json.dumps(list(item.groups)),
+                        "version": version,
+                    },
+                    ["domain", "local", "contact"],
                 )
+                await conn.execute(delete(roster_removed).filter_by(**owner, contact=item.jid))
+        except IntegrityError:
+            raise StorageError(f"no account '{local}@{domain}'") from None
+        return version
+
+    async def remove(self, local: str, domain: str, contact: str) -> int:
+        owner = {"domain": domain, "local": local}
+        async with self._storage.begin() as conn:
+            version = await self._bump(conn, owner)
+            await conn.execute(delete(roster_items).filter_by(**owner, contact=contact))
+            await _upsert(
+                conn,
+                roster_removed,
+                {**owner, "contact": contact, "version": version},
+                ["domain", "local", "contact"],
+            )
+        return version
+
+    async def changes_since(
+        self, local: str, domain: str, version: int
+    ) -> list[tuple[int, str, RosterItem | None]] | None:
+        owner = {"domain": domain, "local": local}
+        async with self._storage.begin() as conn:
+            current = await self._version(conn, owner)
+            if version > current or version < 1:
+                return None
+            changes: list[tuple[int, str, RosterItem | None]] = []
+            result = await conn.execute(
+                select(roster_items).filter_by(**owner).where(roster_items.c.version > version)
+            )
+            changes.extend((row.version, row.contact, _roster_item(row)) for row in result)
+            result = await conn.execute(
+                select(roster_removed.c.contact, roster_removed.c.version)
+                .filter_by(**owner)
+                .where(roster_removed.c.version > version)
+            )
+            changes.extend((row.version, row.contact, None) for row in result)
+        changes.sort(key=lambda change: change[0])
+        return changes
+
+    async def add_pending(self, local: str, domain: str, contact: str, stanza: str) -> None:
+        async with self._storage.begin() as conn:
+            await _upsert(
+                conn,
+                roster_pending,
+                {"domain": domain, "local": local, "contact": contact, "stanza": stanza},
+                ["domain", "local", "contact"],
+            )
+
+    async def remove_pending(self, local: str, domain: str, contact: str) -> None:
+        async with self._storage.begin() as conn:
+            await conn.execute(
+                delete(roster_pending).filter_by(domain=domain, local=local, contact=contact)
+            )
+
+
+def _roster_item(row: Any) -> RosterItem:
+    return RosterItem(
+        row.contact, row.name, row.subscription, bool(row.ask), bool(row.approved),
+        tuple(json.loads(row.groups)),
+    )  # fmt: skip
+
+
+class SQLOfflineStore(OfflineStore):
+    def __init__(self, storage: SQLStorage) -> None:
+        self._storage = storage
+
+    async def store(self, local: str, domain: str, stanza: str, limit: int) -> bool:
+        table = offline_messages
+        try:
+            async with self._storage.begin() as conn:
+                result = await conn.execute(
+                    select(func.count()).select_from(table).filter_by(domain=domain, local=local)
+                )
+                if int(result.scalar_one()) >= limit:
+                    return False
                 await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[table.c.domain, table.c.local, table.c.key],
-                        set_={"value": stmt.excluded.value},
+                    insert(table).values(
+                        domain=domain, local=local, stanza=stanza, stored_at=datetime.now(UTC)
                     )
                 )
         except IntegrityError:
             raise StorageError(f"no account '{local}@{domain}'") from None
+        return True
+
+    async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:
+        table = offline_messages
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(table.c.id, table.c.stanza)
+                .filter_by(domain=domain, local=local)
+                .order_by(table.c.id)
+            )
+            return [(row.id, row.stanza) for row in result]
+
+    async def delete(self, local: str, domain: str, ids: Iterable[int]) -> None:
+        table = offline_messages
+        ids = list(ids)
+        async with self._storage.begin() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                await conn.execute(
+                    delete(table)
+                    .filter_by(domain=domain, local=local)
+                    .where(table.c.id.in_(ids[start : start + _CHUNK]))
+                )
+
+    async def count(self, local: str, domain: str) -> int:
+        table = offline_messages
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(func.count()).select_from(table).filter_by(domain=domain, local=local)
+            )
+            return int(result.scalar_one())

@@ -34,6 +34,7 @@ CredentialsLookup = Callable[[str, str], Awaitable[ScramCredentials | None]]
 # A per-process secret so that unknown users get a stable but meaningless salt: the
 # exchange then fails only at the proof, like a wrong password (no account probing).
 _DECOY_SECRET = os.urandom(32)
+SALT_LENGTH = len(scramp.ScramMechanism("SCRAM-SHA-1").make_auth_info("x")[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +130,8 @@ class SaslNegotiation:
         """`<auth mechanism=...>`; `initial` is None when the client sent no initial
         response (RFC 6120 §6.4.2), b'' for the '=' empty response."""
         if mechanism not in self.mechanisms:
-            if mechanism == "PLAIN" and not self.secure:
-                return Failure("encryption-required", "PLAIN is offered only over TLS")
+            if not self.secure and (mechanism == "PLAIN" or mechanism.endswith("-PLUS")):
+                return Failure("encryption-required", f"{mechanism} is offered only over TLS")
             return Failure("invalid-mechanism", f"{mechanism} is not offered")
         self.mechanism = mechanism
         if initial is None:
@@ -189,8 +190,12 @@ class SaslNegotiation:
             local = prepare_local(username)
         except InvalidJID:
             local = None
-        if local is not None and authzid and not self._authzid_ok(authzid, local):
-            return Failure("invalid-authzid")
+        if authzid:
+            # scramp refuses any GS2 authzid, and the header is covered by the client's
+            # proof, so it cannot be stripped here: only PLAIN takes an authzid.
+            if local is not None and not self._authzid_ok(authzid, local):
+                return Failure("invalid-authzid")
+            return Failure("invalid-authzid", "omit the authzid with SCRAM")
         family = self.mechanism.removesuffix("-PLUS")
         creds = await self.lookup(local, SCRAM_HASHES[family]) if local else None
         auth_info = (
@@ -238,8 +243,9 @@ class SaslNegotiation:
         return None
 
     def _decoy(self, username: str, family: str) -> tuple[bytes, bytes, bytes, int]:
-        digest = hmac.new(_DECOY_SECRET, f"{family}\0{username}".encode(), hashlib.sha256).digest()
-        return digest[:16], os.urandom(32), os.urandom(32), self.iterations
+        # The salt looks like a stored one (same length, stable per user name).
+        salt = hmac.new(_DECOY_SECRET, f"{family}\0{username}".encode(), hashlib.sha256).digest()
+        return salt[:SALT_LENGTH], os.urandom(32), os.urandom(32), self.iterations
 
     def _authzid_ok(self, authzid: str, local: str) -> bool:
         try:

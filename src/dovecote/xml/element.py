@@ -11,7 +11,8 @@ from typing import Any
 
 from dovecote.xml import ns
 
-_ESCAPE_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+# CR is escaped so that it survives XML end-of-line normalization (XML 1.0 §2.11).
+_ESCAPE_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
 _ESCAPE_ATTR = str.maketrans(
     {
         "&": "&amp;",

@@ -103,6 +103,7 @@ class StreamParser:
         self._events: list[ParserEvent] = []
         self._pending_ns: dict[str, str] = {}
         self._stanza_start = 0
+        self._mark = 0  # input position of the last parser event
         self._fed = 0
         self._closed = False
 
@@ -122,6 +123,7 @@ class StreamParser:
             self._pending_ns[prefix or ""] = uri or ""
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
+        self._mark = self._parser.CurrentByteIndex
         uri, local, prefix = _split(name)
         depth = self._depth
         self._depth = depth + 1
@@ -149,6 +151,7 @@ class StreamParser:
         return f"{{{uri}}}{local}"
 
     def _end(self, name: str) -> None:
+        self._mark = self._parser.CurrentByteIndex
         self._depth -= 1
         if self._depth == 0:
             self._closed = True
@@ -157,13 +160,24 @@ class StreamParser:
         el = self._stack.pop()
         if self._depth == 1:
             size = self._parser.CurrentByteIndex - self._stanza_start
+            if el.children:
+                # The index is at the start of the end tag (after a self-closing tag when
+                # there are no children, the usual spelling): count the end tag too.
+                _uri, local, prefix = _split(name)
+                size += len(local) + 3 + (len(prefix) + 1 if prefix else 0)
             if size > self.max_stanza_size:
                 raise XMLStreamError("policy-violation", "stanza too large")
             self._events.append(ElementReceived(el, size))
 
     def _text(self, data: str) -> None:
+        self._mark = self._parser.CurrentByteIndex
         if self._depth >= 2:
-            self._stack[-1].children.append(data)
+            children = self._stack[-1].children
+            # Text arriving in several chunks is one text node, however the bytes came.
+            if children and isinstance(children[-1], str):
+                children[-1] += data
+            else:
+                children.append(data)
         # Text between stanzas (depth 1) is whitespace keepalive: ignored (RFC 6120 §4.6.1).
 
     # ---- feeding -------------------------------------------------------------------
@@ -176,11 +190,28 @@ class StreamParser:
             self._parser.Parse(data, False)
         except expat.ExpatError as exc:
             raise XMLStreamError("not-well-formed", expat.errors.messages[exc.code]) from None
-        if self._depth >= 2 and self._fed - self._stanza_start > self.max_stanza_size:
-            raise XMLStreamError("policy-violation", "stanza too large")
+        if self._depth >= 2:
+            if self._fed - self._stanza_start > self.max_stanza_size:
+                raise XMLStreamError("policy-violation", "stanza too large")
+        elif self._fed - self._mark > self.max_stanza_size:
+            # An unfinished tag (expat buffers it) must not grow without bounds either.
+            raise XMLStreamError("policy-violation", "tag too large")
         events, self._events = self._events, []
         return events
 
     @property
     def in_stanza(self) -> bool:
         return self._depth >= 2
+
+
+def parse_element(text: str | bytes, max_size: int = 16 * 1024 * 1024) -> Element:
+    """Parse one stored XML element (e.g. a vCard or offline message kept as text).
+
+    The same restrictions as on the wire apply; raises XMLStreamError."""
+    data = text.encode() if isinstance(text, str) else text
+    parser = StreamParser(max_size)
+    events = parser.feed(b"<wrapper>" + data + b"</wrapper>")
+    elements = [e.element for e in events if isinstance(e, ElementReceived)]
+    if len(elements) != 1 or not any(isinstance(e, StreamClosed) for e in events):
+        raise XMLStreamError("bad-format", "expected exactly one element")
+    return elements[0]

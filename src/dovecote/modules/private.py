@@ -1,0 +1,84 @@
+"""XEP-0049: Private XML Storage (jabber:iq:private) — XML a user keeps on the server for
+their own clients (bookmarks, client preferences, ...), one entry per namespace.
+
+Each namespace is stored under its own key as a serialized `<query/>` holding the
+element(s) of that namespace (XEP-0049 §2.3: a set MAY carry several elements of one
+namespace).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from dovecote.stream.errors import StanzaError
+from dovecote.xml import ns
+from dovecote.xml.element import Element, serialize
+from dovecote.xml.parser import parse_element
+
+if TYPE_CHECKING:
+    from dovecote.core.router import StanzaEvent
+    from dovecote.server import Server
+
+PRIVATE = "jabber:iq:private"
+FEATURES = [PRIVATE]
+#: XEP-0049 §2.3: namespaces that cannot hold private data (answered with not-acceptable).
+RESERVED = frozenset((ns.CLIENT, ns.SERVER, ns.COMPONENT, PRIVATE, ""))
+
+
+def storage_key(namespace: str) -> str:
+    return f"private:{namespace}"
+
+
+def check_namespace(element: Element) -> None:
+    if element.ns in RESERVED:
+        raise StanzaError("not-acceptable", f"the namespace {element.ns!r} is reserved")
+
+
+def setup(server: Server) -> None:
+    events = server.events
+    kv = server.storage.kv
+
+    def owner_query(event: StanzaEvent) -> tuple[str, str, list[Element]]:
+        """The account (local, domain) and the query's children; XEP-0049 §2.3: only
+        one's own data (forbidden otherwise), at least one child (not-acceptable)."""
+        account = event.to.bare
+        if event.sender.bare != account:
+            raise StanzaError("forbidden", "private storage is only for its owner")
+        query = event.payload
+        assert query is not None
+        children = list(query.elements)
+        if not children:
+            raise StanzaError("not-acceptable", "name the namespace to store or retrieve")
+        for child in children:
+            check_namespace(child)
+        return account.local or "", account.domain, children
+
+    @events.on(f"iq/bare/get/{PRIVATE}:query")
+    async def get_private(event: StanzaEvent) -> bool:
+        local, domain, children = owner_query(event)
+        if len(children) > 1:
+            # XEP-0049 §2.3: a client MUST NOT query for more than one namespace at once.
+            raise StanzaError("bad-request", "retrieve one namespace at a time")
+        wanted = children[0]
+        stored = await kv.get(local, domain, storage_key(wanted.ns))
+        if stored is not None:
+            event.reply(parse_element(stored))
+        else:
+            event.reply(Element("query", PRIVATE, children=[Element(wanted.tag, wanted.ns)]))
+        return True
+
+    @events.on(f"iq/bare/set/{PRIVATE}:query")
+    async def set_private(event: StanzaEvent) -> bool:
+        local, domain, children = owner_query(event)
+        by_namespace: dict[str, list[Element]] = defaultdict(list)
+        for child in children:
+            by_namespace[child.ns].append(child)
+        for namespace, elements in by_namespace.items():
+            if all(not e.children and not e.attrs for e in elements):
+                value = None  # storing an empty element clears the namespace
+            else:
+                value = serialize(Element("query", PRIVATE, children=list(elements)))
+            await kv.set(local, domain, storage_key(namespace), value)
+        event.reply()
+        return True

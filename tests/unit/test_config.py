@@ -1,0 +1,324 @@
+"""Configuration: TOML -> validated, typed config; every error names the key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from dovecote.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_listen,
+    to_async_url,
+)
+
+FULL_TOML = """\
+[server]
+domains = ["example.org", "Other.EXAMPLE"]
+data_dir = "{data_dir}"
+
+[listen]
+c2s = "127.0.0.1:5222"
+c2s_tls = "[::1]:5223"
+s2s = ""
+http = "0.0.0.0:8080"
+
+[tls]
+cert = "/etc/dovecote/cert.pem"
+key = "/etc/dovecote/key.pem"
+
+[storage]
+url = "postgresql://dovecote:secret@db.example/dovecote"
+
+[registration]
+open = true
+
+[muc]
+domain = "conference.example.org"
+
+[pubsub]
+domain = "pubsub.example.org"
+
+[upload]
+domain = "upload.example.org"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dovecote.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    return str(info.value)
+
+
+# ---- defaults -----------------------------------------------------------------------
+def test_defaults() -> None:
+    config = config_from_dict({})
+    assert config.server.domains == ["localhost"]
+    assert config.listen.c2s == "0.0.0.0:5222"
+    assert config.listen.c2s_tls == "0.0.0.0:5223"
+    assert config.listen.s2s == "0.0.0.0:5269"
+    assert config.listen.http == "0.0.0.0:5280"
+    assert [parse_listen(a)[1] for a in (config.listen.c2s, config.listen.c2s_tls)] == [
+        5222,
+        5223,
+    ]
+    assert parse_listen(config.listen.s2s)[1] == 5269
+    assert parse_listen(config.listen.http)[1] == 5280
+    assert config.auth.scram_iterations == 4096
+    assert config.registration.open is False
+    assert config.tls.cert is None and config.tls.key is None
+    assert config.storage.url is None
+    assert config.muc.domain is None
+    assert config.pubsub.domain is None
+    assert config.upload.domain is None
+    assert config.source is None
+
+
+def test_default_storage_is_sqlite_under_data_dir(tmp_path: Path) -> None:
+    config = config_from_dict({"server": {"data_dir": str(tmp_path)}})
+    assert config.data_path == tmp_path
+    assert config.storage_url == f"sqlite+aiosqlite:///{tmp_path / 'dovecote.sqlite3'}"
+
+
+def test_load_config_without_any_file_gives_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DOVECOTE_CONFIG", raising=False)
+    monkeypatch.setattr("dovecote.config.DEFAULT_CONFIG_PATHS", (tmp_path / "none.toml",))
+    config = load_config()
+    assert config.server.domains == ["localhost"]
+
+
+def test_load_config_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[server]\ndomains = ["env.example"]\n')
+    monkeypatch.setenv("DOVECOTE_CONFIG", str(path))
+    config = load_config()
+    assert config.server.domains == ["env.example"]
+    assert config.source == str(path)
+
+
+def test_config_is_frozen() -> None:
+    config = config_from_dict({})
+    with pytest.raises(ValidationError):
+        config.server.domains = ["x.example"]  # type: ignore[misc]
+
+
+# ---- every documented key -----------------------------------------------------------
+def test_every_documented_key_is_accepted(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    path = write(tmp_path, FULL_TOML.format(data_dir=data_dir))
+    config = load_config(path)
+    assert config.source == str(path)
+    assert config.server.domains == ["example.org", "other.example"]
+    assert config.server.data_dir == str(data_dir)
+    assert config.listen.c2s == "127.0.0.1:5222"
+    assert config.listen.c2s_tls == "[::1]:5223"
+    assert config.listen.s2s == ""
+    assert config.listen.http == "0.0.0.0:8080"
+    assert config.tls.cert == "/etc/dovecote/cert.pem"
+    assert config.tls.key == "/etc/dovecote/key.pem"
+    assert config.storage.url == "postgresql://dovecote:secret@db.example/dovecote"
+    assert config.storage_url == "postgresql+asyncpg://dovecote:secret@db.example/dovecote"
+    assert config.registration.open is True
+    assert config.muc.domain == "conference.example.org"
+    assert config.pubsub.domain == "pubsub.example.org"
+    assert config.upload.domain == "upload.example.org"
+
+
+def test_config_from_dict_equals_load_config(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\ndomains = ["a.example"]\n[auth]\nscram_iterations = 8192\n')
+    from_file = load_config(path)
+    from_dict = config_from_dict(
+        {"server": {"domains": ["a.example"]}, "auth": {"scram_iterations": 8192}},
+        source=str(path),
+    )
+    assert from_file == from_dict
+    assert isinstance(from_file, Config)
+
+
+def test_domains_are_prepared() -> None:
+    config = config_from_dict({"server": {"domains": ["Bücher.EXAMPLE."]}})
+    assert config.server.domains == ["bücher.example"]
+
+
+def test_listen_address_forms() -> None:
+    assert parse_listen("127.0.0.1:5222") == ("127.0.0.1", 5222)
+    assert parse_listen("[::1]:5222") == ("::1", 5222)
+    assert parse_listen("localhost:0") == ("localhost", 0)
+    config = config_from_dict({"listen": {"c2s": "127.0.0.1:0", "http": ""}})
+    assert config.listen.http == ""
+
+
+# ---- errors -------------------------------------------------------------------------
+def test_unknown_top_level_key() -> None:
+    message = error_of({"srever": {"domains": ["a.example"]}})
+    assert "srever" in message
+    assert "unknown" in message
+
+
+def test_unknown_nested_key() -> None:
+    message = error_of({"server": {"domain": "a.example"}})
+    assert "server.domain" in message
+    assert "unknown" in message
+
+
+def test_unknown_key_in_toml_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[listen]\nc2ss = '0.0.0.0:5222'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "listen.c2ss" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["nohost", "localhost", ":5222", "5222", "[::1]"])
+def test_bad_listen_address(value: str) -> None:
+    message = error_of({"listen": {"c2s": value}})
+    assert "listen.c2s" in message
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0:99999", "0.0.0.0:65536", "host:-1", "host:abc"])
+def test_bad_port(value: str) -> None:
+    message = error_of({"listen": {"s2s": value}})
+    assert "listen.s2s" in message
+    assert repr(value) in message
+
+
+def test_listen_must_be_a_string() -> None:
+    message = error_of({"listen": {"http": 5280}})
+    assert "listen.http" in message and "5280" in message
+
+
+@pytest.mark.parametrize("value", [4095, 1000, 0, -1])
+def test_scram_iterations_below_4096(value: int) -> None:
+    message = error_of({"auth": {"scram_iterations": value}})
+    assert "auth.scram_iterations" in message
+    assert str(value) in message
+
+
+def test_scram_iterations_above_minimum() -> None:
+    assert config_from_dict({"auth": {"scram_iterations": 10000}}).auth.scram_iterations == 10000
+
+
+@pytest.mark.parametrize("value", ["bad domain", "bad_domain.example", "a..example", "-a.example"])
+def test_invalid_domain(value: str) -> None:
+    message = error_of({"server": {"domains": ["ok.example", value]}})
+    assert "server.domains" in message
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize("section", ["muc", "pubsub", "upload"])
+def test_invalid_service_domain(section: str) -> None:
+    message = error_of({section: {"domain": "no spaces.example"}})
+    assert f"{section}.domain" in message
+    assert "'no spaces.example'" in message
+
+
+def test_domains_must_not_repeat() -> None:
+    message = error_of({"server": {"domains": ["a.example", "A.example"]}})
+    assert "server.domains" in message
+
+
+def test_domains_must_not_be_empty() -> None:
+    assert "server.domains" in error_of({"server": {"domains": []}})
+
+
+def test_tls_cert_without_key() -> None:
+    message = error_of({"tls": {"cert": "/etc/cert.pem"}})
+    assert "tls" in message and "key" in message
+    assert "/etc/cert.pem" in message
+
+
+def test_tls_key_without_cert() -> None:
+    message = error_of({"tls": {"key": "/etc/key.pem"}})
+    assert "tls" in message and "cert" in message
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "redis://h", "oracle+cx://x", "/var/db.sqlite"])
+def test_unsupported_storage_scheme(url: str) -> None:
+    message = error_of({"storage": {"url": url}})
+    assert "storage.url" in message
+    assert repr(url) in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///x.db", "postgresql://u@h/db", "postgres://u@h/db", "postgresql+asyncpg://h/d"],
+)
+def test_supported_storage_schemes(url: str) -> None:
+    assert config_from_dict({"storage": {"url": url}}).storage.url == url
+
+
+def test_wrong_type_names_key_and_value() -> None:
+    message = error_of({"registration": {"open": "maybe"}})
+    assert "registration.open" in message and "'maybe'" in message
+
+
+def test_source_is_not_a_key() -> None:
+    assert "source" in error_of({"source": "/tmp/x"})
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server\ndomains = [\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "TOML" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "not found" in str(info.value)
+
+
+def test_error_in_file_names_key_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "[listen]\nc2s = '0.0.0.0:70000'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "listen.c2s" in str(info.value)
+    assert "'0.0.0.0:70000'" in str(info.value)
+
+
+def test_error_is_one_line() -> None:
+    assert "\n" not in error_of({"auth": {"scram_iterations": 1}})
+
+
+# ---- URLs ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///relative.db", "sqlite+aiosqlite:///relative.db"),
+        (
+            "sqlite:////var/lib/dovecote/db.sqlite3",
+            "sqlite+aiosqlite:////var/lib/dovecote/db.sqlite3",
+        ),
+        ("sqlite+pysqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql://u:p@h:5432/db", "postgresql+asyncpg://u:p@h:5432/db"),
+        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
+def test_to_async_url(url: str, expected: str) -> None:
+    assert to_async_url(url) == expected
+
+
+def test_storage_url_property_converts() -> None:
+    config = config_from_dict({"storage": {"url": "sqlite:////tmp/x.db"}})
+    assert config.storage_url == "sqlite+aiosqlite:////tmp/x.db"
