@@ -46,6 +46,10 @@ class Server:
         self.account_features: set[str] = set()
         #: Extra stream features offered after authentication (SM, CSI, ...).
         self.stream_features: list[Element] = []
+        #: Extra stream features offered before authentication (registration, ...).
+        self.pre_auth_features: list[Element] = []
+        #: Callables (session, stanza) -> bool that may hold back outgoing stanzas (CSI).
+        self.send_filters: list[Any] = []
         self.auth_throttle = AuthThrottle(
             config.limits.auth_failures_before_delay, config.limits.max_auth_delay
         )

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.helpers import (
     q,
     raw_login,
     send_presence,
+    start_server,
 )
 
 OTHER = "other.example"
@@ -82,9 +85,10 @@ async def all_quiet(*peers: Peer, ignore_presence: bool = True) -> None:
 Login = Callable[..., Awaitable[Peer]]
 
 
-@pytest.fixture
-async def login(server: Server) -> AsyncIterator[Login]:
-    """login(local, resource, priority=..., presence=True, domain=...) -> Peer."""
+@asynccontextmanager
+async def logins(server: Server) -> AsyncIterator[Login]:
+    """Users alice, bob (example.org) and carol (other.example), and a login factory
+    login(local, resource, priority=..., presence=True, domain=...) -> Peer."""
     await add_user(server, "alice")
     await add_user(server, "bob")
     await add_user(server, "carol", domain=OTHER)
@@ -98,9 +102,29 @@ async def login(server: Server) -> AsyncIterator[Login]:
             await send_presence(raw, jid, priority)
         return Peer(raw, jid)
 
-    yield _login
-    for raw in opened:
-        await raw.close()
+    try:
+        yield _login
+    finally:
+        for raw in opened:
+            await raw.close()
+
+
+@pytest.fixture
+async def login(server: Server) -> AsyncIterator[Login]:
+    async with logins(server) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def login_no_offline(tmp_path: Path) -> AsyncIterator[Login]:
+    """A server without offline storage: RFC 6121 §8.5.2.2 then wants service-unavailable
+    for chat and normal messages to an account with no available resource."""
+    server = await start_server(tmp_path / "no-offline", modules={"disabled": ["offline"]})
+    try:
+        async with logins(server) as factory:
+            yield factory
+    finally:
+        await server.stop()
 
 
 def message(to: str | None, msg_type: str | None = "chat", msg_id: str = "m1",
@@ -248,9 +272,12 @@ async def test_negative_priority_resource_gets_no_bare_jid_message(login: Login,
     await all_quiet(negative, alice, zero)
 
 
-async def test_only_negative_priority_resources_count_as_offline(login: Login) -> None:
+async def test_only_negative_priority_resources_count_as_offline(
+    login_no_offline: Login,
+) -> None:
     """RFC 6121 §8.5.2.1.1: with only negative-priority resources, the message is handled as
     if no resource were available (§8.5.2.2): no offline storage here, so an error."""
+    login = login_no_offline
     alice = await login("alice")
     negative = await login("bob", "negative", priority=-1)
     alice.send(message("bob@example.org", "chat", "neg1"))
@@ -336,10 +363,11 @@ async def test_groupchat_to_offline_resource_is_service_unavailable(login: Login
 
 # ---- RFC 6121 §8.5.2.2: an existing account with no available resource --------------------------
 @pytest.mark.parametrize("to", ["bob@example.org", "bob@example.org/laptop"])
-@pytest.mark.parametrize("msg_type", ["chat", "normal", "groupchat", None])
-async def test_message_to_offline_user_is_service_unavailable(login: Login, to: str,
-                                                              msg_type: str | None) -> None:
-    alice = await login("alice")
+@pytest.mark.parametrize("msg_type", ["chat", "normal", None])
+async def test_message_to_offline_user_without_offline_storage_is_service_unavailable(
+    login_no_offline: Login, to: str, msg_type: str | None
+) -> None:
+    alice = await login_no_offline("alice")
     alice.send(message(to, msg_type, "off1"))
     err = await alice.message()
     assert_error(err, "message", "service-unavailable", "cancel", stanza_id="off1",
@@ -349,13 +377,40 @@ async def test_message_to_offline_user_is_service_unavailable(login: Login, to: 
 
 
 @pytest.mark.parametrize("to", ["bob@example.org", "bob@example.org/laptop"])
+async def test_groupchat_to_offline_user_is_service_unavailable(login: Login, to: str) -> None:
+    """RFC 6121 §8.5.2.2.1: groupchat is never stored offline."""
+    alice = await login("alice")
+    alice.send(message(to, "groupchat", "off2"))
+    err = await alice.message()
+    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="off2",
+                 to=alice.jid, sender=to)
+
+
+@pytest.mark.parametrize("to", ["bob@example.org", "bob@example.org/laptop"])
 async def test_headline_to_offline_user_is_dropped(login: Login, to: str) -> None:
     alice = await login("alice")
     alice.send(message(to, "headline"))
     await alice.assert_nothing()
 
 
-async def test_user_who_went_offline_is_offline_again(login: Login) -> None:
+async def test_chat_to_offline_user_with_offline_storage_is_kept_not_bounced(
+    login: Login,
+) -> None:
+    """RFC 6121 §8.5.2.2.1 option (a) with the default offline module: no error to the
+    sender; the message comes when bob is available again (XEP-0160), delay-stamped."""
+    alice = await login("alice")
+    alice.send(message("bob@example.org", "chat", "kept", "while you were out"))
+    await alice.assert_nothing()
+    bob = await login("bob", "back")
+    msg = await bob.message()
+    assert (msg.get("id"), msg.get("from"), body_of(msg)) == ("kept", alice.jid,
+                                                              "while you were out")
+    delay = msg.find(q("urn:xmpp:delay", "delay"))
+    assert delay is not None and delay.get("stamp")
+
+
+async def test_user_who_went_offline_is_offline_again(login_no_offline: Login) -> None:
+    login = login_no_offline
     alice = await login("alice")
     bob = await login("bob", "a")
     await bob.raw.close()
@@ -698,10 +753,10 @@ async def test_message_without_to_goes_to_own_bare_jid(login: Login) -> None:
 
 
 async def test_message_without_to_and_no_available_resource_is_service_unavailable(
-    login: Login,
+    login_no_offline: Login,
 ) -> None:
     """The sender has not sent presence: its own bare JID has no available resource."""
-    alice = await login("alice", presence=False)
+    alice = await login_no_offline("alice", presence=False)
     alice.send(message(None, "chat", "self2"))
     err = await alice.message()
     assert_error(err, "message", "service-unavailable", "cancel", stanza_id="self2",

@@ -1,5 +1,8 @@
 """The default delivery rules for local accounts (RFC 6121 §8.5), at the lowest priority so
-that modules (offline storage, carbons, archiving, blocking, ...) can act first."""
+that modules (offline storage, carbons, archiving, blocking, ...) can act first.
+
+After a chat/normal message reached sessions, `message/delivered` is fired with
+(event, sessions) for modules that copy it elsewhere (XEP-0280 carbons)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def setup(server: Server) -> None:
         session = sessions.get(event.to)
         if session is not None:
             session.send(event.stanza)
+            await events.fire_all("message/delivered", (event, [session]))
             return True
         # RFC 6121 §8.5.3.2.1: no such resource.
         msg_type = event.type or "normal"
@@ -58,6 +62,8 @@ def setup(server: Server) -> None:
         targets = sessions.highest_priority(bare)
         if targets:
             router.deliver(targets, event.stanza)
+            # Notification (carbons copy to the other resources): (event, sessions).
+            await events.fire_all("message/delivered", (event, targets))
             return True
         # §8.5.2.2: no available resource.
         if await events.fire("message/offline", event):

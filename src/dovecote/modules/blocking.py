@@ -311,7 +311,7 @@ def setup(server: Server) -> None:
                 recipient_list = _EMPTY  # delivered to no one anyway: skip the storage
         sender_list = cache.get(sender.bare) if sends_for_local_user(sender) else _EMPTY
         if recipient_list is not None and sender_list is not None:
-            return is_blocked(recipient_list, sender) or is_blocked(sender_list, to)
+            return is_blocked(recipient_list, sender)
         return _presence_loaded(event)
 
     async def _presence_loaded(event: StanzaEvent) -> bool:

@@ -266,7 +266,6 @@ def setup(server: Server) -> None:
         if stanza.tag != "presence" or "to" not in stanza.attrs:
             return False
         kind = stanza.attrs.get("type")
-        session = event.origin
         if kind is None or kind == "unavailable":
             track_directed(event)
             return False
@@ -333,7 +332,6 @@ def setup(server: Server) -> None:
                     route = False
         if route:
             router.route_soon(stanza)
-        del session
         return True
 
     def track_directed(event: StanzaEvent) -> None:
@@ -443,7 +441,7 @@ def setup(server: Server) -> None:
         if stanza.attrs.get("type") == "unavailable":
             directed: set[str] = session.data.pop("directed", set())
             subscribers = set(targets)
-            targets += [jid for jid in directed if JID.parse(jid).bare.__str__() not in subscribers]
+            targets += [jid for jid in directed if str(JID.parse(jid).bare) not in subscribers]
         for target in targets:
             copy = stanza.shallow_copy()
             copy.attrs["from"] = str(session.jid)
@@ -469,7 +467,7 @@ def setup(server: Server) -> None:
         for text in list(roster.pending.values()):
             session.send(parse_element(text))
 
-    @events.on("session/ended")
+    @events.on("session/ended", -2000)  # after the unavailable broadcast
     def forget(session: Any) -> None:
         user = session.jid.bare
         if not sessions.is_online(user):

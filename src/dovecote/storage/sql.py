@@ -85,7 +85,8 @@ def _upgrade(connection: Connection) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    # "heads": independent branches of migrations (features developed side by side) all apply.
+    command.upgrade(config, "heads")
 
 
 def _current_revision(connection: Connection) -> str | None:

@@ -198,6 +198,8 @@ class C2SStream:
                     self.transport.secure, bindings, config.auth.allow_plain
                 ):
                     mechanisms.add("mechanism", text=name)
+                for feature in self.server.pre_auth_features:
+                    features.append(feature.copy())
                 if bindings:
                     # XEP-0440 §3: tell the client which channel-binding types we support.
                     cb = features.add("sasl-channel-binding", ns.SASL_CB)
@@ -224,6 +226,14 @@ class C2SStream:
             if element.ns == ns.SASL:
                 await self._sasl_element(element)
                 return
+            if element.tag == "iq" and element.ns == ns.CLIENT:
+                # Before authentication only modules that say so take IQs (XEP-0077
+                # in-band registration): event `c2s/unauthenticated-iq/{ns}:{tag}`.
+                payload = next(element.elements, None)
+                if payload is not None and await self.server.events.fire(
+                    f"c2s/unauthenticated-iq/{payload.ns}:{payload.tag}", (self, element)
+                ):
+                    return
             # RFC 6120 §4.9.3.12: nothing but negotiation before authentication.
             raise StreamError("not-authorized", "authenticate first")
         if self.state == "authenticated":
@@ -421,7 +431,18 @@ class C2SStream:
         return self.transport.serialize(stanza)
 
     def send(self, stanza: Element, data: bytes | None = None) -> None:
-        """Deliver a stanza to this client (data: the same stanza already serialized)."""
+        """Deliver a stanza to this client (data: the same stanza already serialized).
+
+        `server.send_filters` may hold a stanza back (XEP-0352 CSI): a filter returning
+        True has taken it and will call `send_now` later."""
+        if self.state == "closed":
+            return
+        for send_filter in self.server.send_filters:
+            if send_filter(self, stanza):
+                return
+        self.send_now(stanza, data)
+
+    def send_now(self, stanza: Element, data: bytes | None = None) -> None:
         if self.state == "closed":
             return
         if data is None:
