@@ -45,8 +45,9 @@ async def start_server(data_dir: Path, **sections: dict[str, Any]) -> Server:
     return server
 
 
-async def add_user(server: Server, local: str, password: str = PASSWORD,
-                   domain: str = DOMAIN) -> str:
+async def add_user(
+    server: Server, local: str, password: str = PASSWORD, domain: str = DOMAIN
+) -> str:
     creds = await asyncio.get_running_loop().run_in_executor(None, derive_credentials, password)
     await server.storage.accounts.create(local, domain, creds)
     return f"{local}@{domain}"
@@ -79,9 +80,16 @@ class Client(slixmpp.ClientXMPP):
         self.register_plugin("xep_0092")
 
 
-async def connect(server: Server, jid: str, password: str = PASSWORD, *,
-                  presence: bool = True, direct_tls: bool = False, timeout: float = 15,
-                  **kwargs: Any) -> Client:
+async def connect(
+    server: Server,
+    jid: str,
+    password: str = PASSWORD,
+    *,
+    presence: bool = True,
+    direct_tls: bool = False,
+    timeout: float = 15,
+    **kwargs: Any,
+) -> Client:
     """Log a slixmpp client in (STARTTLS by default) and wait for the session."""
     client = Client(jid, password, **kwargs)
     started = asyncio.Event()
@@ -135,7 +143,9 @@ class RawClient:
     @classmethod
     async def open(cls, port: int, *, tls: bool = False) -> RawClient:
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=client_ssl_context() if tls else None,
+            "127.0.0.1",
+            port,
+            ssl=client_ssl_context() if tls else None,
             server_hostname=DOMAIN if tls else None,
         )
         return cls(reader, writer)
@@ -187,7 +197,9 @@ class RawClient:
         assert el.tag == tag, f"expected {tag}, got {el.tag}: {ET.tostring(el)!r}"
         return el
 
-    async def wait_for(self, predicate: Callable[[ET.Element], bool], timeout: float = 5) -> ET.Element:
+    async def wait_for(
+        self, predicate: Callable[[ET.Element], bool], timeout: float = 5
+    ) -> ET.Element:
         while True:
             el = await self.next(timeout)
             if predicate(el):
@@ -196,8 +208,11 @@ class RawClient:
     async def stream_error(self, timeout: float = 5) -> str:
         """Read until a stream error; return its condition and check the stream is closed."""
         el = await self.wait_for(lambda e: e.tag == q(STREAMS, "error"), timeout)
-        conditions = [c.tag.split("}")[1] for c in el if c.tag.startswith(f"{{{STREAM_ERRORS}}}")
-                      and not c.tag.endswith("}text")]
+        conditions = [
+            c.tag.split("}")[1]
+            for c in el
+            if c.tag.startswith(f"{{{STREAM_ERRORS}}}") and not c.tag.endswith("}text")
+        ]
         await self.closed(timeout)
         return conditions[0]
 
@@ -224,12 +239,15 @@ class RawClient:
         self.send(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth>")
         return await self.next()
 
-    async def auth_scram(self, local: str, password: str = PASSWORD,
-                         mechanism: str = "SCRAM-SHA-1",
-                         channel_binding: tuple[str, bytes] | None = None) -> ET.Element:
+    async def auth_scram(
+        self,
+        local: str,
+        password: str = PASSWORD,
+        mechanism: str = "SCRAM-SHA-1",
+        channel_binding: tuple[str, bytes] | None = None,
+    ) -> ET.Element:
         """Run a SCRAM exchange with scramp as the client; returns success or failure."""
-        client = scramp.ScramClient([mechanism], local, password,
-                                    channel_binding=channel_binding)
+        client = scramp.ScramClient([mechanism], local, password, channel_binding=channel_binding)
         first = base64.b64encode(client.get_client_first().encode()).decode()
         self.send(f"<auth xmlns='{SASL}' mechanism='{mechanism}'>{first}</auth>")
         el = await self.next()
@@ -250,8 +268,13 @@ class RawClient:
         der = ssl_object.getpeercert(binary_form=True)
         return end_point_hash(ssl.DER_cert_to_PEM_cert(der).encode())
 
-    async def login(self, local: str, password: str = PASSWORD, resource: str | None = "raw",
-                    direct_tls: bool = False) -> str:
+    async def login(
+        self,
+        local: str,
+        password: str = PASSWORD,
+        resource: str | None = "raw",
+        direct_tls: bool = False,
+    ) -> str:
         """STARTTLS (unless direct TLS), SCRAM-SHA-1, bind; returns the bound JID."""
         self.open_stream()
         await self.features()
@@ -287,8 +310,14 @@ def error_condition(el: ET.Element) -> tuple[str | None, str | None]:
 
 
 # ---- raw sessions on any served domain, presence, quiet checks ----------------------------
-async def raw_login(server: Server, local: str, resource: str = "raw", *,
-                    domain: str = DOMAIN, password: str = PASSWORD) -> tuple[RawClient, str]:
+async def raw_login(
+    server: Server,
+    local: str,
+    resource: str = "raw",
+    *,
+    domain: str = DOMAIN,
+    password: str = PASSWORD,
+) -> tuple[RawClient, str]:
     """A RawClient logged in as local@domain (STARTTLS, SCRAM-SHA-1, bind) on any of the
     server's domains; returns it with the bound full JID."""
     raw = await RawClient.open(server.ports["c2s"])
@@ -303,8 +332,10 @@ async def raw_login(server: Server, local: str, resource: str = "raw", *,
     assert el.tag == q(SASL, "success"), ET.tostring(el)
     raw.open_stream(to=domain)
     await raw.features()
-    raw.send(f"<iq type='set' id='bind1'><bind xmlns='{BIND}'>"
-             f"<resource>{resource}</resource></bind></iq>")
+    raw.send(
+        f"<iq type='set' id='bind1'><bind xmlns='{BIND}'>"
+        f"<resource>{resource}</resource></bind></iq>"
+    )
     el = await raw.expect(q(CLIENT, "iq"))
     assert el.get("type") == "result", ET.tostring(el)
     jid = el.find(f"{q(BIND, 'bind')}/{q(BIND, 'jid')}").text  # type: ignore[union-attr]
@@ -318,15 +349,14 @@ async def send_presence(raw: RawClient, jid: str, priority: int | None = None) -
     body = f"<priority>{priority}</priority>" if priority is not None else ""
     raw.send(f"<presence>{body}</presence>")
     return await raw.wait_for(
-        lambda e: e.tag == q(CLIENT, "presence") and e.get("from") == jid
-        and e.get("type") is None
+        lambda e: e.tag == q(CLIENT, "presence") and e.get("from") == jid and e.get("type") is None
     )
 
 
-async def collect(raw: RawClient, timeout: float = 0.3) -> list[ET.Element]:
-    """Every top-level element the server sends within `timeout` seconds."""
+async def collect(raw: RawClient, within: float = 0.3) -> list[ET.Element]:
+    """Every top-level element the server sends within `within` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     received: list[ET.Element] = []
     while (remaining := deadline - loop.time()) > 0:
         try:
@@ -334,3 +364,175 @@ async def collect(raw: RawClient, timeout: float = 0.3) -> list[ET.Element]:
         except TimeoutError:
             break
     return received
+
+
+# ---- RFC 6121: a logged-in resource that keeps what it skipped ------------------------------
+ROSTER = "jabber:iq:roster"
+QUIET = 0.3  # how long a "nothing arrives" check waits
+
+
+def is_roster_push(el: ET.Element) -> bool:
+    return (
+        el.tag == q(CLIENT, "iq")
+        and el.get("type") == "set"
+        and el.find(q(ROSTER, "query")) is not None
+    )
+
+
+def is_presence(el: ET.Element, **attrs: str | None) -> bool:
+    """A presence whose attributes equal `attrs` (None: the attribute is absent);
+    `from_` stands for 'from'."""
+    return el.tag == q(CLIENT, "presence") and all(
+        el.get(k.rstrip("_")) == v for k, v in attrs.items()
+    )
+
+
+def roster_item_attrs(item: ET.Element) -> dict[str, str]:
+    """An item's attributes, plus 'groups' as a '|'-joined sorted list when it has any."""
+    attrs = dict(item.attrib)
+    groups = sorted(g.text or "" for g in item.findall(q(ROSTER, "group")))
+    if groups:
+        attrs["groups"] = "|".join(groups)
+    return attrs
+
+
+class Resource:
+    """A RawClient bound as `jid`. `take` waits for a matching element and keeps the ones
+    it passes over, so checks in any order see everything the server sent."""
+
+    def __init__(self, raw: RawClient, jid: str) -> None:
+        self.raw = raw
+        self.jid = jid
+        self.backlog: list[ET.Element] = []
+        self._ids = 0
+
+    @property
+    def bare(self) -> str:
+        return self.jid.split("/", 1)[0]
+
+    def send(self, xml: str) -> None:
+        self.raw.send(xml)
+
+    def next_id(self) -> str:
+        self._ids += 1
+        return f"t{self._ids}"
+
+    async def take(self, predicate: Callable[[ET.Element], bool], timeout: float = 5) -> ET.Element:
+        for index, el in enumerate(self.backlog):
+            if predicate(el):
+                return self.backlog.pop(index)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                el = await self.raw.next(remaining)
+            except TimeoutError:
+                seen = [ET.tostring(e).decode() for e in self.backlog]
+                raise AssertionError(f"{self.jid}: nothing matching; unmatched: {seen}") from None
+            if predicate(el):
+                return el
+            self.backlog.append(el)
+
+    async def drain(self, timeout: float = QUIET) -> list[ET.Element]:
+        """The backlog and everything arriving within `timeout`; empties the backlog."""
+        got = self.backlog + await collect(self.raw, timeout)
+        self.backlog = []
+        return got
+
+    async def assert_none(
+        self, predicate: Callable[[ET.Element], bool] = lambda _e: True, timeout: float = QUIET
+    ) -> None:
+        """Nothing matching is pending or arrives within `timeout` (others are kept)."""
+        self.backlog += await collect(self.raw, timeout)
+        bad = [ET.tostring(e).decode() for e in self.backlog if predicate(e)]
+        assert bad == [], f"{self.jid} got {bad}"
+
+    async def iq(self, iq_id: str, timeout: float = 5) -> ET.Element:
+        return await self.take(lambda e: e.tag == q(CLIENT, "iq") and e.get("id") == iq_id, timeout)
+
+    async def request(
+        self, xml_inside: str, iq_type: str = "get", to: str | None = None, timeout: float = 5
+    ) -> ET.Element:
+        iq_id = self.next_id()
+        to_attr = f" to='{to}'" if to else ""
+        self.send(f"<iq type='{iq_type}' id='{iq_id}'{to_attr}>{xml_inside}</iq>")
+        return await self.iq(iq_id, timeout)
+
+    async def roster_get(self, ver: str | None = None, to: str | None = None) -> ET.Element:
+        ver_attr = "" if ver is None else f" ver='{ver}'"
+        return await self.request(f"<query xmlns='{ROSTER}'{ver_attr}/>", "get", to)
+
+    async def roster_set(self, item_xml: str, to: str | None = None) -> ET.Element:
+        return await self.request(f"<query xmlns='{ROSTER}'>{item_xml}</query>", "set", to)
+
+    async def push(self, jid: str | None = None, timeout: float = 5) -> ET.Element:
+        """The next roster push (about `jid` when given), acknowledged as RFC 6121 §2.1.6
+        asks; returns the <iq/>."""
+
+        def wanted(el: ET.Element) -> bool:
+            if not is_roster_push(el):
+                return False
+            item = el.find(f"{q(ROSTER, 'query')}/{q(ROSTER, 'item')}")
+            return jid is None or (item is not None and item.get("jid") == jid)
+
+        el = await self.take(wanted, timeout)
+        self.send(f"<iq type='result' id='{el.get('id')}'/>")
+        return el
+
+    async def push_item(self, jid: str | None = None, timeout: float = 5) -> dict[str, str]:
+        """The attributes of the one item of the next roster push."""
+        el = await self.push(jid, timeout)
+        items = el.findall(f"{q(ROSTER, 'query')}/{q(ROSTER, 'item')}")
+        assert len(items) == 1, ET.tostring(el)
+        return roster_item_attrs(items[0])
+
+    async def presence(self, timeout: float = 5, **attrs: str | None) -> ET.Element:
+        return await self.take(lambda e: is_presence(e, **attrs), timeout)
+
+    async def message(self, timeout: float = 5) -> ET.Element:
+        return await self.take(lambda e: e.tag == q(CLIENT, "message"), timeout)
+
+    async def available(self, priority: int | None = None, extra: str = "") -> ET.Element:
+        """Send available presence and wait for its echo to this resource."""
+        body = (f"<priority>{priority}</priority>" if priority is not None else "") + extra
+        self.send(f"<presence>{body}</presence>")
+        return await self.presence(from_=self.jid, type=None)
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+
+async def login_resource(
+    server: Server,
+    local: str,
+    resource: str = "r",
+    *,
+    roster: bool = False,
+    presence: bool = False,
+    priority: int | None = None,
+    domain: str = DOMAIN,
+) -> Resource:
+    """Log in; then, when asked, request the roster and send available presence."""
+    raw, jid = await raw_login(server, local, resource, domain=domain)
+    res = Resource(raw, jid)
+    if roster:
+        result = await res.roster_get()
+        assert result.get("type") == "result", ET.tostring(result)
+    if presence or priority is not None:
+        await res.available(priority)
+    return res
+
+
+async def authenticated_features(server: Server, local: str) -> tuple[RawClient, ET.Element]:
+    """STARTTLS and SCRAM; returns the client and the stream features offered after auth."""
+    raw = await RawClient.open(server.ports["c2s"])
+    raw.open_stream()
+    await raw.features()
+    await raw.starttls()
+    el = await raw.auth_scram(local)
+    assert el.tag == q(SASL, "success"), ET.tostring(el)
+    raw.open_stream()
+    return raw, await raw.features()

@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -98,6 +99,8 @@ class ListenSection(_Section):
     c2s_tls: ListenAddress = "0.0.0.0:5223"
     s2s: ListenAddress = "0.0.0.0:5269"
     http: ListenAddress = "0.0.0.0:5280"
+    #: XEP-0114 external components ("127.0.0.1:5347"); empty: off.
+    component: ListenAddress = ""
 
 
 class TLSSection(_Section):
@@ -135,6 +138,12 @@ class AuthSection(_Section):
 
 class RegistrationSection(_Section):
     open: bool = False
+    #: XEP-0077 §11: new accounts allowed per client IP address per `period` (0: no limit).
+    max_per_ip: int = Field(default=5, ge=0)
+    #: Seconds over which `max_per_ip` is counted.
+    period: float = Field(default=600.0, gt=0)
+    #: Shortest password accepted for a new account or a password change (characters).
+    min_password_length: int = Field(default=8, ge=1)
 
 
 class LimitsSection(_Section):
@@ -144,6 +153,15 @@ class LimitsSection(_Section):
     #: Failed authentications from one address before the answers start to slow down.
     auth_failures_before_delay: int = Field(default=3, ge=1)
     max_auth_delay: float = Field(default=10.0, ge=0)
+
+
+class StreamManagementSection(_Section):
+    #: XEP-0198: offer stream management.
+    enabled: bool = True
+    #: Seconds a session with a dead connection waits to be resumed.
+    resume_timeout: float = Field(default=300.0, ge=0)
+    #: Seconds after sending a stanza before asking the client for an ack.
+    ack_delay: float = Field(default=1.0, gt=0)
 
 
 class OfflineSection(_Section):
@@ -158,6 +176,10 @@ class VCardSection(_Section):
 
 class ServiceDomainSection(_Section):
     domain: Domain | None = None
+
+
+#: XEP-0114 §3: the secret a component proves in its handshake.
+ComponentSecret = Annotated[str, Field(min_length=1)]
 
 
 class ModulesSection(_Section):
@@ -186,6 +208,7 @@ class Config(_Section):
     auth: AuthSection = Field(default_factory=AuthSection)
     registration: RegistrationSection = Field(default_factory=RegistrationSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    stream_management: StreamManagementSection = Field(default_factory=StreamManagementSection)
     offline: OfflineSection = Field(default_factory=OfflineSection)
     vcard: VCardSection = Field(default_factory=VCardSection)
     muc: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
@@ -193,9 +216,28 @@ class Config(_Section):
     upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     modules: ModulesSection = Field(default_factory=ModulesSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    #: XEP-0114 external components: domain -> shared secret.
+    components: dict[Domain, ComponentSecret] = Field(default_factory=dict)
 
     #: Where the file was read from (None: built-in defaults).
     source: str | None = None
+
+    @field_validator("components")
+    @classmethod
+    def _component_domains_free(
+        cls, components: dict[str, str], info: ValidationInfo
+    ) -> dict[str, str]:
+        """A component domain may not be one the server or a built-in service serves."""
+        taken: set[str] = set()
+        if isinstance(server := info.data.get("server"), ServerSection):
+            taken.update(server.domains)
+        for name in ("muc", "pubsub", "upload"):
+            if isinstance(section := info.data.get(name), ServiceDomainSection):
+                taken.add(section.domain or "")
+        for domain in components:
+            if domain in taken:
+                raise ValueError(f"{domain!r} is already served by this server")
+        return components
 
     @property
     def data_path(self) -> Path:

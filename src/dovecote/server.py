@@ -55,6 +55,9 @@ class Server:
         )
         #: Every client stream, bound or not (for shutdown).
         self.streams: set[Any] = set()
+        #: XEP-0198 resumable sessions by id, and the last h of recently ended ones.
+        self.sm_sessions: dict[str, Any] = {}
+        self.sm_expired: dict[str, int] = {}
         self.storage: Any = None
         self.tls: ServerTLS | None = None
         self.modules: dict[str, Any] = {}
@@ -195,6 +198,8 @@ class Server:
             await self._control.close()
         for stream in list(self.streams):
             stream.close("system-shutdown", "the server is shutting down")
+        for session in list(self.sm_sessions.values()):
+            session.close()  # hibernating: unacked messages go to offline storage
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 2)

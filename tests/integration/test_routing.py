@@ -53,26 +53,24 @@ class Peer:
     def send(self, xml: str) -> None:
         self.raw.send(xml)
 
-    async def message(self, timeout: float = 5) -> ET.Element:
+    async def message(self) -> ET.Element:
         """The next message (presence in between is skipped)."""
-        return await self.raw.wait_for(lambda e: e.tag == MESSAGE, timeout)
+        return await self.raw.wait_for(lambda e: e.tag == MESSAGE)
 
-    async def iq(self, iq_id: str | None, timeout: float = 5) -> ET.Element:
+    async def iq(self, iq_id: str | None) -> ET.Element:
         """The next IQ with this id (None: an IQ without an id)."""
-        return await self.raw.wait_for(lambda e: e.tag == IQ and e.get("id") == iq_id, timeout)
+        return await self.raw.wait_for(lambda e: e.tag == IQ and e.get("id") == iq_id)
 
-    async def presence(self, timeout: float = 5, **attrs: str | None) -> ET.Element:
+    async def presence(self, **attrs: str | None) -> ET.Element:
         return await self.raw.wait_for(
-            lambda e: e.tag == PRESENCE and all(e.get(k) == v for k, v in attrs.items()),
-            timeout,
+            lambda e: e.tag == PRESENCE and all(e.get(k) == v for k, v in attrs.items())
         )
 
-    async def assert_nothing(self, timeout: float = QUIET, ignore_presence: bool = True) -> None:
-        """No stanza arrives (by default, presence broadcasts of the user's own resources
-        coming and going are not counted)."""
+    async def assert_nothing(self, ignore_presence: bool = True) -> None:
+        """No stanza arrives within QUIET seconds (by default, presence broadcasts of the
+        user's own resources coming and going are not counted)."""
         got = [
-            e for e in await collect(self.raw, timeout)
-            if not (ignore_presence and e.tag == PRESENCE)
+            e for e in await collect(self.raw, QUIET) if not (ignore_presence and e.tag == PRESENCE)
         ]
         assert got == [], [ET.tostring(e) for e in got]
 
@@ -94,8 +92,14 @@ async def logins(server: Server) -> AsyncIterator[Login]:
     await add_user(server, "carol", domain=OTHER)
     opened: list[RawClient] = []
 
-    async def _login(local: str, resource: str = "r", *, priority: int | None = None,
-                     presence: bool = True, domain: str = DOMAIN) -> Peer:
+    async def _login(
+        local: str,
+        resource: str = "r",
+        *,
+        priority: int | None = None,
+        presence: bool = True,
+        domain: str = DOMAIN,
+    ) -> Peer:
         raw, jid = await raw_login(server, local, resource, domain=domain)
         opened.append(raw)
         if presence:
@@ -127,8 +131,9 @@ async def login_no_offline(tmp_path: Path) -> AsyncIterator[Login]:
         await server.stop()
 
 
-def message(to: str | None, msg_type: str | None = "chat", msg_id: str = "m1",
-            body: str = "hello") -> str:
+def message(
+    to: str | None, msg_type: str | None = "chat", msg_id: str = "m1", body: str = "hello"
+) -> str:
     attrs = f" id='{msg_id}'"
     if to is not None:
         attrs += f" to='{to}'"
@@ -141,8 +146,15 @@ def body_of(el: ET.Element) -> str | None:
     return el.findtext(q(CLIENT, "body"))
 
 
-def assert_delivered(el: ET.Element, *, sender: str, to: str, msg_type: str | None,
-                     msg_id: str = "m1", body: str = "hello") -> None:
+def assert_delivered(
+    el: ET.Element,
+    *,
+    sender: str,
+    to: str,
+    msg_type: str | None,
+    msg_id: str = "m1",
+    body: str = "hello",
+) -> None:
     assert el.tag == MESSAGE, ET.tostring(el)
     assert el.get("from") == sender
     assert el.get("to") == to
@@ -151,8 +163,16 @@ def assert_delivered(el: ET.Element, *, sender: str, to: str, msg_type: str | No
     assert body_of(el) == body
 
 
-def assert_error(el: ET.Element, tag: str, condition: str, error_type: str, *,
-                 stanza_id: str | None, to: str, sender: str | None = None) -> None:
+def assert_error(
+    el: ET.Element,
+    tag: str,
+    condition: str,
+    error_type: str,
+    *,
+    stanza_id: str | None,
+    to: str,
+    sender: str | None = None,
+) -> None:
     """An error answer: kind, type='error', id kept, addressed back to the sender."""
     assert el.tag == q(CLIENT, tag), ET.tostring(el)
     assert el.get("type") == "error", ET.tostring(el)
@@ -165,14 +185,16 @@ def assert_error(el: ET.Element, tag: str, condition: str, error_type: str, *,
 
 # ---- RFC 6121 §8.5.3.1: full JID of an online resource ----------------------------------------
 @pytest.mark.parametrize("msg_type", ["chat", "normal", "headline", None])
-async def test_message_to_full_jid_reaches_only_that_resource(login: Login,
-                                                              msg_type: str | None) -> None:
+async def test_message_to_full_jid_reaches_only_that_resource(
+    login: Login, msg_type: str | None
+) -> None:
     alice = await login("alice")
     bob_a = await login("bob", "a")
     bob_b = await login("bob", "b")
     alice.send(message(bob_a.jid, msg_type, body="only for a"))
-    assert_delivered(await bob_a.message(), sender=alice.jid, to=bob_a.jid, msg_type=msg_type,
-                     body="only for a")
+    assert_delivered(
+        await bob_a.message(), sender=alice.jid, to=bob_a.jid, msg_type=msg_type, body="only for a"
+    )
     await all_quiet(bob_b, alice, bob_a)
 
 
@@ -223,14 +245,16 @@ async def test_message_between_two_slixmpp_clients(server: Server) -> None:
 
 # ---- RFC 6121 §8.5.2.1.1: bare JID, priorities -------------------------------------------------
 @pytest.mark.parametrize("msg_type", ["chat", "normal", None])
-async def test_bare_jid_message_goes_to_highest_priority_resource(login: Login,
-                                                                  msg_type: str | None) -> None:
+async def test_bare_jid_message_goes_to_highest_priority_resource(
+    login: Login, msg_type: str | None
+) -> None:
     alice = await login("alice")
     high = await login("bob", "high", priority=5)
     low = await login("bob", "low", priority=1)
     alice.send(message("bob@example.org", msg_type))
-    assert_delivered(await high.message(), sender=alice.jid, to="bob@example.org",
-                     msg_type=msg_type)
+    assert_delivered(
+        await high.message(), sender=alice.jid, to="bob@example.org", msg_type=msg_type
+    )
     await all_quiet(low, alice, high)
 
 
@@ -244,8 +268,9 @@ async def test_bare_jid_message_goes_to_all_resources_tied_for_highest_priority(
     low = await login("bob", "low", priority=1)
     alice.send(message("bob@example.org", msg_type))
     for peer in (first, second):
-        assert_delivered(await peer.message(), sender=alice.jid, to="bob@example.org",
-                         msg_type=msg_type)
+        assert_delivered(
+            await peer.message(), sender=alice.jid, to="bob@example.org", msg_type=msg_type
+        )
     await all_quiet(low, alice, first, second)
 
 
@@ -261,14 +286,16 @@ async def test_priority_change_moves_bare_jid_delivery(login: Login) -> None:
 
 
 @pytest.mark.parametrize("msg_type", ["chat", "normal"])
-async def test_negative_priority_resource_gets_no_bare_jid_message(login: Login,
-                                                                   msg_type: str) -> None:
+async def test_negative_priority_resource_gets_no_bare_jid_message(
+    login: Login, msg_type: str
+) -> None:
     alice = await login("alice")
     zero = await login("bob", "zero", priority=0)
     negative = await login("bob", "negative", priority=-1)
     alice.send(message("bob@example.org", msg_type))
-    assert_delivered(await zero.message(), sender=alice.jid, to="bob@example.org",
-                     msg_type=msg_type)
+    assert_delivered(
+        await zero.message(), sender=alice.jid, to="bob@example.org", msg_type=msg_type
+    )
     await all_quiet(negative, alice, zero)
 
 
@@ -282,8 +309,15 @@ async def test_only_negative_priority_resources_count_as_offline(
     negative = await login("bob", "negative", priority=-1)
     alice.send(message("bob@example.org", "chat", "neg1"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="neg1",
-                 to=alice.jid, sender="bob@example.org")
+    assert_error(
+        err,
+        "message",
+        "service-unavailable",
+        "cancel",
+        stanza_id="neg1",
+        to=alice.jid,
+        sender="bob@example.org",
+    )
     alice.send(message("bob@example.org", "headline", "neg2"))
     await all_quiet(negative, alice)
 
@@ -296,8 +330,13 @@ async def test_headline_to_bare_jid_reaches_all_non_negative_resources(login: Lo
     negative = await login("bob", "negative", priority=-1)
     alice.send(message("bob@example.org", "headline", body="news"))
     for peer in (a, b, c):
-        assert_delivered(await peer.message(), sender=alice.jid, to="bob@example.org",
-                         msg_type="headline", body="news")
+        assert_delivered(
+            await peer.message(),
+            sender=alice.jid,
+            to="bob@example.org",
+            msg_type="headline",
+            body="news",
+        )
     await all_quiet(negative, alice, a, b, c)
 
 
@@ -306,8 +345,15 @@ async def test_groupchat_to_bare_jid_is_service_unavailable(login: Login) -> Non
     bob = await login("bob", "a", priority=5)
     alice.send(message("bob@example.org", "groupchat", "gc1", body="room?"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="gc1",
-                 to=alice.jid, sender="bob@example.org")
+    assert_error(
+        err,
+        "message",
+        "service-unavailable",
+        "cancel",
+        stanza_id="gc1",
+        to=alice.jid,
+        sender="bob@example.org",
+    )
     await all_quiet(bob, alice)
 
 
@@ -317,17 +363,26 @@ async def test_error_messages_are_never_answered(login: Login) -> None:
     malformed address)."""
     alice = await login("alice")
     await login("bob", "a")
-    targets = ["bob@example.org", "bob@example.org/a", "bob@example.org/gone",
-               "nobody@example.org", "nobody@example.org/x", "example.org",
-               "someone@remote.invalid", "a@b@c"]
+    targets = [
+        "bob@example.org",
+        "bob@example.org/a",
+        "bob@example.org/gone",
+        "nobody@example.org",
+        "nobody@example.org/x",
+        "example.org",
+        "someone@remote.invalid",
+        "a@b@c",
+    ]
     for n, to in enumerate(targets):
         alice.send(
             f"<message to='{to}' type='error' id='e{n}'><body>x</body>"
             "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
             "</error></message>"
         )
-    alice.send("<message type='error' id='e-no-to'><error type='cancel'><item-not-found "
-               "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    alice.send(
+        "<message type='error' id='e-no-to'><error type='cancel'><item-not-found "
+        "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+    )
     await alice.assert_nothing()
 
 
@@ -339,8 +394,9 @@ async def test_message_to_offline_resource_is_delivered_as_to_bare_jid(
     alice = await login("alice")
     online = await login("bob", "online", priority=1)
     alice.send(message("bob@example.org/gone", msg_type))
-    assert_delivered(await online.message(), sender=alice.jid, to="bob@example.org/gone",
-                     msg_type=msg_type)
+    assert_delivered(
+        await online.message(), sender=alice.jid, to="bob@example.org/gone", msg_type=msg_type
+    )
     await all_quiet(alice, online)
 
 
@@ -356,8 +412,15 @@ async def test_groupchat_to_offline_resource_is_service_unavailable(login: Login
     online = await login("bob", "online", priority=1)
     alice.send(message("bob@example.org/gone", "groupchat", "gc2"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="gc2",
-                 to=alice.jid, sender="bob@example.org/gone")
+    assert_error(
+        err,
+        "message",
+        "service-unavailable",
+        "cancel",
+        stanza_id="gc2",
+        to=alice.jid,
+        sender="bob@example.org/gone",
+    )
     await all_quiet(alice, online)
 
 
@@ -370,8 +433,9 @@ async def test_message_to_offline_user_without_offline_storage_is_service_unavai
     alice = await login_no_offline("alice")
     alice.send(message(to, msg_type, "off1"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="off1",
-                 to=alice.jid, sender=to)
+    assert_error(
+        err, "message", "service-unavailable", "cancel", stanza_id="off1", to=alice.jid, sender=to
+    )
     # The payload comes back so the sender can tell which message failed (RFC 6120 §8.3.1).
     assert body_of(err) == "hello"
 
@@ -382,8 +446,9 @@ async def test_groupchat_to_offline_user_is_service_unavailable(login: Login, to
     alice = await login("alice")
     alice.send(message(to, "groupchat", "off2"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="off2",
-                 to=alice.jid, sender=to)
+    assert_error(
+        err, "message", "service-unavailable", "cancel", stanza_id="off2", to=alice.jid, sender=to
+    )
 
 
 @pytest.mark.parametrize("to", ["bob@example.org", "bob@example.org/laptop"])
@@ -403,8 +468,11 @@ async def test_chat_to_offline_user_with_offline_storage_is_kept_not_bounced(
     await alice.assert_nothing()
     bob = await login("bob", "back")
     msg = await bob.message()
-    assert (msg.get("id"), msg.get("from"), body_of(msg)) == ("kept", alice.jid,
-                                                              "while you were out")
+    assert (msg.get("id"), msg.get("from"), body_of(msg)) == (
+        "kept",
+        alice.jid,
+        "while you were out",
+    )
     delay = msg.find(q("urn:xmpp:delay", "delay"))
     assert delay is not None and delay.get("stamp")
 
@@ -417,20 +485,29 @@ async def test_user_who_went_offline_is_offline_again(login_no_offline: Login) -
     await asyncio.sleep(0.1)
     alice.send(message("bob@example.org", "chat", "late"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="late",
-                 to=alice.jid, sender="bob@example.org")
+    assert_error(
+        err,
+        "message",
+        "service-unavailable",
+        "cancel",
+        stanza_id="late",
+        to=alice.jid,
+        sender="bob@example.org",
+    )
 
 
 # ---- RFC 6121 §8.5.1 / RFC 6120 §10.5.3.1: no such user ---------------------------------------
 @pytest.mark.parametrize("to", ["nobody@example.org", "nobody@example.org/x"])
 @pytest.mark.parametrize("msg_type", ["chat", "normal"])
-async def test_message_to_nonexistent_user_is_service_unavailable(login: Login, to: str,
-                                                                  msg_type: str) -> None:
+async def test_message_to_nonexistent_user_is_service_unavailable(
+    login: Login, to: str, msg_type: str
+) -> None:
     alice = await login("alice")
     alice.send(message(to, msg_type, "nx1"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="nx1",
-                 to=alice.jid, sender=to)
+    assert_error(
+        err, "message", "service-unavailable", "cancel", stanza_id="nx1", to=alice.jid, sender=to
+    )
 
 
 @pytest.mark.parametrize("to", ["nobody@example.org", "nobody@example.org/x"])
@@ -442,21 +519,30 @@ async def test_message_to_nonexistent_user_is_service_unavailable(login: Login, 
         pytest.param(f"<query xmlns='{DISCO_INFO}'/>", id="disco-info"),
     ],
 )
-async def test_iq_to_nonexistent_user_is_service_unavailable(login: Login, to: str,
-                                                             payload: str) -> None:
+async def test_iq_to_nonexistent_user_is_service_unavailable(
+    login: Login, to: str, payload: str
+) -> None:
     alice = await login("alice")
     alice.send(f"<iq type='get' id='nx2' to='{to}'>{payload}</iq>")
     err = await alice.iq("nx2")
-    assert_error(err, "iq", "service-unavailable", "cancel", stanza_id="nx2", to=alice.jid,
-                 sender=to)
+    assert_error(
+        err, "iq", "service-unavailable", "cancel", stanza_id="nx2", to=alice.jid, sender=to
+    )
 
 
 async def test_iq_set_to_nonexistent_user_is_service_unavailable(login: Login) -> None:
     alice = await login("alice")
     alice.send(f"<iq type='set' id='nx3' to='nobody@example.org'><query xmlns='{CUSTOM}'/></iq>")
     err = await alice.iq("nx3")
-    assert_error(err, "iq", "service-unavailable", "cancel", stanza_id="nx3", to=alice.jid,
-                 sender="nobody@example.org")
+    assert_error(
+        err,
+        "iq",
+        "service-unavailable",
+        "cancel",
+        stanza_id="nx3",
+        to=alice.jid,
+        sender="nobody@example.org",
+    )
 
 
 async def test_presence_to_nonexistent_user_gets_nothing_back(login: Login) -> None:
@@ -473,15 +559,19 @@ async def test_iq_to_full_jid_is_delivered_and_its_result_returns(login: Login) 
     alice = await login("alice")
     bob = await login("bob", "a")
     other = await login("bob", "b")
-    alice.send(f"<iq type='get' id='q1' to='{bob.jid}'><query xmlns='{CUSTOM}'>"
-               "<question>6*7</question></query></iq>")
+    alice.send(
+        f"<iq type='get' id='q1' to='{bob.jid}'><query xmlns='{CUSTOM}'>"
+        "<question>6*7</question></query></iq>"
+    )
     request = await bob.iq("q1")
     assert request.get("type") == "get"
     assert request.get("from") == alice.jid
     assert request.get("to") == bob.jid
     assert request.findtext(f"{q(CUSTOM, 'query')}/{q(CUSTOM, 'question')}") == "6*7"
-    bob.send(f"<iq type='result' id='q1' to='{alice.jid}'><query xmlns='{CUSTOM}'>"
-             "<answer>42</answer></query></iq>")
+    bob.send(
+        f"<iq type='result' id='q1' to='{alice.jid}'><query xmlns='{CUSTOM}'>"
+        "<answer>42</answer></query></iq>"
+    )
     result = await alice.iq("q1")
     assert result.get("type") == "result"
     assert result.get("from") == bob.jid
@@ -497,27 +587,34 @@ async def test_iq_set_to_full_jid_and_error_reply_from_the_client(login: Login) 
     request = await bob.iq("s1")
     assert request.get("type") == "set"
     assert request.get("from") == alice.jid
-    bob.send(f"<iq type='error' id='s1' to='{alice.jid}'><error type='cancel'>"
-             "<feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
-             "</error></iq>")
+    bob.send(
+        f"<iq type='error' id='s1' to='{alice.jid}'><error type='cancel'>"
+        "<feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+        "</error></iq>"
+    )
     err = await alice.iq("s1")
-    assert_error(err, "iq", "feature-not-implemented", "cancel", stanza_id="s1", to=alice.jid,
-                 sender=bob.jid)
+    assert_error(
+        err, "iq", "feature-not-implemented", "cancel", stanza_id="s1", to=alice.jid, sender=bob.jid
+    )
     await all_quiet(alice, bob)
 
 
-async def test_iq_to_full_jid_of_slixmpp_client_is_answered_by_it(server: Server,
-                                                                  login: Login) -> None:
+async def test_iq_to_full_jid_of_slixmpp_client_is_answered_by_it(
+    server: Server, login: Login
+) -> None:
     alice = await login("alice")
     bob = await connect(server, "bob@example.org/slix")
     try:
-        alice.send("<iq type='get' id='v1' to='bob@example.org/slix'>"
-                   "<query xmlns='jabber:iq:version'/></iq>")
+        alice.send(
+            "<iq type='get' id='v1' to='bob@example.org/slix'>"
+            "<query xmlns='jabber:iq:version'/></iq>"
+        )
         result = await alice.iq("v1")
         assert result.get("type") == "result", ET.tostring(result)
         assert result.get("from") == "bob@example.org/slix"
         assert result.get("to") == alice.jid
-        name = result.findtext(f"{q('jabber:iq:version', 'query')}/{q('jabber:iq:version', 'name')}")
+        version = q("jabber:iq:version", "query")
+        name = result.findtext(f"{version}/{q('jabber:iq:version', 'name')}")
         assert name == bob.plugin["xep_0092"].software_name
     finally:
         await disconnect(bob)
@@ -527,11 +624,19 @@ async def test_iq_to_full_jid_of_slixmpp_client_is_answered_by_it(server: Server
 async def test_iq_to_offline_full_jid_is_service_unavailable(login: Login, iq_type: str) -> None:
     alice = await login("alice")
     online = await login("bob", "online", priority=10)
-    alice.send(f"<iq type='{iq_type}' id='of1' to='bob@example.org/gone'>"
-               f"<query xmlns='{CUSTOM}'/></iq>")
+    alice.send(
+        f"<iq type='{iq_type}' id='of1' to='bob@example.org/gone'><query xmlns='{CUSTOM}'/></iq>"
+    )
     err = await alice.iq("of1")
-    assert_error(err, "iq", "service-unavailable", "cancel", stanza_id="of1", to=alice.jid,
-                 sender="bob@example.org/gone")
+    assert_error(
+        err,
+        "iq",
+        "service-unavailable",
+        "cancel",
+        stanza_id="of1",
+        to=alice.jid,
+        sender="bob@example.org/gone",
+    )
     # Not redirected to the bare JID or another resource (RFC 6121 §8.5.3.2.3).
     await all_quiet(online, alice)
 
@@ -540,8 +645,15 @@ async def test_iq_to_full_jid_of_offline_user_is_service_unavailable(login: Logi
     alice = await login("alice")
     alice.send(f"<iq type='get' id='of2' to='bob@example.org/gone'><ping xmlns='{PING}'/></iq>")
     err = await alice.iq("of2")
-    assert_error(err, "iq", "service-unavailable", "cancel", stanza_id="of2", to=alice.jid,
-                 sender="bob@example.org/gone")
+    assert_error(
+        err,
+        "iq",
+        "service-unavailable",
+        "cancel",
+        stanza_id="of2",
+        to=alice.jid,
+        sender="bob@example.org/gone",
+    )
 
 
 async def test_iq_result_or_error_to_unreachable_entity_is_not_answered(login: Login) -> None:
@@ -549,10 +661,17 @@ async def test_iq_result_or_error_to_unreachable_entity_is_not_answered(login: L
     when they cannot be delivered."""
     alice = await login("alice")
     online = await login("bob", "online")
-    error = ("<error type='cancel'><service-unavailable "
-             "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>")
-    targets = ["bob@example.org/gone", "nobody@example.org/x", "bob@example.org",
-               "nobody@example.org", "someone@remote.invalid"]
+    error = (
+        "<error type='cancel'><service-unavailable "
+        "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+    )
+    targets = [
+        "bob@example.org/gone",
+        "nobody@example.org/x",
+        "bob@example.org",
+        "nobody@example.org",
+        "someone@remote.invalid",
+    ]
     for n, to in enumerate(targets):
         alice.send(f"<iq type='result' id='r{n}' to='{to}'/>")
         alice.send(f"<iq type='error' id='e{n}' to='{to}'>{error}</iq>")
@@ -601,15 +720,21 @@ async def test_unknown_namespace_iq_is_service_unavailable(login: Login, iq_type
     JID (online or not) and a 'to'-less IQ, and does not know this namespace."""
     alice = await login("alice")
     bob = await login("bob", "a")
-    targets = {"u-host": "example.org", "u-other-host": "other.example",
-               "u-bob": "bob@example.org", "u-self": "alice@example.org", "u-no-to": None}
+    targets = {
+        "u-host": "example.org",
+        "u-other-host": "other.example",
+        "u-bob": "bob@example.org",
+        "u-self": "alice@example.org",
+        "u-no-to": None,
+    }
     for iq_id, to in targets.items():
         to_attr = f" to='{to}'" if to is not None else ""
         alice.send(f"<iq type='{iq_type}' id='{iq_id}'{to_attr}><query xmlns='{CUSTOM}'/></iq>")
     for iq_id, to in targets.items():
         err = await alice.iq(iq_id)
-        assert_error(err, "iq", "service-unavailable", "cancel", stanza_id=iq_id, to=alice.jid,
-                     sender=to)
+        assert_error(
+            err, "iq", "service-unavailable", "cancel", stanza_id=iq_id, to=alice.jid, sender=to
+        )
     await all_quiet(bob, alice)
 
 
@@ -623,8 +748,9 @@ async def test_iq_without_to_is_answered_for_the_sender_account(login: Login) ->
     alice.send(f"<iq type='get' id='n2'><query xmlns='{DISCO_INFO}'/></iq>")
     result = await alice.iq("n2")
     assert result.get("type") == "result", ET.tostring(result)
-    identities = [(i.get("category"), i.get("type"))
-                  for i in result.iter(q(DISCO_INFO, "identity"))]
+    identities = [
+        (i.get("category"), i.get("type")) for i in result.iter(q(DISCO_INFO, "identity"))
+    ]
     assert identities == [("account", "registered")]
 
 
@@ -632,27 +758,38 @@ async def test_iq_without_to_is_answered_for_the_sender_account(login: Login) ->
 async def test_forged_from_on_message_is_replaced(login: Login) -> None:
     alice = await login("alice")
     bob = await login("bob", "a")
-    alice.send(f"<message from='mallory@example.org/x' to='{bob.jid}' type='chat' id='f1'>"
-               "<body>trust me</body></message>")
-    assert_delivered(await bob.message(), sender=alice.jid, to=bob.jid, msg_type="chat",
-                     msg_id="f1", body="trust me")
+    alice.send(
+        f"<message from='mallory@example.org/x' to='{bob.jid}' type='chat' id='f1'>"
+        "<body>trust me</body></message>"
+    )
+    assert_delivered(
+        await bob.message(),
+        sender=alice.jid,
+        to=bob.jid,
+        msg_type="chat",
+        msg_id="f1",
+        body="trust me",
+    )
 
 
-@pytest.mark.parametrize("forged", ["mallory@example.org/x", "alice@example.org",
-                                    "bob@example.org/a", "example.org"])
+@pytest.mark.parametrize(
+    "forged", ["mallory@example.org/x", "alice@example.org", "bob@example.org/a", "example.org"]
+)
 async def test_forged_from_on_presence_and_iq_is_replaced(login: Login, forged: str) -> None:
     alice = await login("alice")
     bob = await login("bob", "a")
     alice.send(f"<presence from='{forged}' to='{bob.jid}'><status>hi</status></presence>")
     pres = await bob.presence(**{"from": alice.jid})
     assert pres.get("to") == bob.jid
-    alice.send(f"<iq from='{forged}' type='get' id='f2' to='{bob.jid}'>"
-               f"<query xmlns='{CUSTOM}'/></iq>")
+    alice.send(
+        f"<iq from='{forged}' type='get' id='f2' to='{bob.jid}'><query xmlns='{CUSTOM}'/></iq>"
+    )
     request = await bob.iq("f2")
     assert request.get("from") == alice.jid
     # The server's own answer goes to the real sender.
-    alice.send(f"<iq from='{forged}' type='get' id='f3' to='example.org'>"
-               f"<ping xmlns='{PING}'/></iq>")
+    alice.send(
+        f"<iq from='{forged}' type='get' id='f3' to='example.org'><ping xmlns='{PING}'/></iq>"
+    )
     result = await alice.iq("f3")
     assert result.get("type") == "result"
     assert result.get("to") == alice.jid
@@ -662,21 +799,36 @@ async def test_forged_from_on_presence_and_iq_is_replaced(login: Login, forged: 
 @pytest.mark.parametrize(
     ("stanza", "stanza_id"),
     [
-        pytest.param(f"<iq type='get' id='b1' to='example.org'><ping xmlns='{PING}'/>"
-                     "<query xmlns='jabber:iq:version'/></iq>", "b1", id="get-two-children"),
-        pytest.param(f"<iq type='set' id='b2' to='bob@example.org/a'><query xmlns='{CUSTOM}'/>"
-                     f"<query xmlns='{CUSTOM}'/></iq>", "b2", id="set-two-children-to-full"),
+        pytest.param(
+            f"<iq type='get' id='b1' to='example.org'><ping xmlns='{PING}'/>"
+            "<query xmlns='jabber:iq:version'/></iq>",
+            "b1",
+            id="get-two-children",
+        ),
+        pytest.param(
+            f"<iq type='set' id='b2' to='bob@example.org/a'><query xmlns='{CUSTOM}'/>"
+            f"<query xmlns='{CUSTOM}'/></iq>",
+            "b2",
+            id="set-two-children-to-full",
+        ),
         pytest.param("<iq type='get' id='b3' to='example.org'/>", "b3", id="get-no-child"),
-        pytest.param("<iq type='set' id='b4' to='bob@example.org/a'/>", "b4",
-                     id="set-no-child-to-full"),
-        pytest.param("<iq type='get' id='b5' to='bob@example.org'>text only</iq>", "b5",
-                     id="get-text-only"),
-        pytest.param(f"<iq type='get' to='example.org'><ping xmlns='{PING}'/></iq>", None,
-                     id="get-no-id"),
-        pytest.param(f"<iq type='bogus' id='b6' to='example.org'><ping xmlns='{PING}'/></iq>",
-                     "b6", id="type-bogus"),
-        pytest.param(f"<iq id='b7' to='bob@example.org/a'><ping xmlns='{PING}'/></iq>", "b7",
-                     id="no-type"),
+        pytest.param(
+            "<iq type='set' id='b4' to='bob@example.org/a'/>", "b4", id="set-no-child-to-full"
+        ),
+        pytest.param(
+            "<iq type='get' id='b5' to='bob@example.org'>text only</iq>", "b5", id="get-text-only"
+        ),
+        pytest.param(
+            f"<iq type='get' to='example.org'><ping xmlns='{PING}'/></iq>", None, id="get-no-id"
+        ),
+        pytest.param(
+            f"<iq type='bogus' id='b6' to='example.org'><ping xmlns='{PING}'/></iq>",
+            "b6",
+            id="type-bogus",
+        ),
+        pytest.param(
+            f"<iq id='b7' to='bob@example.org/a'><ping xmlns='{PING}'/></iq>", "b7", id="no-type"
+        ),
     ],
 )
 async def test_invalid_iq_is_bad_request(login: Login, stanza: str, stanza_id: str | None) -> None:
@@ -693,8 +845,10 @@ async def test_invalid_iq_is_bad_request(login: Login, stanza: str, stanza_id: s
 
 async def test_results_and_errors_to_the_server_are_not_answered(login: Login) -> None:
     alice = await login("alice")
-    error = ("<error type='cancel'><service-unavailable "
-             "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>")
+    error = (
+        "<error type='cancel'><service-unavailable "
+        "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+    )
     for stanza in (
         "<iq type='result' id='x1' to='example.org'/>",
         f"<iq type='result' id='x2' to='example.org'><query xmlns='{CUSTOM}'/></iq>",
@@ -710,7 +864,7 @@ async def test_results_and_errors_to_the_server_are_not_answered(login: Login) -
     await alice.assert_nothing()
 
 
-# ---- RFC 6120 §8.3.3.8 / RFC 7622: malformed 'to' --------------------------------------------------
+# ---- RFC 6120 §8.3.3.8 / RFC 7622: malformed 'to' ---------------------------------------------
 MALFORMED = [
     pytest.param("a@b@c", id="two-ats"),
     pytest.param("user@exa mple.org", id="space-in-domain"),
@@ -759,8 +913,7 @@ async def test_message_without_to_and_no_available_resource_is_service_unavailab
     alice = await login_no_offline("alice", presence=False)
     alice.send(message(None, "chat", "self2"))
     err = await alice.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="self2",
-                 to=alice.jid)
+    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="self2", to=alice.jid)
 
 
 # ---- directed presence (RFC 6121 §4.6) ---------------------------------------------------------
@@ -807,31 +960,43 @@ async def test_presence_to_offline_resource_is_dropped(login: Login) -> None:
 
 
 # ---- remote domains (no federation yet: RFC 6120 §10.4.3) ---------------------------------------
-@pytest.mark.parametrize("to", ["someone@remote.invalid", "remote.invalid",
-                                "someone@remote.invalid/res"])
+@pytest.mark.parametrize(
+    "to", ["someone@remote.invalid", "remote.invalid", "someone@remote.invalid/res"]
+)
 @pytest.mark.parametrize("msg_type", ["chat", "normal"])
-async def test_message_to_remote_domain_is_remote_server_not_found(login: Login, to: str,
-                                                                   msg_type: str) -> None:
+async def test_message_to_remote_domain_is_remote_server_not_found(
+    login: Login, to: str, msg_type: str
+) -> None:
     alice = await login("alice")
     alice.send(message(to, msg_type, "rm1"))
     err = await alice.message()
-    assert_error(err, "message", "remote-server-not-found", "cancel", stanza_id="rm1",
-                 to=alice.jid, sender=to)
+    assert_error(
+        err,
+        "message",
+        "remote-server-not-found",
+        "cancel",
+        stanza_id="rm1",
+        to=alice.jid,
+        sender=to,
+    )
 
 
-@pytest.mark.parametrize("to", ["someone@remote.invalid", "remote.invalid",
-                                "someone@remote.invalid/res"])
+@pytest.mark.parametrize(
+    "to", ["someone@remote.invalid", "remote.invalid", "someone@remote.invalid/res"]
+)
 @pytest.mark.parametrize("iq_type", ["get", "set"])
-async def test_iq_to_remote_domain_is_remote_server_not_found(login: Login, to: str,
-                                                              iq_type: str) -> None:
+async def test_iq_to_remote_domain_is_remote_server_not_found(
+    login: Login, to: str, iq_type: str
+) -> None:
     alice = await login("alice")
     alice.send(f"<iq type='{iq_type}' id='rm2' to='{to}'><ping xmlns='{PING}'/></iq>")
     err = await alice.iq("rm2")
-    assert_error(err, "iq", "remote-server-not-found", "cancel", stanza_id="rm2", to=alice.jid,
-                 sender=to)
+    assert_error(
+        err, "iq", "remote-server-not-found", "cancel", stanza_id="rm2", to=alice.jid, sender=to
+    )
 
 
-# ---- the second domain ----------------------------------------------------------------------------
+# ---- the second domain -------------------------------------------------------------------------
 async def test_users_on_two_domains_exchange_messages(server: Server) -> None:
     await add_user(server, "alice")
     await add_user(server, "carol", domain=OTHER)
@@ -842,11 +1007,17 @@ async def test_users_on_two_domains_exchange_messages(server: Server) -> None:
         alice.send_message(mto="carol@other.example", mbody="hi carol", mtype="chat")
         msg = await asyncio.wait_for(carol.messages.get(), 5)
         assert (msg["type"], str(msg["from"]), msg["body"]) == (
-            "chat", "alice@example.org/desk", "hi carol")
+            "chat",
+            "alice@example.org/desk",
+            "hi carol",
+        )
         carol.send_message(mto="alice@example.org/desk", mbody="hi alice", mtype="normal")
         msg = await asyncio.wait_for(alice.messages.get(), 5)
         assert (msg["type"], str(msg["from"]), msg["body"]) == (
-            "normal", "carol@other.example/phone", "hi alice")
+            "normal",
+            "carol@other.example/phone",
+            "hi alice",
+        )
         result = await carol.plugin["xep_0199"].send_ping("alice@example.org", timeout=5)
         assert result["type"] == "result"
         assert str(result["from"]) == "alice@example.org"
@@ -859,8 +1030,14 @@ async def test_raw_clients_on_two_domains(login: Login) -> None:
     carol = await login("carol", "c", domain=OTHER)
     assert carol.jid == "carol@other.example/c"
     carol.send(message("alice@example.org", "chat", "x1", "from the other domain"))
-    assert_delivered(await alice.message(), sender=carol.jid, to="alice@example.org",
-                     msg_type="chat", msg_id="x1", body="from the other domain")
+    assert_delivered(
+        await alice.message(),
+        sender=carol.jid,
+        to="alice@example.org",
+        msg_type="chat",
+        msg_id="x1",
+        body="from the other domain",
+    )
     alice.send(f"<iq type='get' id='x2' to='{carol.jid}'><query xmlns='{CUSTOM}'/></iq>")
     request = await carol.iq("x2")
     assert request.get("from") == alice.jid
@@ -874,10 +1051,23 @@ async def test_accounts_on_two_domains_are_distinct(login: Login) -> None:
     carol = await login("carol", "c", domain=OTHER)
     carol.send(message("alice@other.example", "chat", "d1"))
     err = await carol.message()
-    assert_error(err, "message", "service-unavailable", "cancel", stanza_id="d1", to=carol.jid,
-                 sender="alice@other.example")
-    carol.send("<iq type='get' id='d2' to='bob@other.example'>"
-               f"<query xmlns='{DISCO_INFO}'/></iq>")
+    assert_error(
+        err,
+        "message",
+        "service-unavailable",
+        "cancel",
+        stanza_id="d1",
+        to=carol.jid,
+        sender="alice@other.example",
+    )
+    carol.send(f"<iq type='get' id='d2' to='bob@other.example'><query xmlns='{DISCO_INFO}'/></iq>")
     err = await carol.iq("d2")
-    assert_error(err, "iq", "service-unavailable", "cancel", stanza_id="d2", to=carol.jid,
-                 sender="bob@other.example")
+    assert_error(
+        err,
+        "iq",
+        "service-unavailable",
+        "cancel",
+        stanza_id="d2",
+        to=carol.jid,
+        sender="bob@other.example",
+    )

@@ -30,7 +30,7 @@ def write_config(tmp_path: Path, c2s: int, c2s_tls: int, extra: str = "") -> Pat
         f"""
 [server]
 domains = ["{DOMAIN}"]
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 [listen]
 c2s = "127.0.0.1:{c2s}"
 c2s_tls = "127.0.0.1:{c2s_tls}"
@@ -45,7 +45,10 @@ http = ""
 def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dovecote", *args, "--config", str(config)],
-        input=stdin, capture_output=True, text=True, timeout=60,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -58,13 +61,18 @@ class Served:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dovecote", "serve", "--config", str(self.config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stdout.read()}")  # type: ignore[union-attr]
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.c2s), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.c2s), 0.2),
+            ):
                 return
             time.sleep(0.1)
         raise RuntimeError("server did not start listening")
@@ -109,7 +117,10 @@ async def login_fails(port: int, local: str, password: str = PASSWORD) -> bool:
 
 
 async def test_accounts_survive_a_restart(served: Served) -> None:
-    assert cli(served.config, "user", "add", "alice@example.org", "--password", PASSWORD).returncode == 0
+    assert (
+        cli(served.config, "user", "add", "alice@example.org", "--password", PASSWORD).returncode
+        == 0
+    )
     served.start()
     raw = await login(served.c2s, "alice")
     await raw.close()
@@ -126,13 +137,15 @@ async def test_accounts_survive_a_restart(served: Served) -> None:
 async def test_user_commands_reach_the_running_server(served: Served) -> None:
     served.start()
     # A new account can log in at once.
-    added = await asyncio.to_thread(cli, served.config, "user", "add", "bob@example.org",
-                                    stdin=PASSWORD + "\n")
+    added = await asyncio.to_thread(
+        cli, served.config, "user", "add", "bob@example.org", stdin=PASSWORD + "\n"
+    )
     assert added.returncode == 0, added.stderr
     bob = await login(served.c2s, "bob")
     # A password change ends the sessions with <reset/> and the old password stops working.
-    changed = await asyncio.to_thread(cli, served.config, "user", "passwd", "bob@example.org",
-                                      "--password", "new-password")
+    changed = await asyncio.to_thread(
+        cli, served.config, "user", "passwd", "bob@example.org", "--password", "new-password"
+    )
     assert changed.returncode == 0, changed.stderr
     assert await bob.stream_error() == "reset"
     assert await login_fails(served.c2s, "bob", PASSWORD)
@@ -155,20 +168,27 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         config = write_config(tmp_path, port, free_port())
         result = subprocess.run(
             [sys.executable, "-m", "dovecote", "serve", "--config", str(config)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if "error" in line]
-    assert lines == [f"dovecote: error: cannot listen on 127.0.0.1:{port} (c2s): address already in use"]
+    assert lines == [
+        f"dovecote: error: cannot listen on 127.0.0.1:{port} (c2s): address already in use"
+    ]
 
 
 def test_unreadable_certificate_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
-    config = write_config(tmp_path, free_port(), free_port(),
-                          f'[tls]\ncert = "{missing}"\nkey = "{missing}"\n')
+    config = write_config(
+        tmp_path, free_port(), free_port(), f'[tls]\ncert = "{missing}"\nkey = "{missing}"\n'
+    )
     result = subprocess.run(
         [sys.executable, "-m", "dovecote", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert f"dovecote: error: cannot read {missing}" in result.stderr
@@ -179,7 +199,9 @@ def test_invalid_config_key_is_named(tmp_path: Path) -> None:
     config = write_config(tmp_path, free_port(), free_port(), "[registration]\nopen = 'maybe'\n")
     result = subprocess.run(
         [sys.executable, "-m", "dovecote", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "'registration.open'" in result.stderr and "'maybe'" in result.stderr
@@ -190,7 +212,11 @@ def test_serve_without_config_uses_localhost(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "DOVECOTE_CONFIG": ""}
     result = subprocess.run(
         [sys.executable, "-m", "dovecote", "check-config"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert "localhost" in result.stdout

@@ -44,15 +44,13 @@ class Asker:
     jid: str
     _count: int = 0
 
-    async def iq(self, payload: str, to: str | None = DOMAIN, iq_type: str = "get",
-                 timeout: float = 5) -> ET.Element:
+    async def iq(self, payload: str, to: str | None = DOMAIN, iq_type: str = "get") -> ET.Element:
         """Send an IQ and return the answer with the same id."""
         self._count += 1
         iq_id = f"s{self._count}"
         to_attr = f" to='{to}'" if to is not None else ""
         self.raw.send(f"<iq type='{iq_type}' id='{iq_id}'{to_attr}>{payload}</iq>")
-        answer = await self.raw.wait_for(lambda e: e.tag == IQ and e.get("id") == iq_id,
-                                         timeout)
+        answer = await self.raw.wait_for(lambda e: e.tag == IQ and e.get("id") == iq_id)
         assert answer.get("to") == self.jid, ET.tostring(answer)
         return answer
 
@@ -124,7 +122,8 @@ async def test_server_disco_with_slixmpp(server: Server) -> None:
     client = await connect(server, "carol@example.org/disco", presence=False)
     try:
         info = await client.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=5)
-        assert ("server", "im") in {(c, t) for c, t, _lang, _name in info["disco_info"]["identities"]}
+        found = {(c, t) for c, t, _lang, _name in info["disco_info"]["identities"]}
+        assert ("server", "im") in found
         assert set(info["disco_info"]["features"]) == server.features
         items = await client.plugin["xep_0030"].get_items(jid=DOMAIN, timeout=5)
         assert items["type"] == "result"
@@ -139,8 +138,9 @@ async def test_server_disco_with_slixmpp(server: Server) -> None:
 
 # ---- XEP-0030: accounts ----------------------------------------------------------------------
 async def test_account_disco_info_of_existing_user(alice: Asker) -> None:
-    answer = result_of(await alice.iq(f"<query xmlns='{DISCO_INFO}'/>", to="bob@example.org"),
-                       "bob@example.org")
+    answer = result_of(
+        await alice.iq(f"<query xmlns='{DISCO_INFO}'/>", to="bob@example.org"), "bob@example.org"
+    )
     query = answer.find(q(DISCO_INFO, "query"))
     assert query is not None
     assert identities(query) == [("account", "registered")]
@@ -148,8 +148,9 @@ async def test_account_disco_info_of_existing_user(alice: Asker) -> None:
 
 
 async def test_account_disco_items_of_existing_user(alice: Asker) -> None:
-    answer = result_of(await alice.iq(f"<query xmlns='{DISCO_ITEMS}'/>", to="bob@example.org"),
-                       "bob@example.org")
+    answer = result_of(
+        await alice.iq(f"<query xmlns='{DISCO_ITEMS}'/>", to="bob@example.org"), "bob@example.org"
+    )
     assert answer.find(q(DISCO_ITEMS, "query")) is not None
 
 
@@ -199,9 +200,9 @@ async def test_entity_time(alice: Asker) -> None:
     utc = time_el.findtext(q(TIME, "utc"))
     assert tzo is not None and re.fullmatch(r"[+-](0\d|1\d|2[0-3]):[0-5]\d", tzo), tzo
     # XEP-0082 DateTime in UTC: 'Z', optional fraction of a second.
-    assert utc is not None and re.fullmatch(
-        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", utc
-    ), utc
+    assert utc is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", utc), (
+        utc
+    )
     stamp = datetime.datetime.fromisoformat(utc.replace("Z", "+00:00"))
     assert stamp.utcoffset() == datetime.timedelta(0)
     assert abs((stamp - before).total_seconds()) < 60
@@ -269,4 +270,4 @@ async def test_message_to_the_server(alice: Asker) -> None:
     assert answer.get("id") == "h1"
     assert_error(answer, "service-unavailable", "cancel", DOMAIN)
     alice.raw.send("<message to='example.org' type='headline' id='h2'><body>news</body></message>")
-    assert [e for e in await collect(alice.raw, 0.3) if e.tag != q(CLIENT, "presence")] == []
+    assert [e for e in await collect(alice.raw) if e.tag != q(CLIENT, "presence")] == []

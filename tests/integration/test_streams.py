@@ -75,12 +75,17 @@ async def test_features_after_tls_offer_scram_plus_and_channel_binding(users: Se
     await raw.features()
     raw.send(f"<starttls xmlns='{TLS_NS}'/>")
     await raw.expect(q(TLS_NS, "proceed"))
-    await raw.writer.start_tls(__import__("tests.helpers").helpers.client_ssl_context(),
-                               server_hostname=DOMAIN)
+    await raw.writer.start_tls(
+        __import__("tests.helpers").helpers.client_ssl_context(), server_hostname=DOMAIN
+    )
     raw.open_stream()
     features = await raw.features()
     assert mechanisms(features) == [
-        "SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
     ]
     assert features.find(q(TLS_NS, "starttls")) is None
     cb = features.find(q(SASL_CB, "sasl-channel-binding"))  # XEP-0440
@@ -148,8 +153,9 @@ async def test_scram_plus_with_wrong_binding_fails(users: Server) -> None:
     await raw.features()
     await raw.starttls()
     binding = ("tls-server-end-point", b"\x00" * 32)
-    el = await raw.auth_scram("alice", PASSWORD, mechanism="SCRAM-SHA-256-PLUS",
-                              channel_binding=binding)
+    el = await raw.auth_scram(
+        "alice", PASSWORD, mechanism="SCRAM-SHA-256-PLUS", channel_binding=binding
+    )
     assert el.tag == q(SASL, "failure")
     assert el.find(q(SASL, "not-authorized")) is not None
     await raw.close()
@@ -231,7 +237,10 @@ async def test_repeated_failures_slow_down_then_close(users: Server) -> None:
         assert el.find(q(SASL, "not-authorized")) is not None
     # The 4th failure from this address is delayed (a lower bound only: never flaky).
     assert durations[3] >= 0.2
-    el = await raw.auth_plain("alice", "wrong", )
+    el = await raw.auth_plain(
+        "alice",
+        "wrong",
+    )
     assert el.find(q(SASL, "not-authorized")) is not None
     # RFC 6120 §6.4.5: after a reasonable number of retries the stream is closed.
     assert await raw.stream_error(timeout=15) == "policy-violation"
@@ -276,12 +285,16 @@ async def test_invalid_resource_is_bad_request(users: Server) -> None:
     await raw.auth_scram("alice")
     raw.open_stream()
     await raw.features()
-    raw.send(f"<iq type='set' id='b'><bind xmlns='{BIND}'><resource>soft\u00adhyphen</resource>"
-             "</bind></iq>")
+    raw.send(
+        f"<iq type='set' id='b'><bind xmlns='{BIND}'><resource>soft\u00adhyphen</resource>"
+        "</bind></iq>"
+    )
     el = await raw.expect(q(CLIENT, "iq"))
     assert el.get("type") == "error"
-    assert el.find(f"{q(CLIENT, 'error')}/{{urn:ietf:params:xml:ns:xmpp-stanzas}}bad-request") \
+    assert (
+        el.find(f"{q(CLIENT, 'error')}/{{urn:ietf:params:xml:ns:xmpp-stanzas}}bad-request")
         is not None
+    )
     await raw.close()
 
 
@@ -312,8 +325,10 @@ async def test_stanza_before_bind_is_refused(users: Server) -> None:
     raw.send(f"<iq type='get' id='x' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
     el = await raw.expect(q(CLIENT, "iq"))
     assert el.get("type") == "error"
-    assert el.find(f"{q(CLIENT, 'error')}/{{urn:ietf:params:xml:ns:xmpp-stanzas}}not-authorized") \
+    assert (
+        el.find(f"{q(CLIENT, 'error')}/{{urn:ietf:params:xml:ns:xmpp-stanzas}}not-authorized")
         is not None
+    )
     await raw.close()
 
 
@@ -330,13 +345,16 @@ async def test_whitespace_keepalive_and_clean_close(users: Server) -> None:
     await raw.closed()
     assert raw.closed_by_server
     await asyncio.sleep(0.05)
-    assert users.sessions.get(__import__("dovecote.jid").jid.JID.parse(
-        "alice@example.org/raw")) is None
+    assert (
+        users.sessions.get(__import__("dovecote.jid").jid.JID.parse("alice@example.org/raw"))
+        is None
+    )
 
 
 # ---- stream errors (RFC 6120 §4.9.3) -----------------------------------------------------------
-async def _error_for(server: Server, data: str, *, tls_first: bool = False,
-                     login: bool = False) -> str:
+async def _error_for(
+    server: Server, data: str, *, tls_first: bool = False, login: bool = False
+) -> str:
     raw = await RawClient.open(server.ports["c2s"])
     if login:
         await raw.login("alice")
@@ -348,8 +366,10 @@ async def _error_for(server: Server, data: str, *, tls_first: bool = False,
     return await raw.stream_error()
 
 
-HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-          f"xmlns:stream='{STREAMS}' version='1.0' ")
+HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    f"xmlns:stream='{STREAMS}' version='1.0' "
+)
 
 
 @pytest.mark.parametrize(
@@ -357,24 +377,49 @@ HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
     [
         (HEADER + "to='unknown.example'>", "host-unknown"),
         (HEADER + ">", "improper-addressing"),
-        ("<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong' to='example.org' "
-         "version='1.0'>", "invalid-namespace"),
-        ("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
-         "to='example.org' version='1.0'>", "invalid-namespace"),
-        ("<stream xmlns='http://etherx.jabber.org/streams' to='example.org' version='1.0'>",
-         "bad-namespace-prefix"),
-        ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
-         "to='example.org'>", "unsupported-version"),
+        (
+            "<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong' to='example.org' "
+            "version='1.0'>",
+            "invalid-namespace",
+        ),
+        (
+            "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+            "to='example.org' version='1.0'>",
+            "invalid-namespace",
+        ),
+        (
+            "<stream xmlns='http://etherx.jabber.org/streams' to='example.org' version='1.0'>",
+            "bad-namespace-prefix",
+        ),
+        (
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+            "to='example.org'>",
+            "unsupported-version",
+        ),
         ("<?xml version='1.0' encoding='ISO-8859-1'?>", "unsupported-encoding"),
         ("<<<not xml", "not-well-formed"),
         ("<!DOCTYPE foo [<!ENTITY x 'y'>]>", "restricted-xml"),
         (HEADER + "to='example.org'><!-- a comment -->", "restricted-xml"),
         (HEADER + "to='example.org'><?pi data?>", "restricted-xml"),
-        (HEADER + "to='example.org'><message to='a@example.org'><body>x</body></message>",
-         "not-authorized"),
+        (
+            HEADER + "to='example.org'><message to='a@example.org'><body>x</body></message>",
+            "not-authorized",
+        ),
     ],
-    ids=["host-unknown", "no-to", "stream-ns", "content-ns", "no-prefix", "no-version",
-         "encoding", "garbage", "dtd", "comment", "pi", "stanza-before-auth"],
+    ids=[
+        "host-unknown",
+        "no-to",
+        "stream-ns",
+        "content-ns",
+        "no-prefix",
+        "no-version",
+        "encoding",
+        "garbage",
+        "dtd",
+        "comment",
+        "pi",
+        "stanza-before-auth",
+    ],
 )
 async def test_stream_errors_before_auth(users: Server, data: str, condition: str) -> None:
     assert await _error_for(users, data) == condition
@@ -382,12 +427,15 @@ async def test_stream_errors_before_auth(users: Server, data: str, condition: st
 
 
 async def test_stream_errors_after_login(users: Server) -> None:
-    assert await _error_for(users, "<message><body>&undefined;</body></message>",
-                            login=True) == "not-well-formed"
-    assert await _error_for(users, "<foo xmlns='urn:example:unknown'/>",
-                            login=True) == "unsupported-stanza-type"
-    assert await _error_for(users, "<message><!-- c --></message>",
-                            login=True) == "restricted-xml"
+    assert (
+        await _error_for(users, "<message><body>&undefined;</body></message>", login=True)
+        == "not-well-formed"
+    )
+    assert (
+        await _error_for(users, "<foo xmlns='urn:example:unknown'/>", login=True)
+        == "unsupported-stanza-type"
+    )
+    assert await _error_for(users, "<message><!-- c --></message>", login=True) == "restricted-xml"
     await assert_still_serving(users)
 
 
@@ -395,8 +443,8 @@ async def test_oversized_stanza_is_policy_violation(users: Server) -> None:
     bob = await connect(users, "bob@example.org/b")
     big = "x" * (300 * 1024)
     condition = await _error_for(
-        users, f"<message to='bob@example.org' type='chat'><body>{big}</body></message>",
-        login=True)
+        users, f"<message to='bob@example.org' type='chat'><body>{big}</body></message>", login=True
+    )
     assert condition == "policy-violation"
     assert bob.messages.empty()
     # Other sessions go on: bob still gets messages.

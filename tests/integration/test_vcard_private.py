@@ -16,9 +16,9 @@ from dovecote.modules.vcard import MAX_VCARD_SIZE
 from dovecote.server import Server
 from tests.helpers import (
     CLIENT,
-    Client,
     DOMAIN,
     STANZA_ERRORS,
+    Client,
     RawClient,
     add_user,
     connect,
@@ -62,15 +62,17 @@ async def raw_clients() -> AsyncIterator[list[RawClient]]:
         await raw.close()
 
 
-async def login(server: Server, opened: list[RawClient], local: str,
-                resource: str = "raw") -> RawClient:
+async def login(
+    server: Server, opened: list[RawClient], local: str, resource: str = "raw"
+) -> RawClient:
     raw, _jid = await raw_login(server, local, resource)
     opened.append(raw)
     return raw
 
 
-async def iq(raw: RawClient, iq_id: str, body: str, to: str | None = None,
-             iq_type: str = "get") -> ET.Element:
+async def iq(
+    raw: RawClient, iq_id: str, body: str, to: str | None = None, iq_type: str = "get"
+) -> ET.Element:
     """Send an IQ and return the answer with the same id."""
     to_attr = f" to='{to}'" if to else ""
     raw.send(f"<iq type='{iq_type}' id='{iq_id}'{to_attr}>{body}</iq>")
@@ -128,8 +130,10 @@ async def test_vcard_published_by_owner_is_read_by_owner_and_others(server: Serv
 async def test_vcard_is_kept_exactly(server: Server, raw_clients: list[RawClient]) -> None:
     alice = await login(server, raw_clients, "alice")
     bob = await login(server, raw_clients, "bob")
-    body = (f"<vCard xmlns='{VCARD}' version='3.0'><FN>A &amp; B</FN><N><FAMILY>L</FAMILY>"
-            "<GIVEN>A</GIVEN><MIDDLE/></N><x xmlns='urn:example:ext'>kept</x></vCard>")
+    body = (
+        f"<vCard xmlns='{VCARD}' version='3.0'><FN>A &amp; B</FN><N><FAMILY>L</FAMILY>"
+        "<GIVEN>A</GIVEN><MIDDLE/></N><x xmlns='urn:example:ext'>kept</x></vCard>"
+    )
     el = await iq(alice, "s1", body, iq_type="set")
     assert el.get("type") == "result", ET.tostring(el)
     el = await iq(bob, "g1", f"<vCard xmlns='{VCARD}'/>", to=ALICE)
@@ -156,14 +160,16 @@ async def test_no_vcard(server: Server, raw_clients: list[RawClient]) -> None:
     assert_error(el, "cancel", "service-unavailable")
 
 
-async def test_vcard_set_for_another_user_is_forbidden(server: Server,
-                                                       raw_clients: list[RawClient]) -> None:
+async def test_vcard_set_for_another_user_is_forbidden(
+    server: Server, raw_clients: list[RawClient]
+) -> None:
     alice = await login(server, raw_clients, "alice")
     bob = await login(server, raw_clients, "bob")
     el = await iq(bob, "v1", f"<vCard xmlns='{VCARD}'><FN>Bob</FN></vCard>", iq_type="set")
     assert el.get("type") == "result"
-    el = await iq(alice, "v2", f"<vCard xmlns='{VCARD}'><FN>Mallory</FN></vCard>", to=BOB,
-                  iq_type="set")
+    el = await iq(
+        alice, "v2", f"<vCard xmlns='{VCARD}'><FN>Mallory</FN></vCard>", to=BOB, iq_type="set"
+    )
     assert_error(el, "auth", "forbidden")
     el = await iq(alice, "v3", f"<vCard xmlns='{VCARD}'/>", to=BOB)
     assert el.find(q(VCARD, "vCard")).findtext(q(VCARD, "FN")) == "Bob"  # type: ignore[union-attr]
@@ -181,12 +187,18 @@ async def test_vcard_set_by_slixmpp_for_another_user_is_forbidden(server: Server
         await disconnect(alice)
 
 
-async def test_too_large_vcard_is_not_acceptable(server: Server,
-                                                 raw_clients: list[RawClient]) -> None:
+async def test_too_large_vcard_is_not_acceptable(
+    server: Server, raw_clients: list[RawClient]
+) -> None:
     alice = await login(server, raw_clients, "alice")
     photo = "A" * (MAX_VCARD_SIZE + 1)
-    el = await iq(alice, "big", f"<vCard xmlns='{VCARD}'><PHOTO><TYPE>image/png</TYPE>"
-                  f"<BINVAL>{photo}</BINVAL></PHOTO></vCard>", iq_type="set")
+    el = await iq(
+        alice,
+        "big",
+        f"<vCard xmlns='{VCARD}'><PHOTO><TYPE>image/png</TYPE>"
+        f"<BINVAL>{photo}</BINVAL></PHOTO></vCard>",
+        iq_type="set",
+    )
     assert_error(el, "modify", "not-acceptable")
     text = el.find(f"{q(CLIENT, 'error')}/{q(STANZA_ERRORS, 'text')}")
     assert text is not None and str(MAX_VCARD_SIZE) in (text.text or "")
@@ -194,8 +206,12 @@ async def test_too_large_vcard_is_not_acceptable(server: Server,
     el = await iq(alice, "get", f"<vCard xmlns='{VCARD}'/>")
     assert len(el.find(q(VCARD, "vCard"))) == 0  # type: ignore[arg-type]
     photo = "A" * (MAX_VCARD_SIZE - 200)
-    el = await iq(alice, "fits", f"<vCard xmlns='{VCARD}'><PHOTO><BINVAL>{photo}</BINVAL>"
-                  "</PHOTO></vCard>", iq_type="set")
+    el = await iq(
+        alice,
+        "fits",
+        f"<vCard xmlns='{VCARD}'><PHOTO><BINVAL>{photo}</BINVAL></PHOTO></vCard>",
+        iq_type="set",
+    )
     assert el.get("type") == "result", ET.tostring(el)[:300]
 
 
@@ -234,8 +250,7 @@ async def test_private_storage_with_slixmpp(server: Server) -> None:
         await disconnect(client)
 
 
-async def test_private_storage_get_and_set(server: Server,
-                                           raw_clients: list[RawClient]) -> None:
+async def test_private_storage_get_and_set(server: Server, raw_clients: list[RawClient]) -> None:
     alice = await login(server, raw_clients, "alice")
     # XEP-0049 §2.3: nothing stored yet: the requested element comes back empty.
     el = await iq(alice, "g0", f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'/></query>")
@@ -243,34 +258,59 @@ async def test_private_storage_get_and_set(server: Server,
     query = el.find(q(PRIVATE, "query"))
     assert query is not None
     assert [(c.tag, len(c)) for c in query] == [(q("exodus:prefs", "exodus"), 0)]
-    el = await iq(alice, "s1", f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'>"
-                  "<defaultnick>Hamlet</defaultnick></exodus></query>", iq_type="set")
+    el = await iq(
+        alice,
+        "s1",
+        f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'>"
+        "<defaultnick>Hamlet</defaultnick></exodus></query>",
+        iq_type="set",
+    )
     assert el.get("type") == "result", ET.tostring(el)
     # Another namespace is another entry.
-    el = await iq(alice, "s2", f"<query xmlns='{PRIVATE}'><storage xmlns='storage:bookmarks'>"
-                  "<conference jid='room@muc.example.org' autojoin='true'/></storage></query>",
-                  iq_type="set")
+    el = await iq(
+        alice,
+        "s2",
+        f"<query xmlns='{PRIVATE}'><storage xmlns='storage:bookmarks'>"
+        "<conference jid='room@muc.example.org' autojoin='true'/></storage></query>",
+        iq_type="set",
+    )
     assert el.get("type") == "result", ET.tostring(el)
-    el = await iq(alice, "g1", f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'/></query>",
-                  to=ALICE)
+    el = await iq(
+        alice, "g1", f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'/></query>", to=ALICE
+    )
     assert el.get("type") == "result", ET.tostring(el)
     query = el.find(q(PRIVATE, "query"))
     assert query is not None and len(query) == 1
-    assert query.findtext(f"{q('exodus:prefs', 'exodus')}/{q('exodus:prefs', 'defaultnick')}") \
+    assert (
+        query.findtext(f"{q('exodus:prefs', 'exodus')}/{q('exodus:prefs', 'defaultnick')}")
         == "Hamlet"
-    el = await iq(alice, "g2", f"<query xmlns='{PRIVATE}'>"
-                  "<storage xmlns='storage:bookmarks'/></query>")
-    conference = el.find(f"{q(PRIVATE, 'query')}/{q('storage:bookmarks', 'storage')}/"
-                         f"{q('storage:bookmarks', 'conference')}")
+    )
+    el = await iq(
+        alice, "g2", f"<query xmlns='{PRIVATE}'><storage xmlns='storage:bookmarks'/></query>"
+    )
+    conference = el.find(
+        f"{q(PRIVATE, 'query')}/{q('storage:bookmarks', 'storage')}/"
+        f"{q('storage:bookmarks', 'conference')}"
+    )
     assert conference is not None and conference.get("jid") == "room@muc.example.org"
     # The same namespace from a second resource: the same data, replaced by a new set.
     alice2 = await login(server, raw_clients, "alice", "second")
-    el = await iq(alice2, "s3", f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'>"
-                  "<defaultnick>Ophelia</defaultnick></exodus></query>", iq_type="set")
+    el = await iq(
+        alice2,
+        "s3",
+        f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'>"
+        "<defaultnick>Ophelia</defaultnick></exodus></query>",
+        iq_type="set",
+    )
     assert el.get("type") == "result"
     el = await iq(alice, "g3", f"<query xmlns='{PRIVATE}'><exodus xmlns='exodus:prefs'/></query>")
-    assert el.findtext(f"{q(PRIVATE, 'query')}/{q('exodus:prefs', 'exodus')}/"
-                       f"{q('exodus:prefs', 'defaultnick')}") == "Ophelia"
+    assert (
+        el.findtext(
+            f"{q(PRIVATE, 'query')}/{q('exodus:prefs', 'exodus')}/"
+            f"{q('exodus:prefs', 'defaultnick')}"
+        )
+        == "Ophelia"
+    )
 
 
 async def test_private_storage_of_another_user_is_forbidden(
@@ -278,12 +318,23 @@ async def test_private_storage_of_another_user_is_forbidden(
 ) -> None:
     alice = await login(server, raw_clients, "alice")
     bob = await login(server, raw_clients, "bob")
-    await iq(bob, "s", f"<query xmlns='{PRIVATE}'><secret xmlns='urn:example:s'>bob's</secret>"
-             "</query>", iq_type="set")
-    for iq_type, body in (("get", "<secret xmlns='urn:example:s'/>"),
-                          ("set", "<secret xmlns='urn:example:s'>mallory</secret>")):
-        el = await iq(alice, f"x-{iq_type}", f"<query xmlns='{PRIVATE}'>{body}</query>", to=BOB,
-                      iq_type=iq_type)
+    await iq(
+        bob,
+        "s",
+        f"<query xmlns='{PRIVATE}'><secret xmlns='urn:example:s'>bob's</secret></query>",
+        iq_type="set",
+    )
+    for iq_type, body in (
+        ("get", "<secret xmlns='urn:example:s'/>"),
+        ("set", "<secret xmlns='urn:example:s'>mallory</secret>"),
+    ):
+        el = await iq(
+            alice,
+            f"x-{iq_type}",
+            f"<query xmlns='{PRIVATE}'>{body}</query>",
+            to=BOB,
+            iq_type=iq_type,
+        )
         assert_error(el, "auth", "forbidden")
         assert el.get("from") == BOB
     el = await iq(bob, "g", f"<query xmlns='{PRIVATE}'><secret xmlns='urn:example:s'/></query>")
@@ -314,19 +365,27 @@ async def test_private_storage_get_of_two_namespaces_is_bad_request(
     server: Server, raw_clients: list[RawClient]
 ) -> None:
     alice = await login(server, raw_clients, "alice")
-    el = await iq(alice, "two", f"<query xmlns='{PRIVATE}'><a xmlns='urn:example:a'/>"
-                  "<b xmlns='urn:example:b'/></query>")
+    el = await iq(
+        alice,
+        "two",
+        f"<query xmlns='{PRIVATE}'><a xmlns='urn:example:a'/><b xmlns='urn:example:b'/></query>",
+    )
     assert_error(el, "modify", "bad-request")
 
 
-async def test_private_storage_set_of_several_elements(server: Server,
-                                                       raw_clients: list[RawClient]) -> None:
+async def test_private_storage_set_of_several_elements(
+    server: Server, raw_clients: list[RawClient]
+) -> None:
     """XEP-0049 §2.3: a set MAY carry several elements of one namespace; they come back
     together."""
     alice = await login(server, raw_clients, "alice")
-    el = await iq(alice, "s", f"<query xmlns='{PRIVATE}'><a xmlns='urn:example:a'>1</a>"
-                  "<a xmlns='urn:example:a'>2</a><b xmlns='urn:example:b'>3</b></query>",
-                  iq_type="set")
+    el = await iq(
+        alice,
+        "s",
+        f"<query xmlns='{PRIVATE}'><a xmlns='urn:example:a'>1</a>"
+        "<a xmlns='urn:example:a'>2</a><b xmlns='urn:example:b'>3</b></query>",
+        iq_type="set",
+    )
     assert el.get("type") == "result", ET.tostring(el)
     el = await iq(alice, "ga", f"<query xmlns='{PRIVATE}'><a xmlns='urn:example:a'/></query>")
     assert [c.text for c in el.find(q(PRIVATE, "query"))] == ["1", "2"]  # type: ignore[union-attr]
@@ -341,11 +400,16 @@ async def test_vcard_and_private_data_survive_a_restart(data_dir: Path) -> None:
         await add_user(first, "alice")
         await add_user(first, "bob")
         raw, _ = await raw_login(first, "alice")
-        el = await iq(raw, "v", f"<vCard xmlns='{VCARD}'><FN>Persistent Alice</FN></vCard>",
-                      iq_type="set")
+        el = await iq(
+            raw, "v", f"<vCard xmlns='{VCARD}'><FN>Persistent Alice</FN></vCard>", iq_type="set"
+        )
         assert el.get("type") == "result"
-        el = await iq(raw, "p", f"<query xmlns='{PRIVATE}'><notes xmlns='urn:example:notes'>"
-                      "remember</notes></query>", iq_type="set")
+        el = await iq(
+            raw,
+            "p",
+            f"<query xmlns='{PRIVATE}'><notes xmlns='urn:example:notes'>remember</notes></query>",
+            iq_type="set",
+        )
         assert el.get("type") == "result"
         await raw.close()
     finally:
@@ -358,10 +422,10 @@ async def test_vcard_and_private_data_survive_a_restart(data_dir: Path) -> None:
         assert el.findtext(f"{q(VCARD, 'vCard')}/{q(VCARD, 'FN')}") == "Persistent Alice"
         await bob.close()
         alice, _ = await raw_login(second, "alice")
-        el = await iq(alice, "p", f"<query xmlns='{PRIVATE}'>"
-                      "<notes xmlns='urn:example:notes'/></query>")
-        assert el.findtext(f"{q(PRIVATE, 'query')}/{q('urn:example:notes', 'notes')}") \
-            == "remember"
+        el = await iq(
+            alice, "p", f"<query xmlns='{PRIVATE}'><notes xmlns='urn:example:notes'/></query>"
+        )
+        assert el.findtext(f"{q(PRIVATE, 'query')}/{q('urn:example:notes', 'notes')}") == "remember"
         await alice.close()
     finally:
         await second.stop()

@@ -13,10 +13,15 @@ other modules:
   presence  sent by the server on a user's behalf (broadcasts, probe answers) to a JID the
             user blocks: dropped
 
-On unblocking, the user's current presence goes to the unblocked JIDs that may see it
-(§3.4: "only if the JID is allowed to receive presence notifications"); modules that know
-(roster subscriptions, directed presence) answer the `presence/visible-to` event, fired with
-(session, contact JID), by returning True.
+Blocking sends unavailable presence, unblocking the current presence, to the JIDs the
+command names, "but only if the JID is allowed to receive presence notifications from the
+user" (§3.3, §3.4): those are the session's presence audience, which the modules that know it
+(roster subscriptions 'from'/'both', directed presence) add to a set through the
+
+  presence/audience  (session, set[JID])
+
+event; a blocked domain thus reaches every such contact at that domain, and a stranger
+learns nothing (not even the user's resources).
 """
 
 from __future__ import annotations
@@ -177,17 +182,20 @@ def setup(server: Server) -> None:
                 )
                 session.send(iq)
 
-    async def send_presence(user: JID, contacts: Iterable[JID], *, unavailable: bool) -> None:
-        """Presence from each available resource of the user to each contact: unavailable
-        on block (§3.3), the resource's current presence on unblock (§3.4)."""
-        contacts = list(contacts)
+    async def send_presence(user: JID, items: AbstractSet[JID], *, unavailable: bool) -> None:
+        """From each available resource of the user to those of its presence audience that
+        `items` match: unavailable on block (§3.3), the current presence on unblock (§3.4)."""
+        if not items:
+            return
         for session in sessions.available(user, None):
-            for contact in contacts:
+            audience: set[JID] = set()
+            await events.fire_all("presence/audience", (session, audience))
+            for contact in audience:
+                if contact.bare == user or not is_blocked(items, contact):
+                    continue
                 if unavailable:
                     stanza = Element("presence", ns.CLIENT, {"type": "unavailable"})
-                elif session.presence is not None and await events.fire(
-                    "presence/visible-to", (session, contact)
-                ):
+                elif session.presence is not None:
                     stanza = session.presence.shallow_copy()
                 else:
                     continue
@@ -224,7 +232,7 @@ def setup(server: Server) -> None:
             await store(user, blocked.union(added))
             # §3.3: unavailable presence to the newly blocked, sent before the block is in
             # force (it would stop this presence too).
-            await send_presence(user, added, unavailable=True)
+            await send_presence(user, set(added), unavailable=True)
             blocked.update(added)
         event.reply()
         push(user, command("block", jids))
@@ -243,7 +251,7 @@ def setup(server: Server) -> None:
             blocked.difference_update(removed)
         event.reply()
         push(user, command("unblock", jids))
-        await send_presence(user, removed, unavailable=False)
+        await send_presence(user, set(removed), unavailable=False)
         return True
 
     # ---- enforcement ------------------------------------------------------------------
@@ -311,7 +319,7 @@ def setup(server: Server) -> None:
                 recipient_list = _EMPTY  # delivered to no one anyway: skip the storage
         sender_list = cache.get(sender.bare) if sends_for_local_user(sender) else _EMPTY
         if recipient_list is not None and sender_list is not None:
-            return is_blocked(recipient_list, sender)
+            return is_blocked(recipient_list, sender) or is_blocked(sender_list, to)
         return _presence_loaded(event)
 
     async def _presence_loaded(event: StanzaEvent) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
-from dovecote.stream import sasl
+from dovecote.stream import sasl, sm
 from dovecote.stream.errors import StanzaError, StreamError, error_reply
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
@@ -63,6 +63,12 @@ class C2SStream:
         self._queue: deque[ParserEvent] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
+        #: XEP-0198 state once the client enabled stream management.
+        self.sm: sm.StreamManagement | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._hibernation_timer: asyncio.TimerHandle | None = None
+        #: Set when the server or the client ends the stream on purpose (no hibernation).
+        self._ending = False
 
     # ---- identity ---------------------------------------------------------------------
     @property
@@ -112,7 +118,14 @@ class C2SStream:
     async def _handle(self, event: ParserEvent) -> None:
         if isinstance(event, ElementReceived):
             if self.state == "bound":
-                await self._stanza(event.element)
+                element = event.element
+                if element.ns == sm.NS:
+                    self._sm_element(element)
+                    return
+                await self._stanza(element)
+                if self.sm is not None and element.tag in STANZA_KINDS:
+                    # XEP-0198 §4: counted once handled (stored, routed, answered).
+                    self.sm.stanza_handled()
             else:
                 await self._negotiation_element(event.element)
         elif isinstance(event, StreamOpened):
@@ -209,6 +222,8 @@ class C2SStream:
             features.add("bind", ns.BIND)
             # RFC 6121 §... legacy session establishment: offered, but optional.
             features.add("session", ns.SESSION).add("optional")
+            if self._sm_enabled:
+                features.add("sm", sm.NS)
             for feature in self.server.stream_features:
                 features.append(feature.copy())
         return features
@@ -239,6 +254,13 @@ class C2SStream:
         if self.state == "authenticated":
             if element.tag == "iq" and element.ns == ns.CLIENT:
                 await self._pre_bind_iq(element)
+                return
+            if element.ns == sm.NS and self._sm_enabled:
+                if element.tag == "resume":
+                    self._resume(element)
+                else:
+                    # XEP-0198 §3: enable only after binding a resource.
+                    self.transport.send_element(_sm_failed("unexpected-request"))
                 return
             if element.tag in STANZA_KINDS and element.ns == ns.CLIENT:
                 raise StreamError("not-authorized", "bind a resource first")
@@ -445,10 +467,21 @@ class C2SStream:
     def send_now(self, stanza: Element, data: bytes | None = None) -> None:
         if self.state == "closed":
             return
+        sm_state = self.sm
+        if sm_state is not None:
+            sm_state.stanza_sent(stanza)
+            if self.state == "hibernating":
+                return  # kept until resumed, or re-routed when the session ends
         if data is None:
             self.transport.send_element(stanza)
         else:
             self.transport.write(data)
+        if sm_state is not None:
+            if sm_state.ack_due:
+                self._request_ack()
+            elif self._ack_timer is None:
+                delay = self.server.config.stream_management.ack_delay
+                self._ack_timer = asyncio.get_running_loop().call_later(delay, self._request_ack)
 
     def _stream_error(self, error: StreamError) -> None:
         if self.state == "closed":
@@ -467,6 +500,7 @@ class C2SStream:
         """End the stream, with a stream error when `condition` is given."""
         if self.state == "closed":
             return
+        self._ending = True
         if condition is not None:
             self._stream_error(StreamError(condition, text))
             return
@@ -480,12 +514,196 @@ class C2SStream:
         """The transport is gone (closed by either side)."""
         if self.state == "closed":
             return
-        was_bound = self.state == "bound"
-        self.state = "closed"
         self._queue.clear()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self.state == "bound" and not self._ending and self.sm is not None and self.sm.resumable:
+            self._hibernate()
+            return
+        self._end_session()
+
+    def _end_session(self) -> None:
+        was_bound = self.state in ("bound", "hibernating")
+        self.state = "closed"
+        if self._hibernation_timer is not None:
+            self._hibernation_timer.cancel()
+            self._hibernation_timer = None
+        if self.sm is not None:
+            registry = self.server.sm_sessions
+            if registry.get(self.sm.id) is self:
+                del registry[self.sm.id]
+                self.server.sm_expired[self.sm.id] = self.sm.handled
+                if len(self.server.sm_expired) > 10_000:
+                    self.server.sm_expired.pop(next(iter(self.server.sm_expired)))
         if was_bound:
             self.server.sessions.unbind(self)
-            self.server.spawn(self.server.events.fire_all("session/ended", self))
+            self.server.spawn(self._after_session())
+
+    async def _after_session(self) -> None:
+        await self.server.events.fire_all("session/ended", self)
+        if self.sm is not None and self.sm.unacked:
+            await self._reroute_unacked()
+
+    # ---- stream management (XEP-0198) -------------------------------------------------
+    @property
+    def _sm_enabled(self) -> bool:
+        return self.server.config.stream_management.enabled
+
+    def _sm_element(self, element: Element) -> None:
+        tag = element.tag
+        if tag == "r":
+            if self.sm is None:
+                self.transport.send_element(_sm_failed("unexpected-request"))
+                return
+            self.transport.send_element(Element("a", sm.NS, {"h": str(self.sm.handled)}))
+        elif tag == "a":
+            if self.sm is None:
+                return
+            try:
+                self.sm.acknowledge(int(element.get("h") or ""))
+            except ValueError:
+                raise StreamError("bad-format", "the h of <a/> must be a number") from None
+            except sm.AckError as exc:
+                self._ack_overflow(exc)
+        elif tag == "enable":
+            if self.sm is not None or not self._sm_enabled:
+                self.transport.send_element(_sm_failed("unexpected-request"))
+                return
+            resumable = element.get("resume") in ("true", "1")
+            self.sm = sm.StreamManagement(secrets.token_urlsafe(18), resumable)
+            attrs = {"id": self.sm.id}
+            if resumable:
+                self.server.sm_sessions[self.sm.id] = self
+                attrs["resume"] = "true"
+                attrs["max"] = str(int(self.server.config.stream_management.resume_timeout))
+            self.transport.send_element(Element("enabled", sm.NS, attrs))
+        elif tag == "resume":
+            self.transport.send_element(_sm_failed("unexpected-request"))
+        else:
+            raise StreamError("unsupported-stanza-type", f"unknown element {tag}")
+
+    def _ack_overflow(self, exc: sm.AckError) -> None:
+        # XEP-0198 §4: the client acknowledged stanzas that were never sent.
+        error = StreamError("undefined-condition", str(exc))
+        element = error.to_element()
+        element.add("handled-count-too-high", sm.NS, {"h": str(exc.h), "send-count": str(exc.sent)})
+        if self.state != "closed":
+            self.transport.send_element(element)
+            self.close()
+
+    def _request_ack(self) -> None:
+        self._ack_timer = None
+        if self.sm is None or self.state != "bound" or not self.sm.unacked:
+            return
+        self.sm.requested_at = self.sm.sent
+        self.transport.send_element(Element("r", sm.NS))
+
+    def _hibernate(self) -> None:
+        """The connection died: keep the session for resumption (XEP-0198 §5)."""
+        self.state = "hibernating"
+        timeout = self.server.config.stream_management.resume_timeout
+        self._hibernation_timer = asyncio.get_running_loop().call_later(timeout, self._end_session)
+        log.info("%s hibernating for %ss", self.jid, timeout)
+
+    def _resume(self, element: Element) -> None:
+        """XEP-0198 §5: take over a hibernating (or not yet dead) session."""
+        previd = element.get("previd") or ""
+        old = self.server.sm_sessions.get(previd)
+        if old is None or old.jid.bare != JID(self.local, self.domain):
+            failed = _sm_failed("item-not-found")
+            expired = self.server.sm_expired.get(previd)
+            if expired is not None and old is None:
+                failed.attrs["h"] = str(expired)
+            self.transport.send_element(failed)
+            return
+        assert old.sm is not None
+        try:
+            old.sm.acknowledge(int(element.get("h") or ""))
+        except (ValueError, sm.AckError):
+            self.transport.send_element(_sm_failed("unexpected-request"))
+            return
+        if old.state == "bound":
+            # The client noticed the dead connection before we did: drop the old one.
+            old._ending = True
+            old.state = "hibernating"
+            old.transport.close()
+        if old._hibernation_timer is not None:
+            old._hibernation_timer.cancel()
+            old._hibernation_timer = None
+        # Move the session over to this connection.
+        self.jid = old.jid
+        self.priority = old.priority
+        self.available = old.available
+        self.presence = old.presence
+        self.data = old.data
+        self.sm = old.sm
+        old.sm = None
+        old.state = "closed"
+        self.state = "bound"
+        self.server.sessions.bind(self, self.jid)
+        self.server.sm_sessions[self.sm.id] = self
+        self.transport.stream_bound()
+        self.transport.send_element(
+            Element("resumed", sm.NS, {"previd": previd, "h": str(self.sm.handled)})
+        )
+        # Everything not acknowledged is sent again, in order (XEP-0198 §5).
+        for stanza in list(self.sm.unacked):
+            self.transport.send_element(stanza)
+        if self.sm.unacked:
+            self._request_ack()
+        log.info("resumed %s", self.jid)
+
+    async def _reroute_unacked(self) -> None:
+        """XEP-0198 §5: stanzas the client never acknowledged are treated like stanzas to
+        an unavailable resource: messages go to the other resources or offline storage
+        (with a delay stamp), IQ requests get an error, presence is dropped."""
+        from dovecote.core.router import StanzaEvent
+        from dovecote.modules.offline import delay_stamp
+
+        assert self.sm is not None
+        unacked, self.sm.unacked = list(self.sm.unacked), deque()
+        server = self.server
+        for stanza in unacked:
+            kind = stanza.tag
+            stanza_type = stanza.attrs.get("type", "normal")
+            if kind == "iq" and stanza_type in ("get", "set"):
+                reply = error_reply(stanza, StanzaError("service-unavailable"))
+                reply.attrs["from"] = str(self.jid)
+                await server.router.route(reply)
+                continue
+            if kind != "message" or stanza_type not in ("normal", "chat"):
+                continue
+            if any(c.ns in _NOT_REROUTED for c in stanza.elements):
+                continue  # copies and archive results belong to this session only
+            copy = stanza.copy()
+            if copy.find("delay", ns.DELAY) is None:
+                copy.append(
+                    Element("delay", ns.DELAY, {"from": self.jid.domain, "stamp": delay_stamp()})
+                )
+            bare = self.jid.bare
+            targets = server.sessions.highest_priority(bare)
+            if targets:
+                server.router.deliver(targets, copy)
+                continue
+            sender = copy.attrs.get("from") or self.jid.domain
+            try:
+                sender_jid = JID.parse(sender)
+            except InvalidJID:
+                continue
+            event = StanzaEvent(server, copy, sender_jid, bare, None)
+            await server.events.fire("message/offline", event)
+
+
+#: Payloads of messages that are not re-routed when a session ends with them unacked
+#: (XEP-0280 carbons copies, XEP-0313 archive results).
+_NOT_REROUTED = frozenset(("urn:xmpp:carbons:2", "urn:xmpp:mam:2"))
+
+
+def _sm_failed(condition: str) -> Element:
+    failed = Element("failed", sm.NS)
+    failed.add(condition, ns.STANZA_ERRORS)
+    return failed
 
 
 def _iq_problem(iq: Element) -> str | None:
