@@ -264,7 +264,8 @@ def _format_validation_error(exc: ValidationError, data: dict[str, Any]) -> str:
     first = exc.errors()[0]
     loc = [str(part) for part in first["loc"]]
     # Only the section/key path, not pydantic's internal function names.
-    key = ".".join(part for part in loc if not part.startswith("function-"))
+    # ("[key]": pydantic's marker for a bad dict key, e.g. a [components] domain.)
+    key = ".".join(part for part in loc if not part.startswith("function-") and part != "[key]")
     if first["type"] == "extra_forbidden":
         return f"unknown configuration key {key!r}"
     value: Any = data

@@ -23,10 +23,7 @@ def setup(server: Server) -> None:
     router = server.router
 
     async def account_exists(event: StanzaEvent) -> bool:
-        to = event.to.bare
-        return sessions.is_online(to) or await server.storage.accounts.exists(
-            to.local or "", to.domain
-        )
+        return await router.account_exists(event.to.bare)
 
     @events.on("message/full", LAST)
     async def message_to_full(event: StanzaEvent) -> bool:

@@ -182,6 +182,9 @@ class Router:
         if iq_type in ("get", "set"):
             payload = event.payload
             assert payload is not None  # checked when the stanza came in
+            if target == "bare" and not await self.account_exists(event.to.bare):
+                # RFC 6121 §8.5.1: no such account, whatever the namespace.
+                raise StanzaError("service-unavailable")
             suffix = f"{iq_type}/{payload.ns}:{payload.tag}"
             if await self.events.fire(f"iq/{target}/{suffix}", event):
                 return
@@ -190,6 +193,12 @@ class Router:
                 return
             raise StanzaError("service-unavailable")
         await self.events.fire(f"iq/{target}/{iq_type}", event)
+
+    async def account_exists(self, bare: JID) -> bool:
+        """Online users exist; otherwise ask storage (RFC 6121 §8.5.1)."""
+        if self.server.sessions.is_online(bare):
+            return True
+        return await self.server.storage.accounts.exists(bare.local or "", bare.domain)
 
     # ---- delivery helpers used by the core and modules ---------------------------------
     def deliver(self, sessions: list[Any], stanza: Element) -> None:

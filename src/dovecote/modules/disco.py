@@ -58,16 +58,9 @@ def setup(server: Server) -> None:
         event.reply(query)
         return True
 
-    async def ensure_account(event: StanzaEvent) -> None:
-        to = event.to.bare
-        if server.sessions.is_online(to):
-            return
-        if not await server.storage.accounts.exists(to.local or "", to.domain):
-            raise StanzaError("service-unavailable")
-
     @events.on(f"iq/bare/get/{ns.DISCO_INFO}:query")
     async def account_info(event: StanzaEvent) -> bool:
-        await ensure_account(event)
+        # The router has checked that the account exists.
         node = event.payload.get("node") if event.payload is not None else None
         if node:
             raise StanzaError("item-not-found")
@@ -78,6 +71,5 @@ def setup(server: Server) -> None:
 
     @events.on(f"iq/bare/get/{ns.DISCO_ITEMS}:query")
     async def account_items(event: StanzaEvent) -> bool:
-        await ensure_account(event)
         event.reply(Element("query", ns.DISCO_ITEMS))
         return True

@@ -357,10 +357,7 @@ def setup(server: Server) -> None:
             return False
         user = event.to.bare
         contact_key = str(event.sender.bare)
-        if not (
-            sessions.is_online(user)
-            or await server.storage.accounts.exists(user.local or "", user.domain)
-        ):
+        if not await router.account_exists(user):
             if kind == "subscribe":
                 # §3.1.3: no such user; tell the requester the subscription is refused.
                 send_subscription(user, contact_key, "unsubscribed")
@@ -412,10 +409,7 @@ def setup(server: Server) -> None:
     async def answer_probe(event: StanzaEvent) -> None:
         """RFC 6121 §4.3.2: answer for a user's resources to a subscribed contact."""
         user = event.to.bare
-        if not (
-            sessions.is_online(user)
-            or await server.storage.accounts.exists(user.local or "", user.domain)
-        ):
+        if not await router.account_exists(user):
             return
         roster = await rosters.get(user)
         item = roster.items.get(str(event.sender.bare))

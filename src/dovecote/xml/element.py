@@ -183,9 +183,8 @@ def _write(el: Element, parent_ns: str, prefixes: dict[str, str], out: list[str]
                 continue
             attr_prefix = f"a{extra_decls}"
             extra_decls += 1
-            out.append(
-                f" xmlns:{attr_prefix}='{escape_attr(uri)}' {attr_prefix}:{local}='{escape_attr(value)}'"
-            )
+            out.append(f" xmlns:{attr_prefix}='{escape_attr(uri)}'")
+            out.append(f" {attr_prefix}:{local}='{escape_attr(value)}'")
         else:
             out.append(f" {key}='{escape_attr(value)}'")
     if not el.children:
