@@ -8,11 +8,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dovecote.jid import JID
 from dovecote.server import Server
 from dovecote.xml.element import Element
 from tests.helpers import (
@@ -373,21 +371,6 @@ async def test_full_jid_and_domain_resource_items_match_only_that_resource(
 
 
 # ---- presence on block / unblock (§3.3, §3.4) -----------------------------------------------
-def wire_roster_audience(server: Server) -> None:
-    """The `presence/audience` answer proposed for the roster module (subscriptions 'from'
-    and 'both', directed presence); redundant once roster.py provides it (a set: harmless)."""
-
-    async def audience(args: tuple[Any, set[JID]]) -> None:
-        session, members = args
-        roster = await server.rosters.get(session.jid.bare)  # type: ignore[attr-defined]
-        members.update(
-            JID.parse(jid)
-            for jid, item in roster.items.items()
-            if item.subscription in ("from", "both")
-        )
-        members.update(JID.parse(jid) for jid in session.data.get("directed", ()))
-
-    server.events.add("presence/audience", audience)
 
 
 async def subscribe(user: Peer, contact: Peer) -> None:
@@ -413,7 +396,6 @@ def presences(received: list[ET.Element]) -> set[tuple[str | None, str | None]]:
 async def test_subscribed_contact_gets_unavailable_then_no_presence(
     server: Server, login: Login
 ) -> None:
-    wire_roster_audience(server)
     a = await login("alice", "a")
     b = await login("alice", "b")
     bob = await login("bob")
@@ -445,7 +427,6 @@ async def test_subscribed_contact_gets_unavailable_then_no_presence(
 
 
 async def test_directed_presence_recipient_gets_unavailable(server: Server, login: Login) -> None:
-    wire_roster_audience(server)
     a = await login("alice", "a")
     b = await login("alice", "b")
     silent = await login("alice", "silent", presence=False)
@@ -464,7 +445,6 @@ async def test_directed_presence_recipient_gets_unavailable(server: Server, logi
 
 async def test_strangers_learn_nothing_from_block_and_unblock(server: Server, login: Login) -> None:
     """§3.3/§3.4: presence only to JIDs allowed to receive it, so no resource names leak."""
-    wire_roster_audience(server)
     alice = await login("alice")
     bob = await login("bob")
     dave = await login("dave", domain=OTHER)
@@ -476,7 +456,6 @@ async def test_strangers_learn_nothing_from_block_and_unblock(server: Server, lo
 async def test_domain_block_sends_unavailable_to_contacts_there(
     server: Server, login: Login
 ) -> None:
-    wire_roster_audience(server)
     alice = await login("alice")
     bob = await login("bob")
     dave = await login("dave", domain=OTHER)

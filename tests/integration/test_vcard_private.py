@@ -12,7 +12,6 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ElementBase
 
-from dovecote.modules.vcard import MAX_VCARD_SIZE
 from dovecote.server import Server
 from tests.helpers import (
     CLIENT,
@@ -45,7 +44,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def server(data_dir: Path) -> AsyncIterator[Server]:
-    srv = await start_server(data_dir, modules=MODULES)
+    srv = await start_server(data_dir, modules=MODULES, vcard={"max_size": 8192})
     await add_user(srv, "alice")
     await add_user(srv, "bob")
     try:
@@ -191,7 +190,9 @@ async def test_too_large_vcard_is_not_acceptable(
     server: Server, raw_clients: list[RawClient]
 ) -> None:
     alice = await login(server, raw_clients, "alice")
-    photo = "A" * (MAX_VCARD_SIZE + 1)
+    limit = server.config.vcard.max_size  # [vcard] max_size, 8192 in this fixture
+    assert limit == 8192
+    photo = "A" * (limit + 1)
     el = await iq(
         alice,
         "big",
@@ -201,11 +202,11 @@ async def test_too_large_vcard_is_not_acceptable(
     )
     assert_error(el, "modify", "not-acceptable")
     text = el.find(f"{q(CLIENT, 'error')}/{q(STANZA_ERRORS, 'text')}")
-    assert text is not None and str(MAX_VCARD_SIZE) in (text.text or "")
+    assert text is not None and str(limit) in (text.text or "")
     # Nothing was stored; one just under the limit is fine.
     el = await iq(alice, "get", f"<vCard xmlns='{VCARD}'/>")
     assert len(el.find(q(VCARD, "vCard"))) == 0  # type: ignore[arg-type]
-    photo = "A" * (MAX_VCARD_SIZE - 200)
+    photo = "A" * (limit - 200)
     el = await iq(
         alice,
         "fits",

@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MODULES = [
     "presence",
     "roster",
+    "blocking",
     "offline",
+    "vcard",
+    "private",
     "disco",
     "ping",
     "version",

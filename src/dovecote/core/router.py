@@ -7,6 +7,7 @@ Event names (handlers registered by modules, the core's defaults at the lowest p
   iq/bare/{type}/{ns}:{tag}   IQ get/set to an account's bare JID (no 'to' = the sender's
                               own account), answered by the server on its behalf
   iq/host/result, iq/bare/result, iq/host/error ...: responses to the server
+  iq/bare                     any IQ get/set to an account, before the namespaced event
   iq/full                     IQ to a full JID
   message/host | message/bare | message/full
   presence/host | presence/bare | presence/full
@@ -182,9 +183,14 @@ class Router:
         if iq_type in ("get", "set"):
             payload = event.payload
             assert payload is not None  # checked when the stanza came in
-            if target == "bare" and not await self.account_exists(event.to.bare):
-                # RFC 6121 §8.5.1: no such account, whatever the namespace.
-                raise StanzaError("service-unavailable")
+            if target == "bare":
+                if not await self.account_exists(event.to.bare):
+                    # RFC 6121 §8.5.1: no such account, whatever the namespace.
+                    raise StanzaError("service-unavailable")
+                # Every IQ answered on a user's behalf, before its namespace's handler
+                # (XEP-0191 blocking checks it here).
+                if await self.events.fire("iq/bare", event):
+                    return
             suffix = f"{iq_type}/{payload.ns}:{payload.tag}"
             if await self.events.fire(f"iq/{target}/{suffix}", event):
                 return

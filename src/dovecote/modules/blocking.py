@@ -282,7 +282,8 @@ def setup(server: Server) -> None:
             return False  # XEP-0191 §5: never between a user's own resources
         return with_blocklist(user, check_inbound, event)
 
-    for name in ("message/bare", "message/full", "iq/full"):
+    # "iq/bare": IQs the server answers on the user's behalf (vCard, disco, PEP, ...).
+    for name in ("message/bare", "message/full", "iq/full", "iq/bare"):
         events.add(name, inbound, PRIORITY)
 
     def check_outbound(event: StanzaEvent, blocked: AbstractSet[JID]) -> bool:

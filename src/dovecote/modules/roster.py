@@ -442,6 +442,19 @@ def setup(server: Server) -> None:
             copy.attrs["to"] = target
             await router.route(copy)
 
+    @events.on("presence/audience")
+    async def audience(args: tuple[Any, set[JID]]) -> None:
+        """Who may see this session's presence: contacts with a 'from' or 'both'
+        subscription, and the JIDs it sent directed presence to (RFC 6121 §4.6)."""
+        session, members = args
+        roster = await rosters.get(session.jid.bare)
+        members.update(
+            JID.parse(jid)
+            for jid, item in roster.items.items()
+            if item.subscription in ("from", "both")
+        )
+        members.update(JID.parse(jid) for jid in session.data.get("directed", ()))
+
     @events.on("presence/initial")
     async def initial(session: Any) -> None:
         user = session.jid.bare

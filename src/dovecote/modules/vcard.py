@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 VCARD = "vcard-temp"
 FEATURES = [VCARD]  # XEP-0054 §4
 #: The largest vCard accepted, in bytes of serialized XML (avatars make vCards big).
-MAX_VCARD_SIZE = 128 * 1024
 STORAGE_KEY = "vcard-temp"
 
 
@@ -53,8 +52,10 @@ def setup(server: Server) -> None:
         text: str | None = serialize(vcard)
         if next(vcard.elements, None) is None and not vcard.text.strip():
             text = None  # an empty vCard: nothing to keep
-        elif len(text.encode()) > MAX_VCARD_SIZE:
-            raise StanzaError("not-acceptable", f"the vCard is larger than {MAX_VCARD_SIZE} bytes")
+        elif len(text.encode()) > server.config.vcard.max_size:
+            raise StanzaError(
+                "not-acceptable", f"the vCard is larger than {server.config.vcard.max_size} bytes"
+            )
         await kv.set(account.local or "", account.domain, STORAGE_KEY, text)
         event.reply()
         return True
