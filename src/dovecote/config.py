@@ -174,6 +174,28 @@ class VCardSection(_Section):
     max_size: int = Field(default=128 * 1024, ge=1024)
 
 
+class MamSection(_Section):
+    """XEP-0313 message archives of user accounts."""
+
+    #: Days messages are kept; 0 keeps them forever.
+    retention_days: int = Field(default=0, ge=0)
+    #: Archiving for contacts in neither of a user's lists (XEP-0441 §2.1.1): 'always'
+    #: (ejabberd's default; a personal server keeps every conversation), 'roster' (only
+    #: contacts in the roster, Prosody's default) or 'never'.
+    default: str = "always"
+    #: Most results sent for one query page (XEP-0313 §4.3.1), whatever the client asks.
+    max_page_size: int = Field(default=250, ge=1)
+    #: Results per page when the client names no <max/>.
+    default_page_size: int = Field(default=50, ge=1)
+
+    @field_validator("default")
+    @classmethod
+    def _default(cls, value: str) -> str:
+        if value not in ("always", "never", "roster"):
+            raise ValueError(f"expected always, never or roster, got {value!r}")
+        return value
+
+
 class ServiceDomainSection(_Section):
     domain: Domain | None = None
 
@@ -211,6 +233,7 @@ class Config(_Section):
     stream_management: StreamManagementSection = Field(default_factory=StreamManagementSection)
     offline: OfflineSection = Field(default_factory=OfflineSection)
     vcard: VCardSection = Field(default_factory=VCardSection)
+    mam: MamSection = Field(default_factory=MamSection)
     muc: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     pubsub: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)

@@ -8,7 +8,7 @@ import errno
 import logging
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ class Server:
         try:
             await self._listen("c2s", config.listen.c2s, direct_tls=False)
             await self._listen("c2s_tls", config.listen.c2s_tls, direct_tls=True)
+            await self._listen_components()
         except StartupError:
             await self.stop()
             raise
@@ -130,7 +131,14 @@ class Server:
                 f"cannot create a certificate in {data_dir}: {exc.strerror}"
             ) from None
 
-    async def _listen(self, name: str, address: str, direct_tls: bool) -> None:
+    async def _listen(
+        self,
+        name: str,
+        address: str,
+        direct_tls: bool,
+        protocol: Callable[[], asyncio.Protocol] | None = None,
+    ) -> None:
+        """Listen on `address` for client streams, or for what `protocol` makes."""
         if not address:
             return
         from dovecote.transport.tcp import C2STCPProtocol
@@ -140,7 +148,7 @@ class Server:
         ssl_context = self.tls.context if (direct_tls and self.tls) else None
         try:
             listener = await loop.create_server(
-                lambda: C2STCPProtocol(self, self.tls, direct_tls),
+                protocol or (lambda: C2STCPProtocol(self, self.tls, direct_tls)),
                 host or None,
                 port,
                 ssl=ssl_context,
@@ -158,6 +166,18 @@ class Server:
         if sockets:
             self.ports[name] = sockets[0].getsockname()[1]
         log.info("listening for %s on %s:%s", name, host, self.ports.get(name))
+
+    async def _listen_components(self) -> None:
+        """XEP-0114: register the `[components]` domains, then accept their connections."""
+        from dovecote.stream.component import register_components
+        from dovecote.transport.component_tcp import ComponentTCPProtocol
+
+        try:
+            register_components(self)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        address = self.config.listen.component
+        await self._listen("component", address, False, lambda: ComponentTCPProtocol(self))
 
     async def _start_control(self, data_dir: Path) -> None:
         from dovecote.control import ControlServer

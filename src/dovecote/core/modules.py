@@ -24,6 +24,7 @@ DEFAULT_MODULES = [
     "offline",
     "vcard",
     "private",
+    "register",
     "disco",
     "ping",
     "version",

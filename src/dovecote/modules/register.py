@@ -175,7 +175,9 @@ def setup(server: Server) -> None:
             raise StanzaError("jid-malformed", str(exc)) from None
         peer = stream.transport.peer_address
         if not limit.acquire(peer):
-            # RFC 6120 §8.3.3.12: a local service policy was violated; retry later.
+            # XEP-0077 §3.1.1 allows <not-acceptable/> here, but clients read that as "a
+            # field is missing"; <policy-violation/> (RFC 6120 §8.3.3.12), type wait, says
+            # what happened and that a retry later may work.
             raise StanzaError(
                 "policy-violation",
                 "too many accounts were registered from your address; try again later",
@@ -256,27 +258,26 @@ def setup(server: Server) -> None:
                 session.close("reset", "the password was changed")
 
     async def remove_account(event: StanzaEvent, account: JID) -> None:
-        """§3.2, scenario 1: answer, delete the account and everything it owns, close all
-        its sessions with <not-authorized/>, and cancel its presence subscriptions."""
+        """§3.2, scenario 1: delete the account and everything it owns, cancel its presence
+        subscriptions, answer, then close all its sessions with <not-authorized/>."""
         local = account.local or ""
-        storage = server.storage
-        roster = await storage.roster.load(local, account.domain)
+        roster = await server.storage.roster.load(local, account.domain)
         if not await accounts.delete(local, account.domain):
             raise StanzaError("registration-required", "the account does not exist")
-        event.reply()
         log.info("%s removed its account", account)
-        server.kick(account, "not-authorized", "the account was removed")
+        # §3.2: "SHOULD also cancel all existing presence subscriptions" (RFC 6121 §3.2,
+        # §3.3), before answering so that the answer means it is all done.
         user = str(account)
-        router = server.router
-        # §3.2: "SHOULD also cancel all existing presence subscriptions" (RFC 6121 §3.2, §3.3).
-        refused = set(roster.pending)  # pending requests to the user are declined too
+        refused = set(roster.pending)  # requests waiting for the user are declined too
         for contact, item in roster.items.items():
             if item.subscription in ("to", "both") or item.ask:
-                await router.route(_presence(user, contact, "unsubscribe"))
+                await server.router.route(_presence(user, contact, "unsubscribe"))
             if item.subscription in ("from", "both"):
                 refused.add(contact)
         for contact in sorted(refused):
-            await router.route(_presence(user, contact, "unsubscribed"))
+            await server.router.route(_presence(user, contact, "unsubscribed"))
+        event.reply()
+        server.kick(account, "not-authorized", "the account was removed")
 
 
 def _presence(sender: str, to: str, kind: str) -> Element:

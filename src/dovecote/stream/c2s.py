@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
 from dovecote.stream import sasl, sm
-from dovecote.stream.errors import StanzaError, StreamError, error_reply
+from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
 from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STANZA_KINDS = frozenset(("message", "presence", "iq"))
-IQ_TYPES = frozenset(("get", "set", "result", "error"))
 MAX_SASL_ATTEMPTS = 5
 #: Input queued while one element waits on storage before reading pauses (backpressure).
 MAX_QUEUED = 64
@@ -441,7 +440,7 @@ class C2SStream:
         # RFC 6120 §8.1.2.1: the server stamps the full JID; a forged 'from' is replaced.
         stanza.attrs["from"] = str(self.jid)
         if kind == "iq":
-            problem = _iq_problem(stanza)
+            problem = iq_problem(stanza)
             if problem is not None:
                 if stanza.attrs.get("type") not in ("result", "error"):
                     self.send(error_reply(stanza, StanzaError("bad-request", problem)))
@@ -704,20 +703,6 @@ def _sm_failed(condition: str) -> Element:
     failed = Element("failed", sm.NS)
     failed.add(condition, ns.STANZA_ERRORS)
     return failed
-
-
-def _iq_problem(iq: Element) -> str | None:
-    """RFC 6120 §8.2.3: id required; get/set carry exactly one payload element."""
-    iq_type = iq.attrs.get("type")
-    if iq_type not in IQ_TYPES:
-        return "the type of an IQ must be get, set, result or error"
-    if not iq.attrs.get("id"):
-        return "an IQ needs an id"
-    if iq_type in ("get", "set"):
-        children = sum(1 for _ in iq.elements)
-        if children != 1:
-            return "an IQ get or set must contain exactly one child element"
-    return None
 
 
 def _b64(data: bytes) -> str:

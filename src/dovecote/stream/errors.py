@@ -107,3 +107,20 @@ def error_reply(stanza: Element, error: StanzaError, by: str | None = None) -> E
         )
     reply.append(error.to_element(by))
     return reply
+
+
+IQ_TYPES = frozenset(("get", "set", "result", "error"))
+
+
+def iq_problem(iq: Element) -> str | None:
+    """RFC 6120 §8.2.3: id required; get/set carry exactly one payload element."""
+    iq_type = iq.attrs.get("type")
+    if iq_type not in IQ_TYPES:
+        return "the type of an IQ must be get, set, result or error"
+    if not iq.attrs.get("id"):
+        return "an IQ needs an id"
+    if iq_type in ("get", "set"):
+        children = sum(1 for _ in iq.elements)
+        if children != 1:
+            return "an IQ get or set must contain exactly one child element"
+    return None

@@ -1,0 +1,325 @@
+"""External components, XEP-0114 (jabber:component:accept), the accept side: a trusted
+program (a gateway, a bot framework, a service) connects, proves a shared secret and then
+sends and receives stanzas for its own domain (XEP-0479 "Server Extensibility").
+
+`ComponentStream` takes parsed input from a transport and answers through it, like the
+c2s stream; it owns no socket and no timer. A stream goes through: stream header ->
+<handshake/> -> authenticated (stanzas flow) -> closed.
+
+Inside Dovecote the stream's default namespace is spelled `jabber:client`: top-level
+elements arriving in `jabber:component:accept` are re-qualified (`normalise`), and the
+transport writes elements of `jabber:client` unqualified, under the header's default
+`jabber:component:accept`. Routing and modules never see the component namespace.
+
+Each configured domain is an `ExternalComponent` in `server.components` for the server's
+whole life, connected or not: stanzas to it while no component is connected get
+<service-unavailable/> (RFC 6120 §8.3.3.19) from the server, the way Prosody and ejabberd
+answer, instead of falling through to federation (remote-server-not-found) as an unknown
+domain would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from dovecote.jid import JID, InvalidJID, prepare_domain
+from dovecote.stream.c2s import STANZA_KINDS
+from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
+from dovecote.xml import ns
+from dovecote.xml.element import Element
+from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
+
+if TYPE_CHECKING:
+    from dovecote.core.router import StanzaEvent
+    from dovecote.server import Server
+    from dovecote.transport.base import StreamTransport
+
+log = logging.getLogger(__name__)
+
+#: Input queued while routing waits before reading pauses (backpressure).
+MAX_QUEUED = 256
+
+
+def handshake_digest(stream_id: str, secret: str) -> str:
+    """XEP-0114 §3: lowercase hex SHA-1 of the stream id followed by the shared secret."""
+    return hashlib.sha1((stream_id + secret).encode()).hexdigest()
+
+
+def normalise(element: Element) -> Element:
+    """Re-qualify everything the component wrote in `jabber:component:accept` (the stanza
+    and the children inheriting the default namespace) as `jabber:client`, in place."""
+    stack = [element]
+    while stack:
+        el = stack.pop()
+        if el.ns == ns.COMPONENT:
+            el.ns = ns.CLIENT
+        stack.extend(el.elements)
+    return element
+
+
+class ExternalComponent:
+    """A configured component domain, as registered in `server.components`."""
+
+    def __init__(self, server: Server, domain: str, secret: str) -> None:
+        self.server = server
+        self.domain = domain
+        self.secret = secret
+        #: The authenticated connection, None while the component is away.
+        self.stream: ComponentStream | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.stream is not None
+
+    def __repr__(self) -> str:
+        state = "connected" if self.stream is not None else "disconnected"
+        return f"<ExternalComponent {self.domain} {state}>"
+
+    async def receive(self, event: StanzaEvent) -> None:
+        """A stanza routed to the component's domain or a JID at it."""
+        stream = self.stream
+        if stream is None:
+            self.server.router.bounce(
+                event, StanzaError("service-unavailable", f"{self.domain} is not connected")
+            )
+            return
+        stanza = event.stanza
+        if "from" not in stanza.attrs:
+            # XEP-0114 §3: stanzas on a component stream carry 'from' and 'to' both ways.
+            stanza = stanza.shallow_copy()
+            stanza.attrs["from"] = str(event.sender)
+        stream.send(stanza)
+
+
+def register_components(server: Server) -> None:
+    """Register every configured `[components]` domain (before the listener opens)."""
+    for domain, secret in server.config.components.items():
+        if domain in server.components:
+            raise ValueError(f"component domain {domain} is already taken by a service")
+        server.components[domain] = ExternalComponent(server, domain, secret)
+    if server.config.components and not server.config.listen.component:
+        log.warning("components are configured but listen.component is empty: none can connect")
+
+
+class ComponentStream:
+    """One component connection: the header, the handshake, then stanzas."""
+
+    def __init__(self, server: Server, transport: StreamTransport) -> None:
+        self.server = server
+        self.transport = transport
+        self.state = "wait-header"  # -> wait-handshake -> authenticated -> closed
+        self.stream_id = ""
+        self.component: ExternalComponent | None = None
+        self._header_sent = False
+        self._queue: deque[ParserEvent] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+
+    @property
+    def domain(self) -> str | None:
+        return self.component.domain if self.component is not None else None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state == "authenticated"
+
+    def __repr__(self) -> str:
+        return f"<ComponentStream {self.domain} {self.state} from {self.transport.peer_address}>"
+
+    # ---- input ------------------------------------------------------------------------
+    def receive(self, events: Iterable[ParserEvent]) -> None:
+        """Called by the transport with newly parsed input; handled in order."""
+        if self.state == "closed":
+            return
+        self._queue.extend(events)
+        if self._worker is None and self._queue:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        if len(self._queue) > MAX_QUEUED and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def fail(self, condition: str, text: str = "") -> None:
+        """A stream error found by the transport (XML errors, timeouts)."""
+        self._stream_error(StreamError(condition, text))
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and self.state != "closed":
+                event = self._queue.popleft()
+                try:
+                    await self._handle(event)
+                except StreamError as exc:
+                    self._stream_error(exc)
+                except Exception:
+                    log.exception("internal error on %r", self)
+                    self._stream_error(StreamError("internal-server-error"))
+                if self._paused and len(self._queue) < MAX_QUEUED // 2:
+                    self._paused = False
+                    self.transport.resume_reading()
+        finally:
+            self._worker = None
+
+    async def _handle(self, event: ParserEvent) -> None:
+        if isinstance(event, ElementReceived):
+            element = normalise(event.element)
+            if self.state == "authenticated":
+                await self._stanza(element)
+            elif self.state == "wait-handshake":
+                self._handshake(element)
+            else:
+                raise StreamError("bad-format", "unexpected element")
+        elif isinstance(event, StreamOpened):
+            self._stream_opened(event)
+        elif isinstance(event, StreamClosed):
+            self.close()
+
+    # ---- stream header (XEP-0114 §3, RFC 6120 §4.7) ------------------------------------
+    def _stream_opened(self, event: StreamOpened) -> None:
+        header = event.header
+        if self.state != "wait-header":
+            raise StreamError("bad-format", "unexpected stream header")
+        if header.ns != ns.STREAMS or header.tag != "stream":
+            raise StreamError(
+                "invalid-namespace",
+                "the stream element must be {http://etherx.jabber.org/streams}stream",
+            )
+        if header.prefix != "stream":
+            raise StreamError(
+                "bad-namespace-prefix", "the stream namespace prefix must be 'stream'"
+            )
+        if header.default_ns != ns.COMPONENT:
+            # XEP-0114 §3: an unsupported namespace is <invalid-namespace/>.
+            raise StreamError(
+                "invalid-namespace", "the content namespace must be jabber:component:accept"
+            )
+        to = header.attrs.get("to")
+        if not to:
+            raise StreamError("improper-addressing", "'to' must name the component's domain")
+        try:
+            domain = prepare_domain(to)
+        except InvalidJID:
+            raise StreamError("host-unknown", f"{to} is not a valid domain") from None
+        # XEP-0114 §3: 'to' is the component's name; one not served is <host-unknown/>,
+        # one already connected is <conflict/>.
+        component = self.server.components.get(domain)
+        if not isinstance(component, ExternalComponent):
+            raise StreamError("host-unknown", f"no component {domain} is configured")
+        self.component = component
+        self.stream_id = secrets.token_hex(16)
+        self._send_header()
+        if component.connected:
+            raise StreamError("conflict", f"{domain} is already connected")
+        self.state = "wait-handshake"
+
+    def _send_header(self) -> None:
+        attrs = {"id": self.stream_id or secrets.token_hex(16)}
+        if self.component is not None:
+            attrs = {"from": self.component.domain, **attrs}
+        self.transport.send_header(attrs)
+        self._header_sent = True
+
+    # ---- handshake (XEP-0114 §3) ------------------------------------------------------
+    def _handshake(self, element: Element) -> None:
+        if element.tag != "handshake" or element.ns != ns.CLIENT:
+            # RFC 6120 §4.9.3.12: nothing but authentication before authentication.
+            raise StreamError("not-authorized", "send <handshake/> first")
+        component = self.component
+        assert component is not None
+        expected = handshake_digest(self.stream_id, component.secret)
+        offered = element.text.strip().lower()
+        if not hmac.compare_digest(offered.encode(), expected.encode()):
+            log.info(
+                "wrong handshake for component %s from %s",
+                component.domain,
+                self.transport.peer_address,
+            )
+            raise StreamError("not-authorized", "wrong handshake")
+        if component.connected:
+            # Two connections raced through the header; the first one keeps the domain.
+            raise StreamError("conflict", f"{component.domain} is already connected")
+        component.stream = self
+        self.state = "authenticated"
+        self.transport.stream_bound()
+        # "the server MUST return an empty <handshake/> element" (written unqualified:
+        # jabber:component:accept by the header's default namespace).
+        self.transport.send_element(Element("handshake", ns.CLIENT))
+        log.info("component %s connected from %s", component.domain, self.transport.peer_address)
+
+    # ---- stanzas (XEP-0114 §3, RFC 6120 §8) ----------------------------------------------
+    async def _stanza(self, stanza: Element) -> None:
+        if stanza.ns != ns.CLIENT or stanza.tag not in STANZA_KINDS:
+            raise StreamError("unsupported-stanza-type", f"unexpected element {stanza.tag}")
+        assert self.component is not None
+        # XEP-0114 §3: "All stanzas sent to the server MUST possess a 'from' attribute and
+        # a 'to' attribute"; RFC 6120 §4.9.3.14 names what lacks them.
+        sender_text = stanza.attrs.get("from")
+        if not sender_text or not stanza.attrs.get("to"):
+            raise StreamError("improper-addressing", "stanzas need 'from' and 'to'")
+        try:
+            sender = JID.parse(sender_text)
+        except InvalidJID:
+            raise StreamError("improper-addressing", f"invalid 'from' {sender_text!r}") from None
+        if sender.domain != self.component.domain:
+            # XEP-0114 §3: the domain of 'from' MUST be the component's (RFC 6120 §4.9.3.9).
+            raise StreamError("invalid-from", f"{sender_text} is not at {self.component.domain}")
+        stanza.attrs["from"] = str(sender)
+        if stanza.tag == "iq":
+            problem = iq_problem(stanza)
+            if problem is not None:
+                if stanza.attrs.get("type") not in ("result", "error"):
+                    self.send(error_reply(stanza, StanzaError("bad-request", problem)))
+                return
+        await self.server.router.route(stanza)
+
+    # ---- output -------------------------------------------------------------------------
+    def send(self, stanza: Element) -> None:
+        if self.state == "closed":
+            return
+        self.transport.send_element(stanza)
+
+    def _stream_error(self, error: StreamError) -> None:
+        if self.state == "closed":
+            return
+        log.info(
+            "stream error %s to component %s at %s (%s)",
+            error.condition,
+            self.domain,
+            self.transport.peer_address,
+            error.text,
+        )
+        if not self._header_sent:
+            # XEP-0114 §3 and RFC 6120 §4.9.1.2: a header first, then the error.
+            self._send_header()
+        self.transport.send_element(error.to_element())
+        self.close()
+
+    def close(self, condition: str | None = None, text: str = "") -> None:
+        """End the stream, with a stream error when `condition` is given."""
+        if self.state == "closed":
+            return
+        if condition is not None:
+            self._stream_error(StreamError(condition, text))
+            return
+        if not self._header_sent:
+            self._send_header()
+        self.transport.send_close()
+        self.transport.close()
+        self.connection_lost()
+
+    def connection_lost(self) -> None:
+        """The transport is gone (closed by either side)."""
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self._queue.clear()
+        component = self.component
+        if component is not None and component.stream is self:
+            component.stream = None
+            log.info("component %s disconnected", component.domain)
