@@ -49,8 +49,9 @@ async def login(server: Server) -> AsyncIterator[Login]:
         await res.close()
 
 
-def message(to: str, body: str, msg_type: str | None = "chat", msg_id: str = "m",
-            extra: str = "") -> str:
+def message(
+    to: str, body: str, msg_type: str | None = "chat", msg_id: str = "m", extra: str = ""
+) -> str:
     type_attr = f" type='{msg_type}'" if msg_type is not None else ""
     return f"<message to='{to}' id='{msg_id}'{type_attr}><body>{body}</body>{extra}</message>"
 
@@ -203,10 +204,18 @@ async def test_no_store_hint_is_respected(server: Server, login: Login, hint: st
 
 async def test_chat_state_only_message_is_not_stored(server: Server, login: Login) -> None:
     bob = await login("bob", presence=True)
-    bob.send(f"<message to='{ALICE}' type='chat' id='cs'>"
-             "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
-    bob.send(message(ALICE, "with state", msg_id="m2",
-                     extra="<active xmlns='http://jabber.org/protocol/chatstates'/>"))
+    bob.send(
+        f"<message to='{ALICE}' type='chat' id='cs'>"
+        "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+    )
+    bob.send(
+        message(
+            ALICE,
+            "with state",
+            msg_id="m2",
+            extra="<active xmlns='http://jabber.org/protocol/chatstates'/>",
+        )
+    )
     await wait_stored(server, 1)
     await bob.assert_none(is_message)
     alice = await login("alice", presence=True)
@@ -247,6 +256,8 @@ async def test_quota_refuses_with_resource_constraint(tmp_path: Path) -> None:
         # Once delivered, there is room again.
         alice = await login_resource(server, "alice", presence=True)
         assert [body_of(m) for m in await messages(alice, 3)] == ["m1", "m2", "m3"]
+        alice.send("<presence type='unavailable'/>")
+        await alice.presence(from_=alice.jid, type="unavailable")
         await alice.close()
         bob.send(message(ALICE, "room again", msg_id="m5"))
         await wait_stored(server, 1)

@@ -92,8 +92,9 @@ async def test_initial_presence_goes_to_subscribers_and_own_resources(
     await asyncio.gather(*(r.drain(0.1) for r in (bob, carol, dave, erin, first)))
 
     second = await login("alice", "second")
-    second.send("<presence><show>chat</show><status>hello</status><priority>3</priority>"
-                "</presence>")
+    second.send(
+        "<presence><show>chat</show><status>hello</status><priority>3</priority></presence>"
+    )
     for res in (bob, carol, first, second):  # the sender's own resource too (§4.2.2)
         got = await res.presence(from_=second.jid, type=None)
         assert child_text(got, "show") == "chat"
@@ -110,6 +111,20 @@ async def test_initial_presence_is_sent_to_each_contact_once(server: Server, log
     got = await bob.presence(from_=alice.jid, type=None)
     assert got.get("to") == jid("bob")
     await bob.assert_none(is_presence_from(alice))
+
+
+async def test_new_resource_learns_presence_of_own_other_resources(login: Login) -> None:
+    """A resource becoming available gets the current presence of the user's other available
+    resources, as Prosody and ejabberd send it (clients list the user's other devices from it;
+    the RFC 6121 §4.2.2 broadcast only tells the *older* resources about the new one)."""
+    first = await login("alice", "first")
+    await first.available(extra="<show>away</show><status>desk</status>")
+    second = await login("alice", "second")
+    await second.available()
+    got = await second.presence(from_=first.jid)
+    assert got.get("type") is None
+    assert child_text(got, "show") == "away"
+    assert child_text(got, "status") == "desk"
 
 
 # ---- §4.3 probes ------------------------------------------------------------------------------
@@ -175,8 +190,7 @@ async def test_presence_update_is_broadcast(server: Server, login: Login) -> Non
     one.send("<presence><show>xa</show><status>gone fishing</status></presence>")
     for res in (bob, one, two):
         got = await res.take(
-            lambda e: is_presence(e, from_=one.jid, type=None)
-            and child_text(e, "show") == "xa"
+            lambda e: is_presence(e, from_=one.jid, type=None) and child_text(e, "show") == "xa"
         )
         assert child_text(got, "status") == "gone fishing"
 
@@ -278,9 +292,7 @@ async def test_no_presence_to_contacts_without_subscription_from(
 
 # ---- §4.7.2.3 priority -------------------------------------------------------------------------
 @pytest.mark.parametrize("priority", ["abc", "200", "-129", "1.5"])
-async def test_invalid_priority_is_bad_request(
-    server: Server, login: Login, priority: str
-) -> None:
+async def test_invalid_priority_is_bad_request(server: Server, login: Login, priority: str) -> None:
     await relate(server, "alice", "bob", "from")
     bob = await login("bob", presence=True)
     alice = await login("alice")

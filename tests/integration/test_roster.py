@@ -112,7 +112,10 @@ async def test_update_replaces_name_and_groups(login: Login) -> None:
         await alice.roster_set(f"<item jid='{BOB}' name='Robert'><group>B</group></item>")
     )
     assert await alice.push_item(BOB) == {
-        "jid": BOB, "name": "Robert", "subscription": "none", "groups": "B"
+        "jid": BOB,
+        "name": "Robert",
+        "subscription": "none",
+        "groups": "B",
     }
     # An update without name and groups clears them (§2.1.5: the item is replaced).
     assert_result(await alice.roster_set(f"<item jid='{BOB}'/>"))

@@ -35,7 +35,18 @@ NOBODY = f"nobody@{DOMAIN}"
 
 def is_subscription(el: ET.Element) -> bool:
     return el.tag == q("jabber:client", "presence") and el.get("type") in (
-        "subscribe", "subscribed", "unsubscribe", "unsubscribed")
+        "subscribe",
+        "subscribed",
+        "unsubscribe",
+        "unsubscribed",
+    )
+
+
+def is_status(el: ET.Element, sender: str, status: str) -> bool:
+    """Available presence from `sender` with this status text."""
+    return is_presence(el, from_=sender, type=None) and (
+        el.findtext(q("jabber:client", "status")) == status
+    )
 
 
 @dataclass
@@ -153,9 +164,11 @@ async def test_mutual_subscription_is_both(login: Login) -> None:
         await bob.presence_on_all(from_=alice_res.jid, type=None)
     # Both ways now.
     alice.send("<presence><status>a</status></presence>")
-    await bob.presence_on_all(from_=alice.resources[0].jid, type=None)
+    for res in bob.resources:
+        await res.take(lambda e: is_status(e, alice.resources[0].jid, "a"))
     bob.send("<presence><status>b</status></presence>")
-    await alice.presence_on_all(from_=bob.resources[0].jid, type=None)
+    for res in alice.resources:
+        await res.take(lambda e: is_status(e, bob.resources[0].jid, "b"))
 
 
 # ---- §3.2 cancellation by the contact ------------------------------------------------------
@@ -172,7 +185,7 @@ async def test_contact_cancels_subscription(login: Login) -> None:
     for bob_res in bob.resources:
         await alice.presence_on_all(from_=bob_res.jid, type="unavailable")
     bob.send("<presence><status>later</status></presence>")
-    await alice.assert_none(lambda e: is_presence(e, from_=bob.resources[0].jid))
+    await alice.assert_none(lambda e: is_status(e, bob.resources[0].jid, "later"))
 
 
 async def test_contact_cancels_one_direction_of_both(login: Login) -> None:
@@ -181,7 +194,8 @@ async def test_contact_cancels_one_direction_of_both(login: Login) -> None:
     await subscribe(alice, bob)
     await subscribe(bob, alice)
     assert (await alice.resources[0].roster_get()).find(
-        f"{q(ROSTER, 'query')}/{q(ROSTER, 'item')}").get("subscription") == "both"  # type: ignore[union-attr]
+        f"{q(ROSTER, 'query')}/{q(ROSTER, 'item')}"
+    ).get("subscription") == "both"  # type: ignore[union-attr]
     bob.send(f"<presence to='{ALICE}' type='unsubscribed'/>")
     assert await bob.push(ALICE) == {"jid": ALICE, "subscription": "to"}
     assert await alice.push(BOB) == {"jid": BOB, "subscription": "from"}
@@ -200,7 +214,7 @@ async def test_user_unsubscribes(login: Login) -> None:
         assert got.get("from") == ALICE
         assert got.get("to") == BOB
     bob.send("<presence><status>later</status></presence>")
-    await alice.assert_none(lambda e: is_presence(e, from_=bob.resources[0].jid))
+    await alice.assert_none(lambda e: is_status(e, bob.resources[0].jid, "later"))
 
 
 # ---- denial of a request ---------------------------------------------------------------------
@@ -240,7 +254,10 @@ async def test_request_to_offline_contact_is_delivered_at_each_login(tmp_path: P
         alice = await login_resource(server, "alice", roster=True, presence=True)
         alice.send(f"<presence to='{BOB}' type='subscribe'/>")
         assert await alice.push_item(BOB) == {
-            "jid": BOB, "subscription": "none", "ask": "subscribe"}
+            "jid": BOB,
+            "subscription": "none",
+            "ask": "subscribe",
+        }
         await wait_until_stored(server, "bob", ALICE)
         for _ in range(2):  # shown again at every login until answered
             bob = await login_resource(server, "bob", roster=True, presence=True)
@@ -275,8 +292,30 @@ async def test_request_to_offline_contact_is_delivered_at_each_login(tmp_path: P
         await server.stop()
 
 
-async def test_request_while_contact_has_no_available_resource(login: Login,
-                                                               server: Server) -> None:
+async def test_request_keeps_status_and_nick(login: Login, server: Server) -> None:
+    """RFC 6121 §3.1.1 (status in a request) and XEP-0172 §4.1 (nick in a request): the
+    contact sees them, now and when the stored request is shown at a later login."""
+    alice = await login("alice")
+    bob = await login("bob")
+    alice.send(
+        f"<presence to='{BOB}' type='subscribe'><status>It is Alice</status>"
+        "<nick xmlns='http://jabber.org/protocol/nick'>Al</nick></presence>"
+    )
+    await alice.push(BOB)
+    await wait_until_stored(server, "bob", ALICE)
+    late = await login_resource(server, "bob", "late", roster=True, presence=True)
+    try:
+        for res in (*bob.resources, late):
+            got = await res.presence(type="subscribe", from_=ALICE)
+            assert got.findtext(q("jabber:client", "status")) == "It is Alice"
+            assert got.findtext(q("http://jabber.org/protocol/nick", "nick")) == "Al"
+    finally:
+        await late.close()
+
+
+async def test_request_while_contact_has_no_available_resource(
+    login: Login, server: Server
+) -> None:
     alice = await login("alice")
     # bob is connected but has not sent initial presence: not available.
     bob = await login_resource(server, "bob", "early", roster=True)
@@ -362,20 +401,22 @@ async def test_removing_item_with_both_cancels_both_ways(login: Login) -> None:
     assert pushes == [{"jid": ALICE, "subscription": "none"}] * 2
     # No presence crosses any more, either way.
     alice.send("<presence><status>gone</status></presence>")
-    await bob.assert_none(lambda e: is_presence(e, from_=alice.resources[0].jid))
+    await bob.assert_none(lambda e: is_status(e, alice.resources[0].jid, "gone"))
     bob.send("<presence><status>gone</status></presence>")
-    await alice.assert_none(lambda e: is_presence(e, from_=bob.resources[0].jid))
+    await alice.assert_none(lambda e: is_status(e, bob.resources[0].jid, "gone"))
 
 
-async def test_removing_item_with_pending_out_cancels_the_request(login: Login,
-                                                                   server: Server) -> None:
+async def test_removing_item_with_pending_out_cancels_the_request(
+    login: Login, server: Server
+) -> None:
     alice = await login("alice")
     bob = await login("bob")
     alice.send(f"<presence to='{BOB}' type='subscribe'/>")
     await alice.push(BOB)
     await bob.presence_on_all(type="subscribe", from_=ALICE)
-    assert (await alice.resources[0].roster_set(
-        f"<item jid='{BOB}' subscription='remove'/>")).get("type") == "result"
+    assert (await alice.resources[0].roster_set(f"<item jid='{BOB}' subscription='remove'/>")).get(
+        "type"
+    ) == "result"
     assert await alice.push(BOB) == {"jid": BOB, "subscription": "remove"}
     await bob.presence_on_all(type="unsubscribe", from_=ALICE)
     # The request is withdrawn: a new login of bob is not asked.
@@ -391,8 +432,10 @@ async def test_subscription_stanzas_are_stamped_with_bare_jids(login: Login) -> 
     put in 'to' (a full JID) or 'from' (a forgery)."""
     alice = await login("alice")
     bob = await login("bob")
-    alice.send(f"<presence from='mallory@{DOMAIN}/x' to='{bob.resources[1].jid}' "
-               "type='subscribe' id='s1'/>")
+    alice.send(
+        f"<presence from='mallory@{DOMAIN}/x' to='{bob.resources[1].jid}' "
+        "type='subscribe' id='s1'/>"
+    )
     assert (await alice.push(BOB))["jid"] == BOB
     for got in await bob.presence_on_all(type="subscribe"):
         assert got.get("from") == ALICE
@@ -416,8 +459,11 @@ async def test_duplicate_subscribe_does_not_push_again(login: Login) -> None:
     await bob.assert_none(lambda e: is_subscription(e) or is_roster_push(e))
     await alice.assert_none(lambda e: is_subscription(e) or is_roster_push(e))
     assert (await alice.resources[0].roster_get()).find(
-        f"{q(ROSTER, 'query')}/{q(ROSTER, 'item')}").attrib == {  # type: ignore[union-attr]
-        "jid": BOB, "subscription": "to"}
+        f"{q(ROSTER, 'query')}/{q(ROSTER, 'item')}"
+    ).attrib == {  # type: ignore[union-attr]
+        "jid": BOB,
+        "subscription": "to",
+    }
 
 
 # ---- a real client library -------------------------------------------------------------------
