@@ -25,6 +25,8 @@ DEFAULT_MODULES = [
     "vcard",
     "private",
     "register",
+    "carbons",
+    "csi",
     "disco",
     "ping",
     "version",

@@ -22,6 +22,7 @@ advertised (§6.2).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from dovecote.stream.errors import StanzaError
@@ -123,41 +124,36 @@ def copy_for(payload: Element, original: Element, user: str, to: str) -> Element
 
 def setup(server: Server) -> None:
     events = server.events
-    #: bare JID -> the sessions of that user with carbons enabled (kept in memory so that
-    #: a message to a user without carbons costs one dict lookup).
-    enabled: dict[JID, list[Any]] = {}
+    sessions = server.sessions
+    #: Users of whom a session enabled carbons: a superset, pruned when found stale, so
+    #: that a message of a user without carbons costs one set lookup. The flag itself lives
+    #: in session.data, so it follows a session resumed on a new connection (XEP-0198).
+    maybe_enabled: set[JID] = set()
 
-    def set_enabled(session: Any, on: bool) -> None:
-        user = session.jid.bare
-        if on:
-            if session.data.get(ENABLED):
-                return
-            session.data[ENABLED] = True
-            enabled.setdefault(user, []).append(session)
-            return
-        if not session.data.pop(ENABLED, None):
-            return
-        remaining = [s for s in enabled.get(user, ()) if s is not session]
-        if remaining:
-            enabled[user] = remaining
-        else:
-            enabled.pop(user, None)
+    def enabled_resources(user: JID, skip: Container[Any]) -> list[Any]:
+        """The user's sessions with carbons enabled, but those in `skip`."""
+        if user not in maybe_enabled:
+            return []
+        enabled = [s for s in sessions.resources(user) if s.data.get(ENABLED)]
+        if not enabled:
+            maybe_enabled.discard(user)
+        return [s for s in enabled if s not in skip]
 
     @events.on(f"iq/bare/set/{CARBONS}:enable")
     @events.on(f"iq/bare/set/{CARBONS}:disable")
     def toggle(event: StanzaEvent) -> bool:
-        session = event.origin
+        session: Any = event.origin
         # §4.1, §5.1: only a client of this server, for its own account.
-        if session is None or session.jid != event.sender or event.to.bare != event.sender.bare:
+        if session is None or event.to.bare != event.sender.bare:
             raise StanzaError("not-allowed", "carbons are set by a client for its own account")
         assert event.payload is not None
-        set_enabled(session, event.payload.tag == "enable")
+        if event.payload.tag == "enable":
+            session.data[ENABLED] = True
+            maybe_enabled.add(event.sender.bare)
+        else:
+            session.data.pop(ENABLED, None)
         event.reply()  # §4, §5 (and §10.1: a repeated request is no error)
         return True
-
-    @events.on("session/ended")
-    def session_ended(session: Any) -> None:
-        set_enabled(session, False)
 
     def send_copies(direction: str, original: Element, user: JID, targets: list[Any]) -> None:
         payload = wrapped(direction, original)
@@ -170,10 +166,7 @@ def setup(server: Server) -> None:
         """§7: the resources that did not get the message under RFC 6121 get a copy."""
         event, delivered = args
         user = event.to.bare
-        sessions = enabled.get(user)
-        if not sessions:
-            return
-        targets = [s for s in sessions if s not in delivered]
+        targets = enabled_resources(user, delivered)
         if targets and is_eligible(event.stanza, outgoing=False, sender=event.sender):
             send_copies("received", event.stanza, user, targets)
 
@@ -184,11 +177,7 @@ def setup(server: Server) -> None:
         if stanza.tag != "message":
             return False
         user = event.sender.bare
-        sessions = enabled.get(user)
-        if not sessions:
-            return False
-        origin = event.origin
-        targets = [s for s in sessions if s is not origin]
+        targets = enabled_resources(user, (event.origin,))
         if targets and is_eligible(stanza, outgoing=True):
             send_copies("sent", stanza, user, targets)
         return False

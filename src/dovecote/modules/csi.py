@@ -1,10 +1,10 @@
 """XEP-0352: Client State Indication — hold back unimportant traffic while a client says
 it is inactive.
 
-The feature is offered after authentication (§3.1); `<inactive/>` and `<active/>` get no
-answer (§3.2). Every stream starts active (§4), a resumed one too (§4.2).
+The feature is offered after authentication (§4.1); `<inactive/>` and `<active/>` get no
+answer (§4.2). Every stream starts active (§4.2, §5), a resumed one too (§5.2).
 
-While a session is inactive, a send filter holds what can wait (§2.2 gives examples):
+While a session is inactive, a send filter holds what can wait (§3.2 gives examples):
 
 - presence updates (available / unavailable): only the latest per sender full JID is
   kept, the superseded ones are dropped;
@@ -15,8 +15,9 @@ While a session is inactive, a send filter holds what can wait (§2.2 gives exam
 Anything else — a message with a body or an encrypted payload, an IQ, a subscription or
 error presence, an error, a MUC self-presence, a carbon copy of any of these — is
 important: what was held is sent first, in order, then it. `<active/>` sends everything
-held, before the next input of the stream is handled (§4.1 in-order processing). Held
-stanzas are flushed when MAX_HELD is reached, and dropped when the session ends.
+held, before the next input of the stream is handled (§5.1 in-order processing). Held
+stanzas are flushed when MAX_HELD is reached, and dropped when the session ends. A stream
+that resumes a session (XEP-0198) is active (§5.2): what was held is sent on it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MUC_USER = "http://jabber.org/protocol/muc#user"
 #: Children that do not make a chat-state message important: hints (XEP-0334), stanza
 #: ids (XEP-0359), delay (XEP-0203), the carbons <private/> marker.
 METADATA = frozenset(("urn:xmpp:hints", "urn:xmpp:sid:0", ns.DELAY, CARBONS))
+_CARBON_TAGS = ("sent", "received")
 #: session.data key: the session's HeldStanzas while it is inactive (absent when active).
 STATE = "csi"
 #: The most stanzas held for a session before all of them are sent anyway.
@@ -51,14 +53,13 @@ class HeldStanzas:
 
     A stanza held under the key of an earlier one replaces it (and moves to the end)."""
 
-    __slots__ = ("_serial", "stanzas")
+    __slots__ = ("_serial", "session", "stanzas")
 
-    def __init__(self) -> None:
+    def __init__(self, session: Any) -> None:
+        #: The stream that went inactive (a resumed stream takes over session.data).
+        self.session = session
         self.stanzas: dict[Hashable, Element] = {}
         self._serial = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self.stanzas)
 
     def hold(self, key: Hashable | None, stanza: Element) -> None:
         if key is None:
@@ -114,8 +115,8 @@ def hold_key(stanza: Element) -> Hashable | _Important | None:
 
 def _unwrap_carbon(stanza: Element) -> tuple[Element | None, str]:
     """The message a XEP-0280 carbon copy carries, and 'sent'/'received' ('' if none)."""
-    for child in stanza.elements:
-        if child.ns == CARBONS and child.tag in ("sent", "received"):
+    for child in stanza.children:
+        if isinstance(child, Element) and child.ns == CARBONS and child.tag in _CARBON_TAGS:
             wrapper = child.find("forwarded", FORWARD)
             inner = forwarded_stanza(wrapper) if wrapper is not None else None
             return inner, child.tag
@@ -124,7 +125,9 @@ def _unwrap_carbon(stanza: Element) -> tuple[Element | None, str]:
 
 def _only_chat_states(message: Element) -> bool:
     has_state = False
-    for child in message.elements:
+    for child in message.children:
+        if not isinstance(child, Element):
+            continue
         if child.ns == CHAT_STATES:
             has_state = True
         elif child.ns in METADATA or (child.ns == ns.CLIENT and child.tag == "thread"):
@@ -135,7 +138,7 @@ def _only_chat_states(message: Element) -> bool:
 
 
 def _is_muc_self_presence(presence: Element) -> bool:
-    """XEP-0045 §7.2.3: status code 110 marks the occupant's own presence."""
+    """XEP-0045 §7.2.2: status code 110 marks the occupant's own presence."""
     x = presence.find("x", MUC_USER)
     return x is not None and any(
         status.get("code") == "110" for status in x.find_all("status", MUC_USER)
@@ -155,12 +158,17 @@ def _pep_key(sender: str, event: Element) -> Hashable | None:
 
 def setup(server: Server) -> None:
     events = server.events
-    server.stream_features.append(Element("csi", CSI))  # §3.1
+    server.stream_features.append(Element("csi", CSI))  # §4.1
 
     def csi_filter(session: Any, stanza: Element) -> bool:
         held: HeldStanzas | None = session.data.get(STATE)
         if held is None:
             return False  # active: the fast path
+        if held.session is not session:
+            # §5.2: a stream resumed with XEP-0198 starts active; what was held goes first.
+            del session.data[STATE]
+            held.flush(session)
+            return False
         if stanza.ns != ns.CLIENT:
             return False  # not a stanza (stream management, ...): neither held nor flushing
         key = hold_key(stanza)
@@ -178,8 +186,11 @@ def setup(server: Server) -> None:
     @events.on(f"c2s/element/{CSI}:inactive")
     def inactive(args: tuple[Any, Element]) -> bool:
         session, _element = args
-        if STATE not in session.data:
-            session.data[STATE] = HeldStanzas()
+        held: HeldStanzas | None = session.data.get(STATE)
+        if held is None or held.session is not session:
+            if held is not None:
+                held.flush(session)  # held for the stream this one resumed (§5.2)
+            session.data[STATE] = HeldStanzas(session)
         return True
 
     @events.on(f"c2s/element/{CSI}:active")
@@ -190,6 +201,15 @@ def setup(server: Server) -> None:
             held.flush(session)
         return True
 
+    @events.on("session/resumed")
+    def resumed(session: Any) -> None:
+        # XEP-0352 §5.2: a resumed stream starts active; what was held goes out now.
+        held: HeldStanzas | None = session.data.pop(STATE, None)
+        if held is not None:
+            held.flush(session)
+
     @events.on("session/ended")
     def session_ended(session: Any) -> None:
-        session.data.pop(STATE, None)  # nothing can be sent any more
+        held: HeldStanzas | None = session.data.get(STATE)
+        if held is not None and held.session is session:
+            del session.data[STATE]  # nothing can be sent any more (unless resumed)

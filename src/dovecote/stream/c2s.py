@@ -652,6 +652,7 @@ class C2SStream:
         if self.sm.unacked:
             self._request_ack()
         log.info("resumed %s", self.jid)
+        self.server.spawn(self.server.events.fire_all("session/resumed", self))
 
     async def _reroute_unacked(self) -> None:
         """XEP-0198 §5: stanzas the client never acknowledged are treated like stanzas to
