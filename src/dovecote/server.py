@@ -44,6 +44,10 @@ class Server:
         #: disco#info features of the server and of each account (filled by modules).
         self.features: set[str] = set()
         self.account_features: set[str] = set()
+        #: disco#info identities of each account (category, type, name).
+        self.account_identities: list[tuple[str, str, str | None]] = [
+            ("account", "registered", None)
+        ]
         #: Extra stream features offered after authentication (SM, CSI, ...).
         self.stream_features: list[Element] = []
         #: Extra stream features offered before authentication (registration, ...).

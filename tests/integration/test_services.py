@@ -143,8 +143,10 @@ async def test_account_disco_info_of_existing_user(alice: Asker) -> None:
     )
     query = answer.find(q(DISCO_INFO, "query"))
     assert query is not None
-    assert identities(query) == [("account", "registered")]
+    # An account, and with PEP loaded by default a virtual pubsub service (XEP-0163 §6.1).
+    assert identities(query) == [("account", "registered"), ("pubsub", "pep")]
     assert DISCO_INFO in features(query)
+    assert "http://jabber.org/protocol/pubsub#publish" in features(query)
 
 
 async def test_account_disco_items_of_existing_user(alice: Asker) -> None:

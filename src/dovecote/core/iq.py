@@ -8,7 +8,8 @@ answer comes back addressed to the request's 'from' (the server's domain or an a
 bare JID), which the router fires as `iq/host/result`, `iq/host/error`, `iq/bare/result` or
 `iq/bare/error`; it is matched by id *and* by the sender being the entity asked, so another
 entity cannot answer in its place (RFC 6120 §8.2.3: a response comes from the entity the
-request was sent to). An error answer raises `IQRequestError`; silence, `TimeoutError`.
+request was sent to). An error answer raises `IQRequestError` (so does the end of the
+asked client's session); silence, `TimeoutError`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dovecote.jid import JID, InvalidJID
+from dovecote.stream.errors import StanzaError, error_reply
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 
@@ -46,26 +48,37 @@ class IQRequestError(Exception):
 
 
 class _Pending:
-    """The server's requests waiting for an answer: (id, asked JID) -> future."""
+    """The server's requests waiting for an answer: (id, asked JID) -> (request, future)."""
 
     def __init__(self, server: Server) -> None:
-        self.waiting: dict[tuple[str, JID], asyncio.Future[Element]] = {}
+        self.waiting: dict[tuple[str, JID], tuple[Element, asyncio.Future[Element]]] = {}
         for name in ("iq/host/result", "iq/host/error", "iq/bare/result", "iq/bare/error"):
             server.events.add(name, self.answer, PRIORITY)
+        server.events.add("session/ended", self.gone)
 
     def answer(self, event: StanzaEvent) -> bool:
         iq_id = event.stanza.attrs.get("id")
         if iq_id is None:
             return False
-        future = self.waiting.pop((iq_id, event.sender), None)
-        if future is None:
+        found = self.waiting.pop((iq_id, event.sender), None)
+        if found is None:
             return False  # not ours (or too late): others may want it
+        future = found[1]
         if not future.done():
             if event.type == "error":
                 future.set_exception(IQRequestError(event.stanza))
             else:
                 future.set_result(event.stanza)
         return True
+
+    def gone(self, session: Any) -> None:
+        """A client session ended: what was asked of it gets the error a request to a
+        full JID with no session gets (RFC 6121 §8.5.3.2.3), now rather than at timeout."""
+        for key, (request, future) in list(self.waiting.items()):
+            if key[1] == session.jid and not future.done():
+                del self.waiting[key]
+                reply = error_reply(request, StanzaError("service-unavailable"))
+                future.set_exception(IQRequestError(reply))
 
 
 _registries: weakref.WeakKeyDictionary[Server, _Pending] = weakref.WeakKeyDictionary()
@@ -93,7 +106,7 @@ async def request(server: Server, stanza: Element, timeout: float = 30.0) -> Ele
     stanza.attrs["id"] = iq_id
     key = (iq_id, asked)
     future: asyncio.Future[Element] = asyncio.get_running_loop().create_future()
-    pending.waiting[key] = future
+    pending.waiting[key] = (stanza, future)
     try:
         await server.router.route(stanza)
         return await asyncio.wait_for(future, timeout)

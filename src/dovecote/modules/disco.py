@@ -64,9 +64,11 @@ def setup(server: Server) -> None:
         node = event.payload.get("node") if event.payload is not None else None
         if node:
             raise StanzaError("item-not-found")
-        # XEP-0030 §... an account: category 'account', type 'registered'.
-        identities = [("account", "registered", None)]
-        event.reply(info_query(None, identities, server.account_features | set(FEATURES)))
+        # XEP-0030: an account (category 'account', type 'registered') and whatever
+        # modules add (PEP: pubsub/pep).
+        event.reply(
+            info_query(None, server.account_identities, server.account_features | set(FEATURES))
+        )
         return True
 
     @events.on(f"iq/bare/get/{ns.DISCO_ITEMS}:query")

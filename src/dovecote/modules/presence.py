@@ -50,17 +50,18 @@ def setup(server: Server) -> None:
         if presence_type is None:
             priority = parse_priority(stanza)
             was_available = session.available
-            session.priority = priority
-            session.available = True
-            session.presence = stanza
-            broadcast_to_own_resources(stanza, session.jid.bare)
-            await events.fire_all("presence/outgoing", (session, stanza))
             if not was_available:
                 # The new resource learns about the user's other available resources, as a
                 # probe of the user's own bare JID would tell it (RFC 6121 §4.2.2/§4.3.2).
                 for other in sessions.available(session.jid.bare, None):
                     if other is not session and other.presence is not None:
                         session.send(other.presence)
+            session.priority = priority
+            session.available = True
+            session.presence = stanza
+            broadcast_to_own_resources(stanza, session.jid.bare)
+            await events.fire_all("presence/outgoing", (session, stanza))
+            if not was_available:
                 await events.fire_all("presence/initial", session)
         elif presence_type == "unavailable":
             if session.available:

@@ -2,7 +2,7 @@
 
 An archive belongs to one account (domain, local). Archive order is the order in which
 messages were appended (XEP-0313 §3.1: not the timestamps, which may repeat); ids are
-opaque, unpredictable and never reused (XEP-0313 §3, §7.2). Timestamps are UTC.
+opaque, unpredictable and never reused (XEP-0313 §3, §6.2). Timestamps are UTC.
 """
 
 from __future__ import annotations

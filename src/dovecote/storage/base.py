@@ -12,8 +12,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from dovecote.storage.credentials import ScramCredentials
+
+if TYPE_CHECKING:
+    from dovecote.storage.archive import ArchiveStore
+    from dovecote.storage.pubsub import PubSubStore
 
 
 class StorageError(Exception):
@@ -177,6 +182,8 @@ class Storage(ABC):
     kv: KVStore
     roster: RosterStore
     offline: OfflineStore
+    archive: ArchiveStore
+    pubsub: PubSubStore
 
     @abstractmethod
     async def open(self) -> None:

@@ -47,6 +47,8 @@ from dovecote.storage.schema import (
     roster_versions,
     scram_credentials,
 )
+from dovecote.storage.sql_archive import SQLArchiveStore
+from dovecote.storage.sql_pubsub import SQLPubSubStore
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -92,18 +94,21 @@ def _upgrade(connection: Connection) -> None:
 def _current_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    return MigrationContext.configure(connection).get_current_revision()
+    # Several heads when branches were developed side by side: named together, sorted.
+    heads = MigrationContext.configure(connection).get_current_heads()
+    return ",".join(sorted(heads)) or None
 
 
 def head_revision() -> str | None:
-    """The newest migration shipped with this version of Dovecote."""
+    """The newest migration(s) shipped with this version of Dovecote ("0003,0004" when
+    independent branches are all heads)."""
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
 
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ",".join(sorted(ScriptDirectory.from_config(config).get_heads())) or None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
@@ -145,6 +150,8 @@ class SQLStorage(Storage):
         self.kv: SQLKVStore = SQLKVStore(self)
         self.roster: SQLRosterStore = SQLRosterStore(self)
         self.offline: SQLOfflineStore = SQLOfflineStore(self)
+        self.archive: SQLArchiveStore = SQLArchiveStore(self)
+        self.pubsub: SQLPubSubStore = SQLPubSubStore(self)
 
     @property
     def safe_url(self) -> str:

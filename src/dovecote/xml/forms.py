@@ -88,7 +88,7 @@ class Form:
 
     @classmethod
     def with_type(cls, form_type: str, fields: list[Field], type: str = "form") -> Form:
-        """A form whose first field is the hidden FORM_TYPE (XEP-0068 §3)."""
+        """A form whose first field is the hidden FORM_TYPE (XEP-0068)."""
         return cls(type, [Field("FORM_TYPE", "hidden", [form_type]), *fields])
 
     @property

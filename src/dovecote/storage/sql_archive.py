@@ -1,0 +1,296 @@
+"""The SQL message archive (XEP-0313 user archives): its table and `SQLArchiveStore`.
+
+Importing this module declares `archive_messages` on the shared metadata (migration 0003
+creates it). Archive order is `seq`, a number that only grows, assigned at insert; the id
+clients see is a random string, looked up once per query to find where a page starts.
+
+Concurrent appends are written together (group commit): while one transaction is being
+written, the messages that arrive queue up and go in the next one, so a busy server does
+one write for many messages and an idle one writes each message at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dovecote.storage.archive import (
+    ArchivedMessage,
+    ArchiveFilter,
+    ArchiveIdNotFound,
+    ArchiveMark,
+    ArchivePage,
+    ArchiveStore,
+)
+from dovecote.storage.base import StorageError
+from dovecote.storage.schema import ACCOUNT_DATA, BARE_JID, JID_PART, metadata
+
+if TYPE_CHECKING:
+    from dovecote.storage.sql import SQLStorage
+
+#: Ids per IN (...) query, well below the databases' bound-parameter limits.
+_CHUNK = 500
+
+archive_messages = Table(
+    "archive_messages",
+    metadata,
+    # INTEGER PRIMARY KEY on SQLite is the rowid: it only grows, so it is the archive order.
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("domain", String(JID_PART), nullable=False),
+    Column("local", String(JID_PART), nullable=False),
+    # The archive id clients see (XEP-0313 §3, XEP-0359 stanza-id).
+    Column("id", String(64), nullable=False),
+    # When the message was archived (XEP-0313 §3: sent or received), UTC.
+    Column("stamp", DateTime(timezone=True), nullable=False),
+    # The other party: 'to' of an outgoing message, 'from' of an incoming one.
+    Column("with_bare", String(BARE_JID), nullable=False),
+    Column("with_resource", String(JID_PART), nullable=True),
+    Column("stanza", Text, nullable=False),
+    ForeignKeyConstraint(
+        ["domain", "local"], ["accounts.domain", "accounts.local"], ondelete="CASCADE"
+    ),
+    # Paging through one archive, and finding an id's place in it.
+    Index("ix_archive_messages_owner", "domain", "local", "seq"),
+    Index("ix_archive_messages_id", "domain", "local", "id", unique=True),
+    # Paging through one conversation ('with' filter).
+    Index("ix_archive_messages_with", "domain", "local", "with_bare", "seq"),
+    # Time filters ('start', 'end'): mostly recent, for catching up since the last sync.
+    Index("ix_archive_messages_stamp_owner", "domain", "local", "stamp"),
+    # Retention: the oldest messages of every archive.
+    Index("ix_archive_messages_stamp", "stamp"),
+    info=ACCOUNT_DATA,
+)
+
+_COLUMNS = (
+    archive_messages.c.seq,
+    archive_messages.c.id,
+    archive_messages.c.stamp,
+    archive_messages.c.with_bare,
+    archive_messages.c.with_resource,
+    archive_messages.c.stanza,
+)
+
+
+def _utc(value: datetime) -> datetime:
+    """UTC for the database (SQLite stores the wall time without its offset); naive values
+    are taken as UTC, as SQLite gives them back."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _message(row: Any) -> ArchivedMessage:
+    return ArchivedMessage(row.id, _utc(row.stamp), row.with_bare, row.with_resource, row.stanza)
+
+
+class SQLArchiveStore(ArchiveStore):
+    def __init__(self, storage: SQLStorage) -> None:
+        self._storage = storage
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._write_lock: asyncio.Lock | None = None
+
+    # ---- appending (group commit) --------------------------------------------------------
+    async def append(self, local: str, domain: str, message: ArchivedMessage) -> None:
+        row = {
+            "domain": domain,
+            "local": local,
+            "id": message.id,
+            "stamp": _utc(message.timestamp),
+            "with_bare": message.with_bare,
+            "with_resource": message.with_resource,
+            "stanza": message.stanza,
+        }
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        # Whoever holds the lock writes everything queued so far; a message written by an
+        # earlier holder is done by the time its caller gets the lock.
+        async with self._write_lock:
+            if not future.done():
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write(batch)
+                except asyncio.CancelledError:
+                    # The next holder writes them.
+                    self._pending[:0] = [item for item in batch if not item[1].done()]
+                    raise
+                except Exception as exc:  # nobody else will answer these callers
+                    for _, waiting in batch:
+                        if not waiting.done():
+                            waiting.set_exception(exc)
+        await future
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        try:
+            async with self._storage.begin() as conn:
+                await conn.execute(insert(archive_messages), [row for row, _ in batch])
+        except IntegrityError:
+            if len(batch) > 1:
+                # One bad row (an account deleted meanwhile) must not fail the others.
+                for item in batch:
+                    await self._write([item])
+                return
+            row, future = batch[0]
+            if not future.done():
+                future.set_exception(StorageError(f"no account '{row['local']}@{row['domain']}'"))
+            return
+        except StorageError as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    # ---- querying ---------------------------------------------------------------------------
+    async def _positions(
+        self, conn: AsyncConnection, local: str, domain: str, ids: Iterable[str]
+    ) -> dict[str, int]:
+        """archive id -> seq for the ids the archive holds."""
+        table = archive_messages
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            result = await conn.execute(
+                select(table.c.id, table.c.seq).where(
+                    table.c.domain == domain,
+                    table.c.local == local,
+                    table.c.id.in_(wanted[start : start + _CHUNK]),
+                )
+            )
+            found.update((row.id, row.seq) for row in result)
+        return found
+
+    async def query(
+        self,
+        local: str,
+        domain: str,
+        filter: ArchiveFilter,
+        limit: int,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        index: int | None = None,
+    ) -> ArchivePage:
+        table = archive_messages
+        named: list[str] = [i for i in (after, before, filter.after_id, filter.before_id) if i]
+        named.extend(filter.ids or ())
+        async with self._storage.begin() as conn:
+            seqs = await self._positions(conn, local, domain, named)
+            for archive_id in named:
+                if archive_id not in seqs:
+                    raise ArchiveIdNotFound(archive_id)
+            where: list[Any] = [table.c.domain == domain, table.c.local == local]
+            if filter.with_bare is not None:
+                where.append(table.c.with_bare == filter.with_bare)
+                if filter.with_resource is not None:
+                    where.append(table.c.with_resource == filter.with_resource)
+            if filter.start is not None:
+                where.append(table.c.stamp >= _utc(filter.start))
+            if filter.end is not None:
+                where.append(table.c.stamp <= _utc(filter.end))
+            if filter.after_id:
+                where.append(table.c.seq > seqs[filter.after_id])
+            if filter.before_id:
+                where.append(table.c.seq < seqs[filter.before_id])
+            if filter.ids is not None:
+                where.append(table.c.seq.in_(sorted({seqs[i] for i in filter.ids})))
+
+            async def count(*extra: Any) -> int:
+                result = await conn.execute(
+                    select(func.count()).select_from(table).where(*where, *extra)
+                )
+                return int(result.scalar_one())
+
+            total = await count()
+            if limit <= 0 or total == 0 or (index is not None and index >= total):
+                # XEP-0059 §2.7: max 0 asks for the count only.
+                return ArchivePage([], total, None, complete=total == 0 or limit > 0)
+            page = select(*_COLUMNS).where(*where)
+            if before is not None:
+                # §2.3, §2.5: backwards, from right before `before` (or the end).
+                if before:
+                    page = page.where(table.c.seq < seqs[before])
+                if after:  # both: the page just before `before`, not reaching `after`
+                    page = page.where(table.c.seq > seqs[after])
+                page = page.order_by(table.c.seq.desc()).limit(limit + 1)
+                rows = list(await conn.execute(page))
+                complete = len(rows) <= limit
+                rows = rows[:limit]
+                rows.reverse()
+            else:
+                if index is not None:
+                    page = page.order_by(table.c.seq).offset(index)
+                elif after:
+                    page = page.where(table.c.seq > seqs[after]).order_by(table.c.seq)
+                else:
+                    page = page.order_by(table.c.seq)
+                rows = list(await conn.execute(page.limit(limit + 1)))
+                complete = len(rows) <= limit
+                rows = rows[:limit]
+            if not rows:
+                return ArchivePage([], total, None, complete=True)
+            if index is not None:
+                first_index = index
+            elif before is None and not after:
+                first_index = 0
+            elif before == "" and not after:
+                first_index = total - len(rows)
+            else:
+                first_index = await count(table.c.seq < rows[0].seq)
+        return ArchivePage([_message(row) for row in rows], total, first_index, complete)
+
+    async def bounds(self, local: str, domain: str) -> tuple[ArchiveMark, ArchiveMark] | None:
+        table = archive_messages
+        owner = (table.c.domain == domain, table.c.local == local)
+        marks: list[ArchiveMark] = []
+        async with self._storage.begin() as conn:
+            for order in (table.c.seq, table.c.seq.desc()):
+                result = await conn.execute(
+                    select(table.c.id, table.c.stamp).where(*owner).order_by(order).limit(1)
+                )
+                row = result.first()
+                if row is None:
+                    return None
+                marks.append(ArchiveMark(row.id, _utc(row.stamp)))
+        return marks[0], marks[1]
+
+    async def count(self, local: str, domain: str) -> int:
+        table = archive_messages
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.domain == domain, table.c.local == local)
+            )
+            return int(result.scalar_one())
+
+    async def delete_older_than(self, cutoff: datetime) -> int:
+        table = archive_messages
+        async with self._storage.begin() as conn:
+            result = await conn.execute(delete(table).where(table.c.stamp < _utc(cutoff)))
+            return int(result.rowcount or 0)
