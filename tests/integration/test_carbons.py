@@ -39,7 +39,9 @@ DISCO_INFO = "http://jabber.org/protocol/disco#info"
 MESSAGE = q(CLIENT, "message")
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
-MODULES = {"enabled": ["carbons", "csi"]}
+# The copies' exact payloads are checked here; archiving (which adds <stanza-id/>) has its
+# own tests, and one test below checks that the archive's id travels inside copies.
+MODULES = {"enabled": ["carbons", "csi"], "disabled": ["mam"]}
 
 
 def is_message(el: ET.Element) -> bool:
@@ -510,3 +512,26 @@ async def test_slixmpp_carbons(server: Server) -> None:
         assert msg["carbon_sent"]["to"] == f"{BOB}/pc"
     finally:
         await disconnect(phone, laptop, bob)
+
+
+async def test_received_copies_carry_the_archive_stanza_id(tmp_path: Path) -> None:
+    """With the real archive (default modules): the <stanza-id/> the archive gives the
+    message (XEP-0359) is the same in the original and in the received copy."""
+    srv = await start_server(tmp_path / "mam")
+    try:
+        for name in ("alice", "bob"):
+            await add_user(srv, name)
+        a = await login_resource(srv, "alice", "A", priority=5)
+        b = await login_resource(srv, "alice", "B", priority=0)
+        bob = await login_resource(srv, "bob", "pc", presence=True)
+        await enable(b)
+        bob.send(f"<message to='{a.jid}' id='s1' type='chat'><body>archived</body></message>")
+        original = await a.message()
+        inner = unwrap(await b.message(), "received")
+        ids = [ch.attrib for ch in original if ch.tag == q(SID, "stanza-id")]
+        assert len(ids) == 1 and ids[0]["by"] == ALICE and ids[0]["id"]
+        assert [ch.attrib for ch in inner if ch.tag == q(SID, "stanza-id")] == ids
+        for res in (a, b, bob):
+            await res.close()
+    finally:
+        await srv.stop()

@@ -213,7 +213,7 @@ async def test_features_are_advertised(server: Server) -> None:
 
 
 async def test_without_the_module_there_is_no_archive(tmp_path: Path) -> None:
-    srv = await start_server(tmp_path / "data")
+    srv = await start_server(tmp_path / "data", modules={"disabled": ["mam"]})
     try:
         await add_user(srv, "alice")
         alice = await login_resource(srv, "alice")

@@ -711,7 +711,7 @@ async def test_disco_info_to_bare_jid_is_account_registered(login: Login, online
     query = result.find(q(DISCO_INFO, "query"))
     assert query is not None
     identities = [(i.get("category"), i.get("type")) for i in query.iter(q(DISCO_INFO, "identity"))]
-    assert identities == [("account", "registered")]
+    assert identities == [("account", "registered"), ("pubsub", "pep")]  # PEP: XEP-0163 §6.1
 
 
 @pytest.mark.parametrize("iq_type", ["get", "set"])
@@ -751,7 +751,7 @@ async def test_iq_without_to_is_answered_for_the_sender_account(login: Login) ->
     identities = [
         (i.get("category"), i.get("type")) for i in result.iter(q(DISCO_INFO, "identity"))
     ]
-    assert identities == [("account", "registered")]
+    assert identities == [("account", "registered"), ("pubsub", "pep")]  # PEP: XEP-0163 §6.1
 
 
 # ---- RFC 6120 §8.1.2.1: the server stamps 'from' ------------------------------------------------
