@@ -16,6 +16,7 @@ import pytest
 from dovecote.jid import JID
 from dovecote.modules.carbons import is_eligible
 from dovecote.server import Server
+from dovecote.storage.archive import ArchiveFilter
 from dovecote.xml.element import Element
 from dovecote.xml.parser import parse_element
 from tests.helpers import (
@@ -531,6 +532,17 @@ async def test_received_copies_carry_the_archive_stanza_id(tmp_path: Path) -> No
         ids = [ch.attrib for ch in original if ch.tag == q(SID, "stanza-id")]
         assert len(ids) == 1 and ids[0]["by"] == ALICE and ids[0]["id"]
         assert [ch.attrib for ch in inner if ch.tag == q(SID, "stanza-id")] == ids
+        # XEP-0313 §3.5: the sent copy carries the sender's archive id; the contact never
+        # sees it (bob gets only the id of his own archive).
+        a.send(f"<message to='{bob.jid}' id='s2' type='chat'><body>mine</body></message>")
+        got = await bob.message()
+        assert [ch.attrib["by"] for ch in got if ch.tag == q(SID, "stanza-id")] == [BOB]
+        sent = unwrap(await b.message(), "sent")
+        sent_ids = [ch.attrib for ch in sent if ch.tag == q(SID, "stanza-id")]
+        assert len(sent_ids) == 1 and sent_ids[0]["by"] == ALICE
+        # The id is the one the archive holds for that message.
+        alice_archive = await srv.storage.archive.query("alice", "example.org", ArchiveFilter(), 50)
+        assert sent_ids[0]["id"] in [m.id for m in alice_archive.messages]
         for res in (a, b, bob):
             await res.close()
     finally:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class StanzaEvent:
     """One stanza on its way, as handlers see it."""
 
-    __slots__ = ("origin", "sender", "server", "stanza", "to")
+    __slots__ = ("archive_id", "origin", "sender", "server", "stanza", "to")
 
     def __init__(
         self, server: Server, stanza: Element, sender: JID, to: JID, origin: Session | None
@@ -51,6 +51,8 @@ class StanzaEvent:
         self.to = to
         #: The local session it came from (None: from the server itself or elsewhere).
         self.origin = origin
+        #: The id the sender's archive gave an outgoing message (XEP-0313), for copies.
+        self.archive_id: str | None = None
 
     @property
     def type(self) -> str | None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from dovecote.server import Server
 
 CARBONS = "urn:xmpp:carbons:2"
+SID = "urn:xmpp:sid:0"
 CARBONS_RULES = "urn:xmpp:carbons:rules:0"
 HINTS = "urn:xmpp:hints"
 MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -179,5 +180,9 @@ def setup(server: Server) -> None:
         user = event.sender.bare
         targets = enabled_resources(user, (event.origin,))
         if targets and is_eligible(stanza, outgoing=True):
+            if event.archive_id is not None:
+                # XEP-0313 §3.5 (archive ids): the sent copy carries the archive id.
+                stanza = stanza.shallow_copy()
+                stanza.append(Element("stanza-id", SID, {"by": str(user), "id": event.archive_id}))
             send_copies("sent", stanza, user, targets)
         return False

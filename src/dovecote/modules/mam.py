@@ -449,7 +449,7 @@ def setup(server: Server) -> None:
 
     async def archive_outgoing(event: StanzaEvent, user: JID) -> bool:
         if await archives_with(user, event.to):
-            await archive(user, event.to, event.stanza)
+            event.archive_id = await archive(user, event.to, event.stanza)
         return False
 
     @events.on("session/ended", -2000)
