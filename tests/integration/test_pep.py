@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -1045,3 +1046,22 @@ async def test_slixmpp_nick_and_tune(server: Server) -> None:
         assert (sender, nick) == (ALICE, "Ally")
     finally:
         await disconnect(alice, bob)
+
+
+async def test_blocked_contacts_get_no_notifications(
+    server: Server, resources: list[Resource]
+) -> None:
+    """XEP-0191 §3.3: nothing goes between a user and a JID the user blocks: no PEP
+    notification when publishing, no last item at login, in either direction."""
+    await befriend(server, ALICE, BOB)
+    await server.storage.kv.set("alice", "example.org", "blocklist", json.dumps([BOB]))
+    alice = await login(server, resources, "alice", notify=[TUNE])
+    bob = await login(server, resources, "bob", notify=[TUNE])
+    await publish(alice, TUNE, tune("not for bob"))
+    await alice.take(is_event(TUNE))  # the owner still gets her own
+    await bob.assert_none(is_event(TUNE))
+    await publish(bob, TUNE, tune("not for alice"))
+    await alice.assert_none(is_event(TUNE, BOB))
+    # And at login: bob's new resource gets no last item of alice's.
+    tablet = await login(server, resources, "bob", "tablet", notify=[TUNE])
+    await tablet.assert_none(is_event(TUNE, ALICE))

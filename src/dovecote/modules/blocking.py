@@ -127,6 +127,17 @@ def setup(server: Server) -> None:
             cache[user] = blocked
         return blocked
 
+    async def blocked_either_way(user: JID, other: JID) -> bool:
+        """Does `user` block `other`, or a local `other` block `user`? For modules that
+        send on a user's behalf without routing (PEP notifications, XEP-0191 §3.3)."""
+        if is_blocked(await get_blocklist(user), other):
+            return True
+        if other.local is not None and other.domain in server.hosts:
+            return is_blocked(await get_blocklist(other.bare), user)
+        return False
+
+    server.blocked_either_way = blocked_either_way  # type: ignore[attr-defined]
+
     async def store(user: JID, blocked: set[JID]) -> None:
         value = json.dumps(sorted(str(j) for j in blocked)) if blocked else None
         await server.storage.kv.set(user.local or "", user.domain, STORAGE_KEY, value)

@@ -967,8 +967,15 @@ def setup(server: Server) -> None:
             available = sessions.available(contact_jid, None)
             if not available or not node.allows(contact, True, item.groups):
                 continue
+            if await blocked(owner, contact_jid):
+                continue
             targets.extend(s for s in available if feature in caps.features_of(s))
         return targets
+
+    async def blocked(owner: JID, contact: JID) -> bool:
+        """XEP-0191 §3.3: nothing goes between a user and a JID either of them blocks."""
+        check = getattr(server, "blocked_either_way", None)
+        return check is not None and await check(owner, contact)
 
     async def notify(service: Service, node: Node, child: Element) -> None:
         targets = await recipients(service, node)
@@ -1025,6 +1032,8 @@ def setup(server: Server) -> None:
             return
         user = session.jid.bare
         for owner in owners:
+            if owner != user and await blocked(owner, user):
+                continue
             service = await service_of(owner)
             for name in nodes & service.nodes.keys():
                 node = service.nodes[name]
