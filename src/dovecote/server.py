@@ -54,6 +54,9 @@ class Server:
         self.pre_auth_features: list[Element] = []
         #: Callables (session, stanza) -> bool that may hold back outgoing stanzas (CSI).
         self.send_filters: list[Any] = []
+        #: Coroutine functions that wait until queued writes are durable (the archive's
+        #: group commit); awaited before a client is told its stanzas are handled.
+        self.durability_barriers: list[Any] = []
         self.auth_throttle = AuthThrottle(
             config.limits.auth_failures_before_delay, config.limits.max_auth_delay
         )
@@ -209,6 +212,11 @@ class Server:
             # RFC 6120 §4.9.3.16: the credentials changed; clients must reconnect.
             self.kick(jid, "reset", "password changed")
 
+    async def wait_durable(self) -> None:
+        """Everything handled so far is in storage (XEP-0198 acks wait for this)."""
+        for barrier in self.durability_barriers:
+            await barrier()
+
     def kick(self, jid: JID, condition: str, text: str) -> int:
         sessions = self.sessions.resources(jid.bare)
         for session in sessions:
@@ -230,6 +238,8 @@ class Server:
         self._listeners.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.wait_durable(), 10)
         if self.storage is not None:
             await self.storage.close()
             self.storage = None

@@ -392,20 +392,25 @@ def setup(server: Server) -> None:
         roster = await rosters.get(user)
         return str(peer.bare) in roster.items
 
-    async def archive(user: JID, peer: JID, stanza: Element) -> str | None:
-        """Archive `stanza` in `user`'s archive; its id, or None when it could not be."""
+    def archive(user: JID, peer: JID, stanza: Element) -> str:
+        """Queue `stanza` for `user`'s archive and return its id at once: the write is a
+        group commit behind the message, and acknowledgements to the client (XEP-0198)
+        wait for it through `server.durability_barriers`."""
         archive_id = new_archive_id()
         item = ArchivedMessage(
             archive_id, archive_now(), str(peer.bare), peer.resource, serialize(stanza)
         )
-        try:
-            await server.storage.archive.append(user.local, user.domain, item)
-        except StorageError as exc:
-            # No such account (delivery answers that), or the database is failing: the
-            # message still goes on.
-            log.debug("not archived for %s: %s", user, exc)
-            return None
+        server.storage.archive.enqueue(user.local, user.domain, item).add_done_callback(
+            _log_failure
+        )
         return archive_id
+
+    def _log_failure(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            # The database failing, or the account deleted meanwhile: the message went on.
+            log.warning("a message was not archived: %s", future.exception())
+
+    server.durability_barriers.append(server.storage.archive.flush)
 
     # ---- archiving -----------------------------------------------------------------------
     # The handlers decide what to skip synchronously (no coroutine for a chat state or a
@@ -422,11 +427,11 @@ def setup(server: Server) -> None:
         return archive_incoming(event, user)
 
     async def archive_incoming(event: StanzaEvent, user: JID) -> bool:
-        if await archives_with(user, event.sender):
-            archive_id = await archive(user, event.sender, event.stanza)
-            if archive_id is not None:
-                stanza_id = StanzaId("stanza-id", SID, {"by": str(user), "id": archive_id})
-                event.stanza.append(stanza_id)
+        # No archive (and no stanza-id in the bounce) for an account that does not exist.
+        if await archives_with(user, event.sender) and await server.router.account_exists(user):
+            archive_id = archive(user, event.sender, event.stanza)
+            stanza_id = StanzaId("stanza-id", SID, {"by": str(user), "id": archive_id})
+            event.stanza.append(stanza_id)
         return False
 
     events.add("message/bare", incoming, INCOMING_PRIORITY)
@@ -449,7 +454,7 @@ def setup(server: Server) -> None:
 
     async def archive_outgoing(event: StanzaEvent, user: JID) -> bool:
         if await archives_with(user, event.to):
-            event.archive_id = await archive(user, event.to, event.stanza)
+            event.archive_id = archive(user, event.to, event.stanza)
         return False
 
     @events.on("session/ended", -2000)

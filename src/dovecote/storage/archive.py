@@ -7,6 +7,7 @@ opaque, unpredictable and never reused (XEP-0313 §3, §6.2). Timestamps are UTC
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -82,6 +83,16 @@ class ArchivePage:
 
 class ArchiveStore(ABC):
     """Per-account message archives."""
+
+    @abstractmethod
+    def enqueue(self, local: str, domain: str, message: ArchivedMessage) -> asyncio.Future[None]:
+        """Queue a message for archiving without waiting (the hot path); the future is done
+        when it is durable, or fails with StorageError when there is no such account.
+        Reads (query, bounds, count) see every message queued before them."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Wait until every message queued so far is durable."""
 
     @abstractmethod
     async def append(self, local: str, domain: str, message: ArchivedMessage) -> None:

@@ -117,8 +117,9 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # foreign keys (ON DELETE CASCADE) off unless asked.
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # busy_timeout first: switching to WAL needs the lock another process may hold.
         cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()

@@ -109,10 +109,14 @@ class SQLArchiveStore(ArchiveStore):
     def __init__(self, storage: SQLStorage) -> None:
         self._storage = storage
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._write_lock: asyncio.Lock | None = None
+        self._in_flight: list[asyncio.Future[None]] = []
+        self._writer: asyncio.Task[None] | None = None
 
-    # ---- appending (group commit) --------------------------------------------------------
-    async def append(self, local: str, domain: str, message: ArchivedMessage) -> None:
+    # ---- appending (group commit, write-behind) ----------------------------------------
+    def enqueue(self, local: str, domain: str, message: ArchivedMessage) -> asyncio.Future[None]:
+        """Queue a message for the next group commit, without waiting: the returned future
+        is done once it is durable (or failed). Everything queued while one transaction
+        runs goes into the next one, so the database sees one write per burst."""
         row = {
             "domain": domain,
             "local": local,
@@ -122,26 +126,37 @@ class SQLArchiveStore(ArchiveStore):
             "with_resource": message.with_resource,
             "stanza": message.stanza,
         }
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._pending.append((row, future))
-        if self._write_lock is None:
-            self._write_lock = asyncio.Lock()
-        # Whoever holds the lock writes everything queued so far; a message written by an
-        # earlier holder is done by the time its caller gets the lock.
-        async with self._write_lock:
-            if not future.done():
-                batch, self._pending = self._pending, []
-                try:
-                    await self._write(batch)
-                except asyncio.CancelledError:
-                    # The next holder writes them.
-                    self._pending[:0] = [item for item in batch if not item[1].done()]
-                    raise
-                except Exception as exc:  # nobody else will answer these callers
-                    for _, waiting in batch:
-                        if not waiting.done():
-                            waiting.set_exception(exc)
-        await future
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_pending())
+        return future
+
+    async def append(self, local: str, domain: str, message: ArchivedMessage) -> None:
+        await self.enqueue(local, domain, message)
+
+    async def flush(self) -> None:
+        """Wait until every message queued so far is durable (failures are the callers')."""
+        waiting = [future for _, future in self._pending] + self._in_flight
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            self._in_flight = [future for _, future in batch]
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                self._pending[:0] = [item for item in batch if not item[1].done()]
+                raise
+            except Exception as exc:  # nobody else will answer these callers
+                for _, waiting in batch:
+                    if not waiting.done():
+                        waiting.set_exception(exc)
+            finally:
+                self._in_flight = []
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:
@@ -196,6 +211,7 @@ class SQLArchiveStore(ArchiveStore):
         before: str | None = None,
         index: int | None = None,
     ) -> ArchivePage:
+        await self.flush()  # a query sees every message archived before it
         table = archive_messages
         named: list[str] = [i for i in (after, before, filter.after_id, filter.before_id) if i]
         named.extend(filter.ids or ())
@@ -265,6 +281,7 @@ class SQLArchiveStore(ArchiveStore):
         return ArchivePage([_message(row) for row in rows], total, first_index, complete)
 
     async def bounds(self, local: str, domain: str) -> tuple[ArchiveMark, ArchiveMark] | None:
+        await self.flush()
         table = archive_messages
         owner = (table.c.domain == domain, table.c.local == local)
         marks: list[ArchiveMark] = []
@@ -280,6 +297,7 @@ class SQLArchiveStore(ArchiveStore):
         return marks[0], marks[1]
 
     async def count(self, local: str, domain: str) -> int:
+        await self.flush()
         table = archive_messages
         async with self._storage.begin() as conn:
             result = await conn.execute(
@@ -290,6 +308,7 @@ class SQLArchiveStore(ArchiveStore):
             return int(result.scalar_one())
 
     async def delete_older_than(self, cutoff: datetime) -> int:
+        await self.flush()
         table = archive_messages
         async with self._storage.begin() as conn:
             result = await conn.execute(delete(table).where(table.c.stamp < _utc(cutoff)))

@@ -119,6 +119,9 @@ class C2SStream:
             if self.state == "bound":
                 element = event.element
                 if element.ns == sm.NS:
+                    if element.tag == "r" and self.sm is not None:
+                        # XEP-0198 §4: 'handled' means stored, group commits included.
+                        await self.server.wait_durable()
                     self._sm_element(element)
                     return
                 await self._stanza(element)
