@@ -375,6 +375,11 @@ def setup(server: Server) -> None:
             prefs_cache[user] = prefs
         return prefs
 
+    @events.on("session/bound")
+    async def warm_prefs(session: Any) -> None:
+        # Loaded now rather than by the first message, which would wait on storage.
+        await load_prefs(session.jid.bare)
+
     async def archives_with(user: JID, peer: JID) -> bool:
         """XEP-0441 §2.1: whether the user's preferences archive messages with `peer`."""
         prefs = await load_prefs(user)
