@@ -117,9 +117,15 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # foreign keys (ON DELETE CASCADE) off unless asked.
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first: switching to WAL needs the lock another process may hold.
         cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except Exception as exc:  # the driver's OperationalError, through the adapter
+            # A new file being switched to WAL by another connection at this moment
+            # (several processes starting at once): WAL is a property of the file, so
+            # the other connection's switch covers this one too.
+            if "locked" not in str(exc):
+                raise
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()

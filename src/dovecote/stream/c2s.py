@@ -17,11 +17,11 @@ import binascii
 import logging
 import secrets
 from collections import deque
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
 from dovecote.stream import sasl, sm
+from dovecote.stream.base import OrderedInput
 from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
@@ -35,11 +35,9 @@ log = logging.getLogger(__name__)
 
 STANZA_KINDS = frozenset(("message", "presence", "iq"))
 MAX_SASL_ATTEMPTS = 5
-#: Input queued while one element waits on storage before reading pauses (backpressure).
-MAX_QUEUED = 64
 
 
-class C2SStream:
+class C2SStream(OrderedInput):
     """One client connection: negotiation state and, once bound, the session."""
 
     def __init__(self, server: Server, transport: StreamTransport) -> None:
@@ -59,9 +57,7 @@ class C2SStream:
         self._header_sent = False
         self._sasl: sasl.SaslNegotiation | None = None
         self._sasl_failures = 0
-        self._queue: deque[ParserEvent] = deque()
-        self._worker: asyncio.Task[None] | None = None
-        self._paused = False
+        self._init_input()
         #: XEP-0198 state once the client enabled stream management.
         self.sm: sm.StreamManagement | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -80,39 +76,6 @@ class C2SStream:
 
     def __repr__(self) -> str:
         return f"<C2SStream {self.jid} {self.state} from {self.transport.peer_address}>"
-
-    # ---- input ------------------------------------------------------------------------
-    def receive(self, events: Iterable[ParserEvent]) -> None:
-        """Called by the transport with newly parsed input."""
-        if self.state == "closed":
-            return
-        self._queue.extend(events)
-        if self._worker is None and self._queue:
-            self._worker = asyncio.get_running_loop().create_task(self._drain())
-        if len(self._queue) > MAX_QUEUED and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def fail(self, condition: str, text: str = "") -> None:
-        """A stream error found by the transport (XML errors, timeouts)."""
-        self._stream_error(StreamError(condition, text))
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue and self.state != "closed":
-                event = self._queue.popleft()
-                try:
-                    await self._handle(event)
-                except StreamError as exc:
-                    self._stream_error(exc)
-                except Exception:
-                    log.exception("internal error on %r", self)
-                    self._stream_error(StreamError("internal-server-error"))
-                if self._paused and len(self._queue) < MAX_QUEUED // 2:
-                    self._paused = False
-                    self.transport.resume_reading()
-        finally:
-            self._worker = None
 
     async def _handle(self, event: ParserEvent) -> None:
         if isinstance(event, ElementReceived):

@@ -20,16 +20,14 @@ domain would.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
 import secrets
-from collections import deque
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from dovecote.jid import JID, InvalidJID, prepare_domain
+from dovecote.stream.base import OrderedInput
 from dovecote.stream.c2s import STANZA_KINDS
 from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
 from dovecote.xml import ns
@@ -42,9 +40,6 @@ if TYPE_CHECKING:
     from dovecote.transport.base import StreamTransport
 
 log = logging.getLogger(__name__)
-
-#: Input queued while routing waits before reading pauses (backpressure).
-MAX_QUEUED = 256
 
 
 def handshake_digest(stream_id: str, secret: str) -> str:
@@ -108,8 +103,10 @@ def register_components(server: Server) -> None:
         log.warning("components are configured but listen.component is empty: none can connect")
 
 
-class ComponentStream:
+class ComponentStream(OrderedInput):
     """One component connection: the header, the handshake, then stanzas."""
+
+    max_queued = 256
 
     def __init__(self, server: Server, transport: StreamTransport) -> None:
         self.server = server
@@ -118,9 +115,7 @@ class ComponentStream:
         self.stream_id = ""
         self.component: ExternalComponent | None = None
         self._header_sent = False
-        self._queue: deque[ParserEvent] = deque()
-        self._worker: asyncio.Task[None] | None = None
-        self._paused = False
+        self._init_input()
 
     @property
     def domain(self) -> str | None:
@@ -132,39 +127,6 @@ class ComponentStream:
 
     def __repr__(self) -> str:
         return f"<ComponentStream {self.domain} {self.state} from {self.transport.peer_address}>"
-
-    # ---- input ------------------------------------------------------------------------
-    def receive(self, events: Iterable[ParserEvent]) -> None:
-        """Called by the transport with newly parsed input; handled in order."""
-        if self.state == "closed":
-            return
-        self._queue.extend(events)
-        if self._worker is None and self._queue:
-            self._worker = asyncio.get_running_loop().create_task(self._drain())
-        if len(self._queue) > MAX_QUEUED and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def fail(self, condition: str, text: str = "") -> None:
-        """A stream error found by the transport (XML errors, timeouts)."""
-        self._stream_error(StreamError(condition, text))
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue and self.state != "closed":
-                event = self._queue.popleft()
-                try:
-                    await self._handle(event)
-                except StreamError as exc:
-                    self._stream_error(exc)
-                except Exception:
-                    log.exception("internal error on %r", self)
-                    self._stream_error(StreamError("internal-server-error"))
-                if self._paused and len(self._queue) < MAX_QUEUED // 2:
-                    self._paused = False
-                    self.transport.resume_reading()
-        finally:
-            self._worker = None
 
     async def _handle(self, event: ParserEvent) -> None:
         if isinstance(event, ElementReceived):

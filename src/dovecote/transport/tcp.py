@@ -1,12 +1,14 @@
-"""TCP transport for client streams: STARTTLS on the c2s port (RFC 6120 §5) and direct
-TLS on its own port (XEP-0368). Owns the socket, the XML parser and the timers."""
+"""TCP transports: one XML stream per connection. `XMLStreamProtocol` owns the socket, the
+XML parser, the negotiation timer and the writing; its subclasses pick the stream:
+client streams with STARTTLS on the c2s port (RFC 6120 §5) and direct TLS on their own
+port (XEP-0368), and external components (XEP-0114, transport/component_tcp.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dovecote.stream.c2s import C2SStream
 from dovecote.xml import ns
@@ -20,22 +22,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIXES = {ns.STREAMS: "stream"}
-#: A client that does not read while this much waits to be written is dropped.
-MAX_WRITE_BUFFER = 8 * 1024 * 1024
 
 
-class C2STCPProtocol(asyncio.Protocol):
-    def __init__(self, server: Server, tls: ServerTLS | None, direct_tls: bool) -> None:
+class XMLStreamProtocol(asyncio.Protocol):
+    """The socket side of a stream; the stream object (`make_stream`) owns the protocol."""
+
+    #: The stream's default namespace on the wire (stanzas are jabber:client inside).
+    content_ns = ns.CLIENT
+    #: A peer that does not read while this much waits to be written is dropped.
+    max_write_buffer = 8 * 1024 * 1024
+    secure = False
+    can_starttls = False
+
+    def __init__(self, server: Server) -> None:
         self.server = server
-        self.tls = tls
-        self.secure = direct_tls
-        self.can_starttls = tls is not None and not direct_tls
         self.peer_address = "?"
         self.parser = StreamParser(server.config.limits.max_stanza_size)
-        self.stream = C2SStream(server, self)
+        self.stream = self.make_stream()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+
+    def make_stream(self) -> Any:
+        raise NotImplementedError
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -51,7 +60,7 @@ class C2STCPProtocol(asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except XMLStreamError as exc:
-            log.debug("XML error %s on %r", exc, data[:200])
+            log.debug("XML error %s from %s", exc, self.peer_address)
             self.stream.fail(exc.condition, exc.text)
             return
         if events:
@@ -64,19 +73,20 @@ class C2STCPProtocol(asyncio.Protocol):
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self.server.streams.discard(self.stream)
         self.stream.connection_lost()
 
     def _negotiation_timeout(self) -> None:
+        # Cancelled by `stream_bound` once negotiation is over.
         self._timer = None
-        if not self.stream.bound:
-            self.stream.fail("connection-timeout", "negotiation took too long")
+        self.stream.fail("connection-timeout", "negotiation took too long")
 
     # ---- StreamTransport ----------------------------------------------------------------
     def send_header(self, attrs: dict[str, str]) -> None:
         parts = [
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-            "xmlns:stream='http://etherx.jabber.org/streams'"
+            f"<?xml version='1.0'?><stream:stream xmlns='{self.content_ns}' "
+            f"xmlns:stream='{ns.STREAMS}'"
         ]
         for key, value in attrs.items():
             name = key.replace(f"{{{ns.XML}}}", "xml:")
@@ -85,17 +95,18 @@ class C2STCPProtocol(asyncio.Protocol):
         self.write("".join(parts).encode())
 
     def serialize(self, element: Element) -> bytes:
+        # jabber:client elements are written unqualified: the stream's namespace on the wire.
         return serialize(element, ns.CLIENT, PREFIXES).encode()
 
     def send_element(self, element: Element) -> None:
-        self.write(serialize(element, ns.CLIENT, PREFIXES).encode())
+        self.write(self.serialize(element))
 
     def write(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or self._closing:
             return
         transport.write(data)
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        if transport.get_write_buffer_size() > self.max_write_buffer:
             log.warning("%s does not read its data; dropping the connection", self.peer_address)
             self._closing = True
             transport.abort()
@@ -105,6 +116,43 @@ class C2STCPProtocol(asyncio.Protocol):
 
     def reset_stream(self) -> None:
         self.parser.reset()
+
+    async def starttls(self) -> None:
+        raise ConnectionError("no STARTTLS on this stream")
+
+    def channel_bindings(self) -> dict[str, bytes]:
+        return {}
+
+    def stream_bound(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._closing = True
+            self._transport.close()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+
+class C2STCPProtocol(XMLStreamProtocol):
+    """Client streams: STARTTLS, or TLS from the first byte on the direct-TLS port."""
+
+    def __init__(self, server: Server, tls: ServerTLS | None, direct_tls: bool) -> None:
+        self.tls = tls
+        self.secure = direct_tls
+        self.can_starttls = tls is not None and not direct_tls
+        super().__init__(server)
+
+    def make_stream(self) -> C2SStream:
+        return C2SStream(self.server, self)
 
     async def starttls(self) -> None:
         assert self.tls is not None and self._transport is not None
@@ -136,21 +184,3 @@ class C2STCPProtocol(asyncio.Protocol):
             if unique:
                 bindings["tls-unique"] = unique
         return bindings
-
-    def stream_bound(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def close(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._closing = True
-            self._transport.close()
-
-    def pause_reading(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()

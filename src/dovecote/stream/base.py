@@ -1,0 +1,70 @@
+"""What every XML stream (client, component; server-to-server later) does with its input:
+handle the parsed events in order, one at a time, letting an element that waits (storage,
+a TLS handshake) hold back the ones behind it, and pausing the socket when too much
+queues up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from dovecote.stream.errors import StreamError
+from dovecote.xml.parser import ParserEvent
+
+log = logging.getLogger(__name__)
+
+
+class OrderedInput:
+    """Mixin: `receive` and `fail` for the transport; subclasses implement `_handle` and
+    `_stream_error` and keep `state` ("closed" when done) and `transport`."""
+
+    #: Events queued behind a waiting one before reading pauses (backpressure).
+    max_queued = 64
+    state: str
+    transport: Any
+
+    def _init_input(self) -> None:
+        self._queue: deque[ParserEvent] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+
+    def receive(self, events: Iterable[ParserEvent]) -> None:
+        """Called by the transport with newly parsed input."""
+        if self.state == "closed":
+            return
+        self._queue.extend(events)
+        if self._worker is None and self._queue:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        if len(self._queue) > self.max_queued and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def fail(self, condition: str, text: str = "") -> None:
+        """A stream error found by the transport (XML errors, timeouts)."""
+        self._stream_error(StreamError(condition, text))
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and self.state != "closed":
+                event = self._queue.popleft()
+                try:
+                    await self._handle(event)
+                except StreamError as exc:
+                    self._stream_error(exc)
+                except Exception:
+                    log.exception("internal error on %r", self)
+                    self._stream_error(StreamError("internal-server-error"))
+                if self._paused and len(self._queue) < self.max_queued // 2:
+                    self._paused = False
+                    self.transport.resume_reading()
+        finally:
+            self._worker = None
+
+    async def _handle(self, event: ParserEvent) -> None:
+        raise NotImplementedError
+
+    def _stream_error(self, error: StreamError) -> None:
+        raise NotImplementedError
