@@ -474,3 +474,34 @@ async def test_system_shutdown(tmp_path) -> None:  # type: ignore[no-untyped-def
     stopping = asyncio.create_task(server.stop())
     assert await raw.stream_error() == "system-shutdown"
     await stopping
+
+
+async def test_conflict_does_not_announce_the_resource_as_gone(users: Server) -> None:
+    """A resource taken over by a new connection stays: its contacts get no unavailable
+    presence for it (only the new connection's presence)."""
+    from dovecote.storage.base import RosterItem
+
+    for user, contact in (("alice", "bob@example.org"), ("bob", "alice@example.org")):
+        await users.storage.roster.put(user, DOMAIN, RosterItem(contact, subscription="both"))
+    alice = await RawClient.open(users.ports["c2s"])
+    await alice.login("alice", resource="desk")
+    alice.send("<presence/>")
+    old = await RawClient.open(users.ports["c2s"])
+    await old.login("bob", resource="same")
+    old.send("<presence><status>old</status></presence>")
+    await alice.wait_for(
+        lambda e: e.tag == q(CLIENT, "presence") and e.get("from") == "bob@example.org/same"
+    )
+    new = await RawClient.open(users.ports["c2s"])
+    await new.login("bob", resource="same")
+    assert await old.stream_error() == "conflict"
+    new.send("<presence><status>new</status></presence>")
+    # Until the new connection's presence arrives, nothing says the resource went away
+    # (the old presence may come again: RFC 6121 allows repeats).
+    while True:
+        seen = await alice.wait_for(
+            lambda e: e.tag == q(CLIENT, "presence") and e.get("from") == "bob@example.org/same"
+        )
+        assert seen.get("type") is None, ET.tostring(seen)
+        if seen.findtext(q(CLIENT, "status")) == "new":
+            break

@@ -85,6 +85,10 @@ def setup(server: Server) -> None:
             return
         session.available = False
         session.presence = None
+        if sessions.get(session.jid) is not None:
+            # Replaced by a new session of the same resource (a conflict): the resource
+            # is still there, so nobody is told it went away.
+            return
         unavailable = Element(
             "presence", ns.CLIENT, {"type": "unavailable", "from": str(session.jid)}
         )
