@@ -505,3 +505,16 @@ async def test_conflict_does_not_announce_the_resource_as_gone(users: Server) ->
         assert seen.get("type") is None, ET.tostring(seen)
         if seen.findtext(q(CLIENT, "status")) == "new":
             break
+
+
+async def test_client_connections_use_tcp_keepalive(users: Server) -> None:
+    """Dead connections (no FIN) are found by TCP keepalives."""
+    import socket
+
+    raw = await RawClient.open(users.ports["c2s"])
+    await raw.login("alice")
+    (stream,) = [s for s in users.streams if s.bound]
+    sock = stream.transport._transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 120
+    await raw.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIXES = {ns.STREAMS: "stream"}
+
+
+def _enable_keepalive(sock: Any) -> None:
+    """TCP keepalives find connections that died without a FIN (a phone leaving the
+    network) within about 4 minutes, so their sessions end or wait for resumption."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 120), ("TCP_KEEPINTVL", 30), ("TCP_KEEPCNT", 4)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    except OSError:
+        pass
 
 
 class XMLStreamProtocol(asyncio.Protocol):
@@ -52,6 +67,7 @@ class XMLStreamProtocol(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_address = peer[0] if isinstance(peer, tuple) else str(peer)
+        _enable_keepalive(transport.get_extra_info("socket"))
         self.server.streams.add(self.stream)
         timeout = self.server.config.limits.negotiation_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, self._negotiation_timeout)
