@@ -262,11 +262,13 @@ class RawClient:
         return el
 
     def tls_end_point_hash(self) -> bytes:
-        from dovecote.stream.tls import end_point_hash
+        """RFC 5929 tls-server-end-point of the server's certificate, computed by scramp
+        (an implementation independent of the server's)."""
+        from scramp.core import CBindData
 
         ssl_object = self.writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True)
-        return end_point_hash(ssl.DER_cert_to_PEM_cert(der).encode())
+        return bytes(CBindData.from_der(der))
 
     async def login(
         self,

@@ -415,3 +415,31 @@ async def test_sql_text_works_through_engine(storage: SQLStorage) -> None:
         result = await conn.execute(text("SELECT version_num FROM alembic_version"))
         versions = sorted(result.scalars())
     assert ",".join(versions) == head_revision()  # one row per head
+
+
+def test_shipped_heads_match_alembic() -> None:
+    """The cheap reading of the migration files agrees with Alembic's."""
+    from dovecote.storage.sql import shipped_heads
+
+    assert ",".join(sorted(shipped_heads())) == head_revision()
+
+
+def test_a_current_schema_opens_without_alembic(tmp_path: Path) -> None:
+    """Once migrated, opening the storage does not load Alembic (memory of the server)."""
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    script = (
+        "import asyncio, sys\n"
+        "from dovecote.storage.sql import open_storage\n"
+        "async def main():\n"
+        f"    storage = await open_storage({url!r})\n"
+        "    await storage.close()\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert first.stdout.strip() == "True", first.stderr  # it migrated the new database
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert again.stdout.strip() == "False", again.stderr

@@ -11,11 +11,6 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +37,12 @@ def ensure_self_signed(data_dir: Path, domains: list[str]) -> tuple[Path, Path]:
         if names_path.read_text() == wanted:
             return cert_path, key_path
     cert_dir.mkdir(parents=True, exist_ok=True)
+    # Imported here: `cryptography` is only needed to make the certificate (8 MB).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])])
     now = datetime.datetime.now(datetime.UTC)
@@ -76,13 +77,22 @@ def ensure_self_signed(data_dir: Path, domains: list[str]) -> tuple[Path, Path]:
 
 
 def end_point_hash(cert_pem: bytes) -> bytes:
-    """RFC 5929 §4.1: hash the DER certificate with its signature hash, MD5/SHA-1 -> SHA-256."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    algorithm = cert.signature_hash_algorithm
-    name = algorithm.name if algorithm is not None else "sha256"
+    """RFC 5929 §4.1: hash the DER certificate with its signature hash, MD5/SHA-1 -> SHA-256.
+
+    The first certificate of a PEM chain is the server's; asn1crypto (scramp's own
+    dependency) reads its signature algorithm."""
+    from asn1crypto import pem
+    from asn1crypto import x509 as asn1_x509
+
+    ders = [
+        der for kind, _headers, der in pem.unarmor(cert_pem, multiple=True) if kind == "CERTIFICATE"
+    ]
+    if not ders:
+        raise ValueError("no certificate in the PEM data")
+    name = asn1_x509.Certificate.load(ders[0]).hash_algo
     if name in ("md5", "sha1"):
         name = "sha256"
-    return hashlib.new(name, cert.public_bytes(serialization.Encoding.DER)).digest()
+    return hashlib.new(name, ders[0]).digest()
 
 
 def make_server_tls(cert_path: Path, key_path: Path) -> ServerTLS:
