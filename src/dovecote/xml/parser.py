@@ -83,6 +83,7 @@ class StreamParser:
     def reset(self) -> None:
         parser = expat.ParserCreate("UTF-8", _SEP)
         parser.namespace_prefixes = True
+        parser.buffer_size = 2048  # per connection: 8 KiB by default
         parser.buffer_text = True
         parser.ordered_attributes = False
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
