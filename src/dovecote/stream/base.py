@@ -17,19 +17,25 @@ from dovecote.xml.parser import ParserEvent
 log = logging.getLogger(__name__)
 
 
-class OrderedInput:
-    """Mixin: `receive` and `fail` for the transport; subclasses implement `_handle` and
-    `_stream_error` and keep `state` ("closed" when done) and `transport`."""
+class StreamBase:
+    """Base of the stream classes: `receive` and `fail` for the transport, ordered
+    handling, and ending a stream (with a stream error, RFC 6120 §4.9). Subclasses
+    implement `_handle`, `_send_header` and `connection_lost`, and keep `state` ("closed"
+    when done), `transport` and `_header_sent`."""
 
     #: Events queued behind a waiting one before reading pauses (backpressure).
     max_queued = 64
     state: str
     transport: Any
 
+    _header_sent: bool
+
     def _init_input(self) -> None:
         self._queue: deque[ParserEvent] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
+        #: Set when either side ends the stream on purpose (not a dropped connection).
+        self._ending = False
 
     def receive(self, events: Iterable[ParserEvent]) -> None:
         """Called by the transport with newly parsed input."""
@@ -66,5 +72,32 @@ class OrderedInput:
     async def _handle(self, event: ParserEvent) -> None:
         raise NotImplementedError
 
-    def _stream_error(self, error: StreamError) -> None:
+    def _send_header(self) -> None:
         raise NotImplementedError
+
+    def connection_lost(self) -> None:
+        raise NotImplementedError
+
+    def _stream_error(self, error: StreamError) -> None:
+        if self.state == "closed":
+            return
+        log.info("stream error %s to %r (%s)", error.condition, self, error.text)
+        if not self._header_sent:
+            # RFC 6120 §4.9.1.2: open a stream first so that the error can be sent.
+            self._send_header()
+        self.transport.send_element(error.to_element())
+        self.close()
+
+    def close(self, condition: str | None = None, text: str = "") -> None:
+        """End the stream, with a stream error when `condition` is given."""
+        if self.state == "closed":
+            return
+        self._ending = True
+        if condition is not None:
+            self._stream_error(StreamError(condition, text))
+            return
+        if not self._header_sent:
+            self._send_header()
+        self.transport.send_close()
+        self.transport.close()
+        self.connection_lost()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
 from dovecote.stream import sasl, sm
-from dovecote.stream.base import OrderedInput
+from dovecote.stream.base import StreamBase
 from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
@@ -37,7 +37,7 @@ STANZA_KINDS = frozenset(("message", "presence", "iq"))
 MAX_SASL_ATTEMPTS = 5
 
 
-class C2SStream(OrderedInput):
+class C2SStream(StreamBase):
     """One client connection: negotiation state and, once bound, the session."""
 
     def __init__(self, server: Server, transport: StreamTransport) -> None:
@@ -62,8 +62,6 @@ class C2SStream(OrderedInput):
         self.sm: sm.StreamManagement | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
         self._hibernation_timer: asyncio.TimerHandle | None = None
-        #: Set when the server or the client ends the stream on purpose (no hibernation).
-        self._ending = False
 
     # ---- identity ---------------------------------------------------------------------
     @property
@@ -149,6 +147,8 @@ class C2SStream(OrderedInput):
         self.transport.send_element(self._features())
 
     def _send_header(self, client_from: str | None = None) -> None:
+        if not self.stream_id:
+            self.stream_id = secrets.token_urlsafe(12)
         attrs = {
             "from": self.domain or self.server.default_host,
             "id": self.stream_id,
@@ -447,33 +447,6 @@ class C2SStream(OrderedInput):
             elif self._ack_timer is None:
                 delay = self.server.config.stream_management.ack_delay
                 self._ack_timer = asyncio.get_running_loop().call_later(delay, self._request_ack)
-
-    def _stream_error(self, error: StreamError) -> None:
-        if self.state == "closed":
-            return
-        log.info(
-            "stream error %s to %s (%s)", error.condition, self.transport.peer_address, error.text
-        )
-        if not self._header_sent:
-            # RFC 6120 §4.9.1.2: open a stream first so that the error can be sent.
-            self.stream_id = secrets.token_urlsafe(12)
-            self._send_header()
-        self.transport.send_element(error.to_element())
-        self.close()
-
-    def close(self, condition: str | None = None, text: str = "") -> None:
-        """End the stream, with a stream error when `condition` is given."""
-        if self.state == "closed":
-            return
-        self._ending = True
-        if condition is not None:
-            self._stream_error(StreamError(condition, text))
-            return
-        if not self._header_sent:
-            self._send_header()
-        self.transport.send_close()
-        self.transport.close()
-        self.connection_lost()
 
     def connection_lost(self) -> None:
         """The transport is gone (closed by either side)."""

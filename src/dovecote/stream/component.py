@@ -27,7 +27,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from dovecote.jid import JID, InvalidJID, prepare_domain
-from dovecote.stream.base import OrderedInput
+from dovecote.stream.base import StreamBase
 from dovecote.stream.c2s import STANZA_KINDS
 from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
 from dovecote.xml import ns
@@ -103,7 +103,7 @@ def register_components(server: Server) -> None:
         log.warning("components are configured but listen.component is empty: none can connect")
 
 
-class ComponentStream(OrderedInput):
+class ComponentStream(StreamBase):
     """One component connection: the header, the handshake, then stanzas."""
 
     max_queued = 256
@@ -245,35 +245,6 @@ class ComponentStream(OrderedInput):
         if self.state == "closed":
             return
         self.transport.send_element(stanza)
-
-    def _stream_error(self, error: StreamError) -> None:
-        if self.state == "closed":
-            return
-        log.info(
-            "stream error %s to component %s at %s (%s)",
-            error.condition,
-            self.domain,
-            self.transport.peer_address,
-            error.text,
-        )
-        if not self._header_sent:
-            # XEP-0114 §3 and RFC 6120 §4.9.1.2: a header first, then the error.
-            self._send_header()
-        self.transport.send_element(error.to_element())
-        self.close()
-
-    def close(self, condition: str | None = None, text: str = "") -> None:
-        """End the stream, with a stream error when `condition` is given."""
-        if self.state == "closed":
-            return
-        if condition is not None:
-            self._stream_error(StreamError(condition, text))
-            return
-        if not self._header_sent:
-            self._send_header()
-        self.transport.send_close()
-        self.transport.close()
-        self.connection_lost()
 
     def connection_lost(self) -> None:
         """The transport is gone (closed by either side)."""
