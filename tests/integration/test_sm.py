@@ -10,7 +10,7 @@ import pytest
 
 from dovecote.jid import JID
 from dovecote.server import Server
-from tests.helpers import CLIENT, DOMAIN, RawClient, add_user, q, start_server
+from tests.helpers import CLIENT, DOMAIN, PASSWORD, RawClient, add_user, q, start_server
 
 SM = "urn:xmpp:sm:3"
 DELAY = "urn:xmpp:delay"
@@ -276,3 +276,60 @@ async def test_not_resumable_session_ends_with_connection(sm_server: Server) -> 
     await asyncio.sleep(0.2)
     assert sm_server.sessions.get(JID.parse("bob@example.org/b")) is None
     assert sm_id not in sm_server.sm_sessions
+
+
+async def test_slixmpp_enables_acks_and_resumes(sm_server: Server) -> None:
+    """A real client's XEP-0198 implementation (slixmpp) against the server: enable,
+    acknowledgements in both directions, and resumption after the connection drops."""
+    from tests.helpers import Client, client_ssl_context
+
+    client = Client("bob@example.org/phone", PASSWORD)
+    client.register_plugin("xep_0198")
+    client.enable_direct_tls = False
+    sm_plugin = client.plugin["xep_0198"]
+    started, enabled, resumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    client.add_event_handler("session_start", lambda _e: started.set())
+    client.add_event_handler("sm_enabled", lambda _e: enabled.set())
+    client.add_event_handler("session_resumed", lambda _e: resumed.set())
+    client.ssl_context = client_ssl_context()
+    client.connect("127.0.0.1", sm_server.ports["c2s"])
+    await asyncio.wait_for(asyncio.gather(started.wait(), enabled.wait()), 15)
+    session = sm_server.sessions.get(JID.parse("bob@example.org/phone"))
+    assert session is not None and session.sm is not None and session.sm.resumable
+    assert session.sm.id == sm_plugin.sm_id
+
+    alice = await RawClient.open(sm_server.ports["c2s"])
+    await alice.login("alice")
+    for i in range(3):
+        send_chat(alice, "bob@example.org/phone", f"s{i}")
+    for _ in range(3):
+        await asyncio.wait_for(client.messages.get(), 5)
+    # The client asks the server for an ack of what it sent: the server has handled it all.
+    client.send_presence()
+    sm_plugin.request_ack()
+    for _ in range(50):
+        if sm_plugin.last_ack == sm_plugin.seq:
+            break
+        await asyncio.sleep(0.05)
+    assert sm_plugin.last_ack == sm_plugin.seq == session.sm.handled
+    # The server asks the client: the client's h matches what the server sent (after
+    # the client has processed the presence echo it just got).
+    await asyncio.sleep(0.3)
+    session._request_ack()
+    for _ in range(50):
+        if not session.sm.unacked:
+            break
+        await asyncio.sleep(0.05)
+    assert not session.sm.unacked
+
+    # The connection dies; a message arrives meanwhile; the client reconnects and resumes.
+    client.transport.abort()
+    await asyncio.sleep(0.3)
+    send_chat(alice, "bob@example.org/phone", "while-away")
+    await asyncio.sleep(0.2)
+    client.connect("127.0.0.1", sm_server.ports["c2s"])
+    await asyncio.wait_for(resumed.wait(), 15)
+    message = await asyncio.wait_for(client.messages.get(), 5)
+    assert message["id"] == "while-away"
+    assert client.messages.empty()
+    client.disconnect()
