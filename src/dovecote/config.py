@@ -153,6 +153,11 @@ class LimitsSection(_Section):
     #: Failed authentications from one address before the answers start to slow down.
     auth_failures_before_delay: int = Field(default=3, ge=1)
     max_auth_delay: float = Field(default=10.0, ge=0)
+    #: Bytes per second a client connection may send on average (0: no limit); beyond,
+    #: the server reads more slowly (traffic shaping, like Prosody's mod_limits).
+    c2s_rate: int = Field(default=262144, ge=0)
+    #: Bytes a client may send at once above that rate.
+    c2s_burst: int = Field(default=1048576, ge=0)
 
 
 class StreamManagementSection(_Section):

@@ -518,3 +518,35 @@ async def test_client_connections_use_tcp_keepalive(users: Server) -> None:
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 120
     await raw.close()
+
+
+async def test_flood_is_slowed_down_not_lost(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """[limits] c2s_rate: past its burst a client is read at its rate; nothing is lost and
+    other clients are unaffected."""
+    server = await start_server(tmp_path, limits={"c2s_rate": 100_000, "c2s_burst": 10_000})
+    try:
+        for name in ("alice", "bob", "witness"):
+            await add_user(server, name)
+        bob = await RawClient.open(server.ports["c2s"])
+        await bob.login("bob", resource="b")
+        alice = await RawClient.open(server.ports["c2s"])
+        await alice.login("alice")
+        (flooder,) = [s for s in server.streams if s.bound and s.jid.local == "alice"]
+        body = "x" * 1000
+        alice.send(
+            "".join(
+                f"<message to='bob@example.org/b' type='chat' id='f{i}'><body>{body}</body>"
+                "</message>"
+                for i in range(400)
+            )
+        )
+        await assert_still_serving(server)  # another client is served meanwhile
+        got = []
+        while len(got) < 400:
+            el = await bob.next(timeout=30)
+            if el.tag == q(CLIENT, "message"):
+                got.append(el.get("id"))
+        assert got == [f"f{i}" for i in range(400)]
+        assert flooder.transport.throttled > 0
+    finally:
+        await server.stop()

@@ -57,6 +57,13 @@ class XMLStreamProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        #: Why reading is paused: "backlog" (the stream is behind), "rate" (shaping).
+        self._paused_for: set[str] = set()
+        self._rate, self._burst = self.rate_limit()
+        self._tokens = float(self._burst)
+        self._tokens_at = 0.0
+        #: How many times the rate limit paused reading (for tests and metrics).
+        self.throttled = 0
 
     def make_stream(self) -> Any:
         raise NotImplementedError
@@ -72,7 +79,13 @@ class XMLStreamProtocol(asyncio.Protocol):
         timeout = self.server.config.limits.negotiation_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, self._negotiation_timeout)
 
+    def rate_limit(self) -> tuple[int, int]:
+        """(bytes per second, burst) this peer may send; (0, 0): unlimited."""
+        return 0, 0
+
     def data_received(self, data: bytes) -> None:
+        if self._rate:
+            self._shape(len(data))
         try:
             events = self.parser.feed(data)
         except XMLStreamError as exc:
@@ -92,6 +105,20 @@ class XMLStreamProtocol(asyncio.Protocol):
             self._timer = None
         self.server.streams.discard(self.stream)
         self.stream.connection_lost()
+
+    def _shape(self, size: int) -> None:
+        """Token bucket: past its burst, a peer is read at its rate (a flood slows down
+        itself, not the server)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._tokens_at:
+            self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens_at = now
+        self._tokens -= size
+        if self._tokens < 0 and "rate" not in self._paused_for:
+            self.throttled += 1
+            self._pause("rate")
+            loop.call_later(-self._tokens / self._rate, self._resume, "rate")
 
     def _negotiation_timeout(self) -> None:
         # Cancelled by `stream_bound` once negotiation is over.
@@ -150,11 +177,19 @@ class XMLStreamProtocol(asyncio.Protocol):
             self._transport.close()
 
     def pause_reading(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.pause_reading()
+        self._pause("backlog")
 
     def resume_reading(self) -> None:
-        if self._transport is not None and not self._closing:
+        self._resume("backlog")
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused_for and self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+        self._paused_for.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._paused_for.discard(reason)
+        if not self._paused_for and self._transport is not None and not self._closing:
             self._transport.resume_reading()
 
 
@@ -169,6 +204,10 @@ class C2STCPProtocol(XMLStreamProtocol):
 
     def make_stream(self) -> C2SStream:
         return C2SStream(self.server, self)
+
+    def rate_limit(self) -> tuple[int, int]:
+        limits = self.server.config.limits
+        return limits.c2s_rate, max(limits.c2s_burst, limits.max_stanza_size)
 
     async def starttls(self) -> None:
         assert self.tls is not None and self._transport is not None
