@@ -1,23 +1,91 @@
-"""XEP-0012: Last Activity — for the server, its uptime (XEP-0012 §5)."""
+"""XEP-0012: Last Activity — the server's uptime (§5), and for accounts how long ago the
+user logged out, with the status of their last unavailable presence (§3, §4).
+
+Only the user and contacts allowed to see the user's presence (a 'from' or 'both'
+subscription) may ask about an account (§3, §8); others get forbidden, also when asking a
+resource (the query is then not delivered, §4).
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from dovecote.storage.base import StorageError
+from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
+    from dovecote.jid import JID
     from dovecote.server import Server
 
 FEATURES = [ns.LAST]
+ACCOUNT_FEATURES = [ns.LAST]
+STORAGE_KEY = "last-activity"
 
 
 def setup(server: Server) -> None:
-    @server.events.on(f"iq/host/get/{ns.LAST}:query")
+    events = server.events
+    sessions = server.sessions
+
+    @events.on(f"iq/host/get/{ns.LAST}:query")
     def uptime(event: StanzaEvent) -> bool:
         seconds = int(time.time() - server.started_at)
         event.reply(Element("query", ns.LAST, {"seconds": str(seconds)}))
         return True
+
+    async def may_see_presence(user: JID, asker: JID) -> bool:
+        if asker.bare == user:
+            return True
+        rosters = getattr(server, "rosters", None)
+        if rosters is None:
+            return False
+        item = (await rosters.get(user)).items.get(str(asker.bare))
+        return item is not None and item.subscription in ("from", "both")
+
+    @events.on(f"iq/bare/get/{ns.LAST}:query")
+    async def last_logout(event: StanzaEvent) -> bool:
+        user = event.to.bare
+        if not await may_see_presence(user, event.sender):
+            raise StanzaError("forbidden")
+        if sessions.is_online(user):
+            seconds, status = 0, ""  # §3: online users have been active just now
+        else:
+            text = await server.storage.kv.get(user.local or "", user.domain, STORAGE_KEY)
+            if text is None:
+                raise StanzaError("item-not-found", "no logout recorded")
+            record = json.loads(text)
+            seconds = max(0, int(time.time() - record["time"]))
+            status = record.get("status", "")
+        event.reply(Element("query", ns.LAST, {"seconds": str(seconds)}, text=status or None))
+        return True
+
+    @events.on("iq/full", 60)
+    async def guard_resources(event: StanzaEvent) -> bool:
+        """§4: a query to a resource is delivered only for those who may see presence."""
+        payload = event.payload
+        if event.type != "get" or payload is None or payload.ns != ns.LAST:
+            return False
+        if not await may_see_presence(event.to.bare, event.sender):
+            raise StanzaError("forbidden")
+        return False
+
+    @events.on("presence/outgoing")
+    def remember_status(args: tuple[Any, Element]) -> None:
+        session, stanza = args
+        if stanza.attrs.get("type") == "unavailable":
+            session.data["last-status"] = stanza.find_text("status", ns.CLIENT) or ""
+
+    @events.on("session/ended", -3000)  # after the unavailable broadcast
+    async def record_logout(session: Any) -> None:
+        user = session.jid.bare
+        if sessions.resources(user):
+            return  # still logged in elsewhere
+        record = {"time": time.time(), "status": session.data.get("last-status", "")}
+        try:
+            await server.storage.kv.set(user.local, user.domain, STORAGE_KEY, json.dumps(record))
+        except StorageError:  # a deleted account: nothing to remember
+            return
