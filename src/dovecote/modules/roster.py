@@ -278,6 +278,7 @@ def setup(server: Server) -> None:
         stanza.attrs["from"] = str(user)
         stanza.attrs["to"] = contact_key
         route = True
+        presence_after: str | None = None
         async with rosters.lock(user):
             roster = await rosters.get(user)
             item = roster.items.get(contact_key)
@@ -302,9 +303,7 @@ def setup(server: Server) -> None:
                     await rosters.save(
                         user, roster, replace(item, subscription=new_sub, approved=False)
                     )
-                    router.route_soon(stanza)
-                    send_presence_of(user, contact_key)
-                    route = False
+                    presence_after = "available"  # §3.1.5, once the approval is on its way
                 elif item is not None and item.subscription in ("from", "both"):
                     route = False  # already approved: nothing to do
                 else:
@@ -320,9 +319,7 @@ def setup(server: Server) -> None:
                         user, roster, replace(item, subscription=new_sub, approved=False)
                     )
                     await rosters.remove_pending(user, roster, contact_key)
-                    router.route_soon(stanza)
-                    send_presence_of(user, contact_key, unavailable=True)
-                    route = False
+                    presence_after = "unavailable"  # §3.2.1
                 elif contact_key in roster.pending:
                     await rosters.remove_pending(user, roster, contact_key)
                 elif item is not None and item.approved:
@@ -330,8 +327,12 @@ def setup(server: Server) -> None:
                     route = False
                 else:
                     route = False
+        # Routed (and, for a local contact, stored) before the client's stanza counts as
+        # handled (XEP-0198), outside the lock: the contact may be the user.
         if route:
-            router.route_soon(stanza)
+            await router.route(stanza)
+        if presence_after is not None:
+            send_presence_of(user, contact_key, unavailable=presence_after == "unavailable")
         return True
 
     def track_directed(event: StanzaEvent) -> None:
