@@ -209,6 +209,7 @@ class Server:
             return
         if kind == "account-deleted":
             self.kick(jid, "not-authorized", "account deleted")
+            await self.events.fire_all("account/deleted", jid.bare)
         elif kind == "password-changed":
             # RFC 6120 §4.9.3.16: the credentials changed; clients must reconnect.
             self.kick(jid, "reset", "password changed")

@@ -1065,3 +1065,18 @@ async def test_blocked_contacts_get_no_notifications(
     # And at login: bob's new resource gets no last item of alice's.
     tablet = await login(server, resources, "bob", "tablet", notify=[TUNE])
     await tablet.assert_none(is_event(TUNE, ALICE))
+
+
+async def test_deleted_account_leaves_no_cached_items(
+    server: Server, resources: list[Resource]
+) -> None:
+    """An account deleted by `dovecote user del` (the control socket event) takes its PEP
+    data along: a new account of the same name starts empty, even while cached."""
+    alice = await login(server, resources, "alice")
+    await publish(alice, TUNE, tune("old life"), "one")
+    await server.storage.accounts.delete("alice", "example.org")
+    await server._control_event({"event": "account-deleted", "jid": ALICE})
+    await add_user(server, "alice")
+    again = await login(server, resources, "alice", "new")
+    result = await get_items(again, ALICE, TUNE)
+    assert_error(result, "cancel", "item-not-found")

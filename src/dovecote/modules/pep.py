@@ -387,6 +387,11 @@ def setup(server: Server) -> None:
             found = locks[owner] = asyncio.Lock()
         return found
 
+    @events.on("account/deleted")
+    def forget_service(owner: JID) -> None:
+        # Its nodes are gone from storage: contacts must not get them from the cache.
+        services.pop(owner, None)
+
     def remember(service: Service) -> Service:
         services[service.owner] = service
         services.move_to_end(service.owner)

@@ -278,6 +278,7 @@ def setup(server: Server) -> None:
             await server.router.route(_presence(user, contact, "unsubscribed"))
         event.reply()
         server.kick(account, "not-authorized", "the account was removed")
+        await server.events.fire_all("account/deleted", account)
 
 
 def _presence(sender: str, to: str, kind: str) -> Element:
