@@ -1072,8 +1072,13 @@ async def test_deleted_account_leaves_no_cached_items(
 ) -> None:
     """An account deleted by `dovecote user del` (the control socket event) takes its PEP
     data along: a new account of the same name starts empty, even while cached."""
+    await befriend(server, ALICE, BOB)
     alice = await login(server, resources, "alice")
     await publish(alice, TUNE, tune("old life"), "one")
+    await alice.close()
+    bob = await login(server, resources, "bob")
+    # bob reads them while alice is offline: her service is now in the server's cache.
+    assert (await get_items(bob, ALICE, TUNE)).get("type") == "result"
     await server.storage.accounts.delete("alice", "example.org")
     await server._control_event({"event": "account-deleted", "jid": ALICE})
     await add_user(server, "alice")
