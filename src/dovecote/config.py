@@ -75,6 +75,10 @@ def _check_domain(value: str) -> str:
 Domain = Annotated[str, AfterValidator(_check_domain)]
 
 
+#: XEP-0157 "XMPP Registrar Considerations": the serverinfo roles (fields "<role>-addresses").
+CONTACT_ROLES = frozenset(("abuse", "admin", "feedback", "sales", "security", "status", "support"))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,6 +89,18 @@ class ServerSection(_Section):
     admins: list[str] = Field(default_factory=list)
     #: Reported by XEP-0092 software version; false hides the operating system.
     show_os: bool = True
+    #: XEP-0157 contact addresses (URIs) by role, shown in the server's disco#info.
+    contacts: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("contacts")
+    @classmethod
+    def _roles(cls, contacts: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role in contacts:
+            if role not in CONTACT_ROLES:
+                raise ValueError(
+                    f"unknown contact role {role!r} (one of {', '.join(sorted(CONTACT_ROLES))})"
+                )
+        return contacts
 
     @field_validator("domains")
     @classmethod

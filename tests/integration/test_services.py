@@ -98,6 +98,7 @@ async def test_server_disco_info(server: Server, alice: Asker, host: str) -> Non
     assert len(offered) == len(set(offered)), "a feature is listed twice"
     assert set(offered) == server.features == declared
     assert SERVER_FEATURES <= set(offered)
+    assert query.find("{jabber:x:data}x") is None  # no XEP-0157 contacts configured
 
 
 async def test_server_disco_items(server: Server, alice: Asker) -> None:
@@ -273,3 +274,33 @@ async def test_message_to_the_server(alice: Asker) -> None:
     assert_error(answer, "service-unavailable", "cancel", DOMAIN)
     alice.raw.send("<message to='example.org' type='headline' id='h2'><body>news</body></message>")
     assert [e for e in await collect(alice.raw) if e.tag != q(CLIENT, "presence")] == []
+
+
+async def test_contact_addresses_in_server_disco(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """XEP-0157: [server] contacts shows up as a serverinfo form in the server's disco#info
+    (XEP-0128); without it there is no form."""
+    from tests.helpers import start_server
+
+    contacts = {
+        "abuse": ["mailto:abuse@example.org", "xmpp:abuse@example.org"],
+        "admin": ["xmpp:admin@example.org"],
+    }
+    server = await start_server(tmp_path, server={"contacts": contacts})
+    try:
+        await add_user(server, "alice")
+        raw, jid = await raw_login(server, "alice")
+        asker = Asker(raw, jid)
+        answer = result_of(await asker.iq(f"<query xmlns='{DISCO_INFO}'/>"), DOMAIN)
+        forms = answer.findall(f"{q(DISCO_INFO, 'query')}/{{jabber:x:data}}x")
+        assert len(forms) == 1 and forms[0].get("type") == "result"
+        fields = {
+            f.get("var"): [v.text for v in f.findall("{jabber:x:data}value")] for f in forms[0]
+        }
+        assert fields == {
+            "FORM_TYPE": ["http://jabber.org/network/serverinfo"],
+            "abuse-addresses": contacts["abuse"],
+            "admin-addresses": contacts["admin"],
+        }
+        await raw.close()
+    finally:
+        await server.stop()

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element
+from dovecote.xml.forms import Field, Form
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
 
 FEATURES = [ns.DISCO_INFO, ns.DISCO_ITEMS]
+SERVER_INFO = "http://jabber.org/network/serverinfo"
 
 
 def info_query(
@@ -43,7 +45,16 @@ def setup(server: Server) -> None:
             raise StanzaError("item-not-found")
         # XEP-0030 §3.1; the server is category 'server', type 'im'.
         identities = [("server", "im", "Dovecote")]
-        event.reply(info_query(None, identities, server.features))
+        query = info_query(None, identities, server.features)
+        contacts = server.config.server.contacts
+        if contacts:
+            # XEP-0157 through XEP-0128: who to contact about this server, by role.
+            fields = [
+                Field(f"{role}-addresses", values=list(uris))
+                for role, uris in sorted(contacts.items())
+            ]
+            query.append(Form.with_type(SERVER_INFO, fields, type="result").to_element())
+        event.reply(query)
         return True
 
     @events.on(f"iq/host/get/{ns.DISCO_ITEMS}:query")
