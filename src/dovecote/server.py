@@ -238,8 +238,12 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 2)
         self._listeners.clear()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        # Background work (unavailable broadcasts, offline storage of unacknowledged
+        # messages, ...) may start more of it: wait until none is left, within bounds.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while self._tasks and loop.time() < deadline:
+            await asyncio.wait(list(self._tasks), timeout=deadline - loop.time())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.wait_durable(), 10)
         if self.storage is not None:
