@@ -270,6 +270,20 @@ class RawClient:
         der = ssl_object.getpeercert(binary_form=True)
         return bytes(CBindData.from_der(der))
 
+    async def authenticate(
+        self, local: str, password: str = PASSWORD, *, direct_tls: bool = False
+    ) -> ET.Element:
+        """STARTTLS (unless direct TLS), SCRAM-SHA-1 that must succeed, stream restart;
+        returns the stream features offered after authentication (bind, sm, ...)."""
+        self.open_stream()
+        await self.features()
+        if not direct_tls:
+            await self.starttls()
+        el = await self.auth_scram(local, password)
+        assert el.tag == q(SASL, "success"), ET.tostring(el)
+        self.open_stream()
+        return await self.features()
+
     async def login(
         self,
         local: str,
@@ -278,14 +292,7 @@ class RawClient:
         direct_tls: bool = False,
     ) -> str:
         """STARTTLS (unless direct TLS), SCRAM-SHA-1, bind; returns the bound JID."""
-        self.open_stream()
-        await self.features()
-        if not direct_tls:
-            await self.starttls()
-        el = await self.auth_scram(local, password)
-        assert el.tag == q(SASL, "success"), ET.tostring(el)
-        self.open_stream()
-        await self.features()
+        await self.authenticate(local, password, direct_tls=direct_tls)
         res = f"<resource>{resource}</resource>" if resource else ""
         self.send(f"<iq type='set' id='bind1'><bind xmlns='{BIND}'>{res}</bind></iq>")
         el = await self.expect(q(CLIENT, "iq"))

@@ -18,7 +18,6 @@ from dovecote.server import Server
 from tests.helpers import (
     CLIENT,
     DOMAIN,
-    SASL,
     RawClient,
     Resource,
     add_user,
@@ -400,12 +399,7 @@ async def test_a_resumed_stream_is_active(server: Server, peers: Peers) -> None:
     await asyncio.sleep(0.2)
 
     raw2 = await RawClient.open(server.ports["c2s"])
-    raw2.open_stream()
-    await raw2.features()
-    await raw2.starttls()
-    assert (await raw2.auth_scram("alice")).tag == q(SASL, "success")
-    raw2.open_stream()
-    await raw2.features()
+    await raw2.authenticate("alice")
     raw2.send(f"<resume xmlns='{SM}' previd='{sm_id}' h='1'/>")
     await raw2.expect(q(SM, "resumed"))
     # What was held goes out as soon as the stream is resumed, without waiting for traffic.

@@ -40,12 +40,7 @@ async def login_sm(
 
 async def authenticate_only(server: Server, local: str) -> RawClient:
     raw = await RawClient.open(server.ports["c2s"])
-    raw.open_stream()
-    await raw.features()
-    await raw.starttls()
-    assert (await raw.auth_scram(local)).tag.endswith("success")
-    raw.open_stream()
-    features = await raw.features()
+    features = await raw.authenticate(local)
     assert features.find(q(SM, "sm")) is not None
     return raw
 

@@ -96,12 +96,7 @@ async def test_features_after_tls_offer_scram_plus_and_channel_binding(users: Se
 
 async def test_bind_and_optional_session_features(users: Server) -> None:
     raw = await RawClient.open(users.ports["c2s"])
-    raw.open_stream()
-    await raw.features()
-    await raw.starttls()
-    assert (await raw.auth_scram("alice")).tag == q(SASL, "success")
-    raw.open_stream()
-    features = await raw.features()
+    features = await raw.authenticate("alice")
     assert features.find(q(BIND, "bind")) is not None
     session = features.find(q(SESSION_NS, "session"))
     assert session is not None and session.find(q(SESSION_NS, "optional")) is not None
@@ -279,12 +274,7 @@ async def test_server_generated_resource(users: Server) -> None:
 
 async def test_invalid_resource_is_bad_request(users: Server) -> None:
     raw = await RawClient.open(users.ports["c2s"])
-    raw.open_stream()
-    await raw.features()
-    await raw.starttls()
-    await raw.auth_scram("alice")
-    raw.open_stream()
-    await raw.features()
+    await raw.authenticate("alice")
     raw.send(
         f"<iq type='set' id='b'><bind xmlns='{BIND}'><resource>soft\u00adhyphen</resource>"
         "</bind></iq>"
@@ -316,12 +306,7 @@ async def test_resource_conflict_replaces_old_session(users: Server) -> None:
 
 async def test_stanza_before_bind_is_refused(users: Server) -> None:
     raw = await RawClient.open(users.ports["c2s"])
-    raw.open_stream()
-    await raw.features()
-    await raw.starttls()
-    await raw.auth_scram("alice")
-    raw.open_stream()
-    await raw.features()
+    await raw.authenticate("alice")
     raw.send(f"<iq type='get' id='x' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>")
     el = await raw.expect(q(CLIENT, "iq"))
     assert el.get("type") == "error"
