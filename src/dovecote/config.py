@@ -183,6 +183,9 @@ class StreamManagementSection(_Section):
     resume_timeout: float = Field(default=300.0, ge=0)
     #: Seconds after sending a stanza before asking the client for an ack.
     ack_delay: float = Field(default=1.0, gt=0)
+    #: Unacknowledged stanzas kept per session (Prosody's smacks_max_queue_size); beyond,
+    #: the session ends with resource-constraint and its messages are re-routed.
+    max_queue: int = Field(default=500, ge=10)
 
 
 class OfflineSection(_Section):

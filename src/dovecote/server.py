@@ -74,6 +74,8 @@ class Server:
         self.version = __version__
         self._listeners: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Background writes that acks wait for (`spawn_durable`).
+        self._durable_tasks: set[asyncio.Task[Any]] = set()
         self._control: Any = None
 
     # ---- background work ------------------------------------------------------------
@@ -82,6 +84,14 @@ class Server:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
+
+    def spawn_durable(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Background work that must be complete before a client is told its stanzas
+        were handled (XEP-0198 acks wait for it, see `wait_durable`)."""
+        task = self.spawn(coro)
+        self._durable_tasks.add(task)
+        task.add_done_callback(self._durable_tasks.discard)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
@@ -216,6 +226,8 @@ class Server:
 
     async def wait_durable(self) -> None:
         """Everything handled so far is in storage (XEP-0198 acks wait for this)."""
+        if self._durable_tasks:
+            await asyncio.wait(list(self._durable_tasks))
         for barrier in self.durability_barriers:
             await barrier()
 

@@ -5,33 +5,43 @@ Messages of type normal and chat to an account with no available resource are st
 non-negative priority. Headline and groupchat messages are not stored (RFC 6121 §8.5.2.2).
 A full store answers with resource-constraint. A message is in storage before anything
 else happens to it, so it survives a restart.
+
+A stored message leaves storage only once it has reached its client: written to the
+connection (as the client reads it: the backlog is sent with flow control, never
+faster than the connection drains), or, with XEP-0198, once the client acknowledged it.
+Messages the server acknowledged to their sender while the recipient's session was
+hibernating (XEP-0198 §5) are stored here too, before the sender's ack, so that a crash
+does not lose them; they stay claimed by that session until it resumes and acknowledges
+them, or ends (then they are ordinary offline messages).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
+import logging
 from typing import TYPE_CHECKING, Any
 
 from dovecote.stream.errors import StanzaError
-from dovecote.xml import ns
+from dovecote.stream.sm import STORING
+from dovecote.xml.delay import with_delay
 from dovecote.xml.element import Element, serialize
-from dovecote.xml.parser import parse_element
+from dovecote.xml.parser import XMLStreamError, parse_element
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.jid import JID
     from dovecote.server import Server
 
+log = logging.getLogger(__name__)
+
 FEATURES = ["msgoffline"]  # XEP-0160 §... service discovery
 HINTS = "urn:xmpp:hints"
 CHAT_STATES = "http://jabber.org/protocol/chatstates"
-
-
-def delay_stamp(now: datetime.datetime | None = None) -> str:
-    """XEP-0082 DateTime in UTC, as XEP-0203 wants it."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+#: Payloads of messages that belong to one session only and are never stored for later
+#: (XEP-0280 carbons copies, XEP-0313 archive results).
+SESSION_ONLY = frozenset(("urn:xmpp:carbons:2", "urn:xmpp:mam:2"))
+#: Session state: this session's offline delivery has not finished (resumed later).
+PENDING = "offline_pending"
 
 
 def worth_storing(stanza: Element) -> bool:
@@ -44,10 +54,25 @@ def worth_storing(stanza: Element) -> bool:
     return bool(meaningful)
 
 
+def storable_message(stanza: Element) -> bool:
+    """A chat or normal message that offline storage keeps (RFC 6121 §8.5.2.2)."""
+    return (
+        stanza.tag == "message"
+        and stanza.attrs.get("type", "normal") in ("normal", "chat")
+        and not any(c.ns in SESSION_ONLY for c in stanza.elements)
+        and worth_storing(stanza)
+    )
+
+
 def setup(server: Server) -> None:
     events = server.events
+    offline = server.storage.offline
     limit = server.config.offline.max_messages
-    locks: dict[Any, asyncio.Lock] = {}
+    #: Per user: a lock that keeps stores in order, and how many use it.
+    store_locks: dict[Any, list[Any]] = {}
+    #: Rows a live session has taken and not yet confirmed (sent, or acknowledged with
+    #: XEP-0198): another resource's delivery passes over them.
+    claimed: set[int] = set()
 
     @events.on("message/offline")
     async def store(event: StanzaEvent) -> bool:
@@ -56,23 +81,29 @@ def setup(server: Server) -> None:
         if not worth_storing(event.stanza):
             return True  # dropped silently, like a headline
         user: JID = event.to.bare
-        copy = event.stanza.copy()
-        # XEP-0203: when the message reached the server.
-        copy.append(
-            Element(
-                "delay",
-                ns.DELAY,
-                {"from": user.domain, "stamp": delay_stamp()},
-                text="Offline Storage",
-            )
-        )
-        stored = await server.storage.offline.store(user.local, user.domain, serialize(copy), limit)
-        if not stored:
+        copy = with_delay(event.stanza, user.domain, "Offline Storage")
+        stored = await store_in_order(user, serialize(copy), limit)
+        if stored is None:
             raise StanzaError("resource-constraint", "the recipient's offline storage is full")
         return True
 
+    async def store_in_order(user: JID, text: str, max_messages: int) -> int | None:
+        """Store for `user`, in the order the calls were made (the lock is FIFO)."""
+        entry = store_locks.get(user)
+        if entry is None:
+            entry = store_locks[user] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await offline.store(user.local or "", user.domain, text, max_messages)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del store_locks[user]
+
+    # ---- delivery at login (XEP-0160 §3) ---------------------------------------------
     @events.on("presence/outgoing")
-    async def deliver(args: tuple[Any, Element]) -> None:
+    async def on_presence(args: tuple[Any, Element]) -> None:
         session, stanza = args
         if stanza.attrs.get("type") is not None:
             return
@@ -82,15 +113,100 @@ def setup(server: Server) -> None:
         if session.data.get("offline_delivered"):
             return
         session.data["offline_delivered"] = True
+        # In the background: the backlog waits for the client to read and acknowledge,
+        # which it does on the very stream this presence came from.
+        server.spawn(deliver(session))
+
+    @events.on("session/resumed")
+    def on_resumed(session: Any) -> None:
+        # The backlog stopped when the connection died; the resumed stream takes the rest.
+        if session.data.pop(PENDING, False):
+            server.spawn(deliver(session))
+
+    async def deliver(session: Any) -> None:
         user = session.jid.bare
-        lock = locks.setdefault(user, asyncio.Lock())
-        async with lock:
-            rows = await server.storage.offline.fetch(user.local, user.domain)
-            for _id, text in rows:
-                session.send(parse_element(text))
-            if rows:
-                await server.storage.offline.delete(
-                    user.local, user.domain, [row[0] for row in rows]
-                )
-        if not lock.locked():
-            locks.pop(user, None)
+        local, domain = user.local or "", user.domain
+        # Filtered and claimed in one step: two resources logging in at once never both
+        # get a row.
+        rows = [row for row in await offline.fetch(local, domain) if row[0] not in claimed]
+        claimed.update(row_id for row_id, _text in rows)
+        if not rows:
+            return
+        sent: list[int] = []
+        broken: list[int] = []
+        index = 0
+        try:
+            while index < len(rows):
+                row_id, text = rows[index]
+                try:
+                    stanza = parse_element(text)
+                except XMLStreamError as exc:
+                    # One bad row never holds back the rows after it.
+                    log.error(
+                        "offline message %s of %s is unreadable, removed: %s", row_id, user, exc
+                    )
+                    broken.append(row_id)
+                    index += 1
+                    continue
+                # Flow control: never faster than the client reads (or acknowledges).
+                if not await session.wait_writable():
+                    break
+                sm_state = session.sm
+                if sm_state is not None:
+                    # Removed once acknowledged (XEP-0198 §4), or re-routed with the rest.
+                    sm_state.stored_rows[id(stanza)] = row_id
+                    session.send(stanza)
+                else:
+                    session.send(stanza)
+                    if not session.writing:
+                        break
+                    sent.append(row_id)
+                index += 1
+        finally:
+            unsent = [row_id for row_id, _text in rows[index:]]
+            if unsent:
+                claimed.difference_update(unsent)
+                session.data[PENDING] = True
+            done = sent + broken
+            if done:
+                await offline.delete(local, domain, done)
+                claimed.difference_update(done)
+
+    # ---- messages held for a hibernating XEP-0198 session -----------------------------
+    @events.on("sm/hibernated-stanza")
+    async def hold(args: tuple[Any, Any, Element]) -> None:
+        session, sm_state, stanza = args
+        key = id(stanza)
+        if not storable_message(stanza):
+            if sm_state.stored_rows.get(key) == STORING:
+                del sm_state.stored_rows[key]
+            sm_state.acked_while_storing.discard(key)
+            return
+        user = session.jid.bare
+        copy = with_delay(stanza, user.domain, "Offline Storage")
+        # Beyond the quota by at most the session's queue, which is capped itself: the
+        # sender was (or will be) told the message was handled.
+        row_id = await store_in_order(user, serialize(copy), limit + sm_state.max_queue)
+        if row_id is None:
+            log.error("offline storage of %s refused a message held for %s", user, session.jid)
+            return
+        if sm_state.stored_rows.get(key) == STORING:
+            sm_state.stored_rows[key] = row_id  # removed once acknowledged
+            claimed.add(row_id)
+        elif key in sm_state.acked_while_storing:
+            sm_state.acked_while_storing.discard(key)
+            await offline.delete(user.local or "", user.domain, [row_id])
+        # Otherwise the session ended meanwhile: an ordinary offline message now.
+
+    @events.on("sm/acknowledged-rows")
+    async def acknowledged(args: tuple[Any, list[int]]) -> None:
+        session, rows = args
+        user = session.jid.bare
+        await offline.delete(user.local or "", user.domain, rows)
+        claimed.difference_update(rows)
+
+    @events.on("sm/released-rows")
+    def released(args: tuple[Any, list[int]]) -> None:
+        # The session ended without confirming these: the next login gets them.
+        _session, rows = args
+        claimed.difference_update(rows)

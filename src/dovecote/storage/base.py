@@ -161,8 +161,9 @@ class OfflineStore(ABC):
     """Messages kept for users with no available resource (XEP-0160)."""
 
     @abstractmethod
-    async def store(self, local: str, domain: str, stanza: str, limit: int) -> bool:
-        """Keep a message (serialized XML); False when the user already has `limit`."""
+    async def store(self, local: str, domain: str, stanza: str, limit: int) -> int | None:
+        """Keep a message (serialized XML); returns its row id, None when the user
+        already has `limit` messages."""
 
     @abstractmethod
     async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:

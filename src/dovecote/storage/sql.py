@@ -611,7 +611,7 @@ class SQLOfflineStore(OfflineStore):
     def __init__(self, storage: SQLStorage) -> None:
         self._storage = storage
 
-    async def store(self, local: str, domain: str, stanza: str, limit: int) -> bool:
+    async def store(self, local: str, domain: str, stanza: str, limit: int) -> int | None:
         table = offline_messages
         try:
             async with self._storage.begin() as conn:
@@ -619,15 +619,15 @@ class SQLOfflineStore(OfflineStore):
                     select(func.count()).select_from(table).filter_by(domain=domain, local=local)
                 )
                 if int(result.scalar_one()) >= limit:
-                    return False
-                await conn.execute(
+                    return None
+                inserted = await conn.execute(
                     insert(table).values(
                         domain=domain, local=local, stanza=stanza, stored_at=datetime.now(UTC)
                     )
                 )
         except IntegrityError:
             raise StorageError(f"no account '{local}@{domain}'") from None
-        return True
+        return int(inserted.inserted_primary_key[0])
 
     async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:
         table = offline_messages

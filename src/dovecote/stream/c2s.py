@@ -24,10 +24,12 @@ from dovecote.stream import sasl, sm
 from dovecote.stream.base import StreamBase
 from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
 from dovecote.xml import ns
+from dovecote.xml.delay import with_delay
 from dovecote.xml.element import XML_LANG, Element
 from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
 
 if TYPE_CHECKING:
+    from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
     from dovecote.transport.base import StreamTransport
 
@@ -62,6 +64,8 @@ class C2SStream(StreamBase):
         self.sm: sm.StreamManagement | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
         self._hibernation_timer: asyncio.TimerHandle | None = None
+        #: Coroutines waiting for the client to read or acknowledge (`wait_writable`).
+        self._writable_waiters: list[asyncio.Future[None]] = []
 
     # ---- identity ---------------------------------------------------------------------
     @property
@@ -435,8 +439,17 @@ class C2SStream(StreamBase):
         sm_state = self.sm
         if sm_state is not None:
             sm_state.stanza_sent(stanza)
+            if sm_state.overflowing:
+                self._queue_overflow()
+                return
             if self.state == "hibernating":
-                return  # kept until resumed, or re-routed when the session ends
+                # Kept until resumed, or re-routed when the session ends; stored before
+                # the sender hears it was handled, so that a crash loses nothing.
+                sm_state.stored_rows[id(stanza)] = sm.STORING
+                self.server.spawn_durable(
+                    self.server.events.fire_all("sm/hibernated-stanza", (self, sm_state, stanza))
+                )
+                return
         if data is None:
             self.transport.send_element(stanza)
         else:
@@ -448,11 +461,54 @@ class C2SStream(StreamBase):
                 delay = self.server.config.stream_management.ack_delay
                 self._ack_timer = asyncio.get_running_loop().call_later(delay, self._request_ack)
 
+    @property
+    def writing(self) -> bool:
+        """What is sent now reaches the connection (not closed, not hibernating)."""
+        return self.state == "bound" and not self.transport.closing
+
+    async def wait_writable(self) -> bool:
+        """Flow control for backlogs (XEP-0160 offline messages): wait until the
+        connection has drained what was written and, with XEP-0198, until fewer than half
+        of the queue's stanzas wait for an acknowledgement. False once the session can no
+        longer be written to (closed, hibernating)."""
+        while self.writing:
+            sm_state = self.sm
+            if sm_state is not None and len(sm_state.unacked) >= max(1, sm_state.max_queue // 2):
+                if sm_state.requested_at != sm_state.sent:
+                    self._request_ack()  # woken by the <a/>
+            elif self.transport.write_paused:
+                self.transport.notify_drained(self._wake_writers)
+            else:
+                return True
+            waiter = asyncio.get_running_loop().create_future()
+            self._writable_waiters.append(waiter)
+            await waiter
+        return False
+
+    def _wake_writers(self) -> None:
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _queue_overflow(self) -> None:
+        """XEP-0198 leaves the queue's size to the server: past the limit the session
+        ends (as Prosody does, with resource-constraint) and what it holds is re-routed."""
+        assert self.sm is not None
+        log.warning(
+            "%s: more than %d unacknowledged stanzas, ending the session",
+            self.jid,
+            self.sm.max_queue,
+        )
+        self.sm.resumable = False
+        self.close("resource-constraint", "too many unacknowledged stanzas")
+
     def connection_lost(self) -> None:
         """The transport is gone (closed by either side)."""
         if self.state == "closed":
             return
         self._queue.clear()
+        self._wake_writers()
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
@@ -464,6 +520,7 @@ class C2SStream(StreamBase):
     def _end_session(self) -> None:
         was_bound = self.state in ("bound", "hibernating")
         self.state = "closed"
+        self._wake_writers()
         if self._hibernation_timer is not None:
             self._hibernation_timer.cancel()
             self._hibernation_timer = None
@@ -476,12 +533,10 @@ class C2SStream(StreamBase):
                     self.server.sm_expired.pop(next(iter(self.server.sm_expired)))
         if was_bound:
             self.server.sessions.unbind(self)
-            self.server.spawn(self._after_session())
-
-    async def _after_session(self) -> None:
-        await self.server.events.fire_all("session/ended", self)
-        if self.sm is not None and self.sm.unacked:
-            await self._reroute_unacked()
+            if self.sm is not None and self.sm.unacked:
+                # At once, before the messages that come next reach offline storage.
+                self._reroute_unacked()
+            self.server.spawn(self.server.events.fire_all("session/ended", self))
 
     # ---- stream management (XEP-0198) -------------------------------------------------
     @property
@@ -504,12 +559,17 @@ class C2SStream(StreamBase):
                 raise StreamError("bad-format", "the h of <a/> must be a number") from None
             except sm.AckError as exc:
                 self._ack_overflow(exc)
+            self._acknowledged()
         elif tag == "enable":
             if self.sm is not None or not self._sm_enabled:
                 self.transport.send_element(_sm_failed("unexpected-request"))
                 return
             resumable = element.get("resume") in ("true", "1")
-            self.sm = sm.StreamManagement(secrets.token_urlsafe(18), resumable)
+            self.sm = sm.StreamManagement(
+                secrets.token_urlsafe(18),
+                resumable,
+                self.server.config.stream_management.max_queue,
+            )
             attrs = {"id": self.sm.id}
             if resumable:
                 self.server.sm_sessions[self.sm.id] = self
@@ -530,8 +590,19 @@ class C2SStream(StreamBase):
             self.transport.send_element(element)
             self.close()
 
+    def _acknowledged(self) -> None:
+        """Stanzas were acknowledged: stored copies go, flow-controlled senders go on."""
+        if self.sm is None:
+            return
+        rows = self.sm.take_acked_rows()
+        if rows:
+            self.server.spawn(self.server.events.fire_all("sm/acknowledged-rows", (self, rows)))
+        self._wake_writers()
+
     def _request_ack(self) -> None:
-        self._ack_timer = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()  # when asked early: no stray timer keeps us alive
+            self._ack_timer = None
         if self.sm is None or self.state != "bound" or not self.sm.unacked:
             return
         self.sm.requested_at = self.sm.sent
@@ -578,6 +649,8 @@ class C2SStream(StreamBase):
         self.sm = old.sm
         old.sm = None
         old.state = "closed"
+        old._wake_writers()
+        self._acknowledged()
         self.state = "bound"
         self.server.sessions.bind(self, self.jid)
         self.server.sm_sessions[self.sm.id] = self
@@ -593,45 +666,74 @@ class C2SStream(StreamBase):
         log.info("resumed %s", self.jid)
         self.server.spawn(self.server.events.fire_all("session/resumed", self))
 
-    async def _reroute_unacked(self) -> None:
+    def _reroute_unacked(self) -> None:
         """XEP-0198 §5: stanzas the client never acknowledged are treated like stanzas to
         an unavailable resource: messages go to the other resources or offline storage
-        (with a delay stamp), IQ requests get an error, presence is dropped."""
+        (with a delay stamp), IQ requests get an error, presence is dropped. Every message
+        is delivered, stored or bounced to its sender; one failure never stops the rest.
+        Runs when the session ends, so that the messages keep their order in storage."""
         from dovecote.core.router import StanzaEvent
-        from dovecote.modules.offline import delay_stamp
 
         assert self.sm is not None
-        unacked, self.sm.unacked = list(self.sm.unacked), deque()
         server = self.server
+        sm_state = self.sm
+        unacked, sm_state.unacked = list(sm_state.unacked), deque()
+        stored_rows, sm_state.stored_rows = sm_state.stored_rows, {}
+        delivered_rows: list[int] = []
+        kept_rows: list[int] = []
+        bare = self.jid.bare
         for stanza in unacked:
+            row = stored_rows.pop(id(stanza), None)
             kind = stanza.tag
             stanza_type = stanza.attrs.get("type", "normal")
             if kind == "iq" and stanza_type in ("get", "set"):
                 reply = error_reply(stanza, StanzaError("service-unavailable"))
                 reply.attrs["from"] = str(self.jid)
-                await server.router.route(reply)
+                server.router.route_soon(reply)
                 continue
             if kind != "message" or stanza_type not in ("normal", "chat"):
                 continue
             if any(c.ns in _NOT_REROUTED for c in stanza.elements):
                 continue  # copies and archive results belong to this session only
-            copy = stanza.copy()
-            if copy.find("delay", ns.DELAY) is None:
-                copy.append(
-                    Element("delay", ns.DELAY, {"from": self.jid.domain, "stamp": delay_stamp()})
-                )
-            bare = self.jid.bare
+            copy = with_delay(stanza, self.jid.domain)
             targets = server.sessions.highest_priority(bare)
             if targets:
                 server.router.deliver(targets, copy)
+                if row == sm.STORING:
+                    sm_state.acked_while_storing.add(id(stanza))  # removed once stored
+                elif row is not None:
+                    delivered_rows.append(row)
+                continue
+            if row is not None:
+                if row != sm.STORING:
+                    kept_rows.append(row)  # in offline storage already: the next login
                 continue
             sender = copy.attrs.get("from") or self.jid.domain
             try:
                 sender_jid = JID.parse(sender)
             except InvalidJID:
+                log.warning("unacknowledged message with an invalid from %r dropped", sender)
                 continue
-            event = StanzaEvent(server, copy, sender_jid, bare, None)
-            await server.events.fire("message/offline", event)
+            # One task each, started in order: storage keeps the order of the messages.
+            server.spawn(self._store_rerouted(StanzaEvent(server, copy, sender_jid, bare, None)))
+        if delivered_rows:
+            server.spawn(server.events.fire_all("sm/acknowledged-rows", (self, delivered_rows)))
+        if kept_rows:
+            server.spawn(server.events.fire_all("sm/released-rows", (self, kept_rows)))
+
+    async def _store_rerouted(self, event: StanzaEvent) -> None:
+        server = self.server
+        try:
+            stored = await server.events.fire("message/offline", event)
+        except StanzaError as exc:
+            server.router.bounce(event, exc)
+            return
+        except Exception:
+            log.exception("storing an unacknowledged message of %s failed", self.jid)
+            server.router.bounce(event, StanzaError("internal-server-error"))
+            return
+        if not stored:
+            server.router.bounce(event, StanzaError("service-unavailable"))
 
 
 #: Payloads of messages that are not re-routed when a session ends with them unacked

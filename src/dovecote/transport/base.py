@@ -8,6 +8,7 @@ and element writing go through the transport.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from dovecote.xml.element import Element
@@ -20,6 +21,15 @@ class StreamTransport(Protocol):
     can_starttls: bool
     #: The remote address, for logging and rate limits.
     peer_address: str
+    #: The peer reads slower than we write: hold back what can wait (flow control).
+    write_paused: bool
+
+    @property
+    def closing(self) -> bool:
+        """Nothing written from now on reaches the peer."""
+
+    def notify_drained(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once writing may go on (or the connection is gone)."""
 
     def send_header(self, attrs: dict[str, str]) -> None: ...
 

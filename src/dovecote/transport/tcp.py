@@ -6,9 +6,11 @@ port (XEP-0368), and external components (XEP-0114, transport/component_tcp.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dovecote.stream.c2s import C2SStream
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIXES = {ns.STREAMS: "stream"}
+#: Bytes buffered for a peer before backlogs (offline messages) wait for it to read.
+WRITE_HIGH_WATER = 64 * 1024
 
 
 def _enable_keepalive(sock: Any) -> None:
@@ -64,6 +68,9 @@ class XMLStreamProtocol(asyncio.Protocol):
         self._tokens_at = 0.0
         #: How many times the rate limit paused reading (for tests and metrics).
         self.throttled = 0
+        #: asyncio paused our writing: the peer reads slower than we write.
+        self.write_paused = False
+        self._drained_callbacks: list[Callable[[], None]] = []
 
     def make_stream(self) -> Any:
         raise NotImplementedError
@@ -72,6 +79,7 @@ class XMLStreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = transport  # type: ignore[assignment]
+        self._set_write_limits()
         peer = transport.get_extra_info("peername")
         self.peer_address = peer[0] if isinstance(peer, tuple) else str(peer)
         _enable_keepalive(transport.get_extra_info("socket"))
@@ -79,11 +87,19 @@ class XMLStreamProtocol(asyncio.Protocol):
         timeout = self.server.config.limits.negotiation_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, self._negotiation_timeout)
 
+    def _set_write_limits(self) -> None:
+        # Flow control (`write_paused`) starts early and the same on every loop and TLS
+        # layer: uvloop's TLS transport would otherwise buffer hundreds of KiB first.
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[union-attr]
+
     def rate_limit(self) -> tuple[int, int]:
         """(bytes per second, burst) this peer may send; (0, 0): unlimited."""
         return 0, 0
 
     def data_received(self, data: bytes) -> None:
+        if self.stream is None:
+            return
         if self._rate:
             self._shape(len(data))
         try:
@@ -98,13 +114,33 @@ class XMLStreamProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # close our side too
 
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._call_drained()
+
+    def _call_drained(self) -> None:
+        callbacks, self._drained_callbacks = self._drained_callbacks, []
+        for callback in callbacks:
+            callback()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.server.streams.discard(self.stream)
-        self.stream.connection_lost()
+        stream = self.stream
+        if stream is None:
+            return
+        self.server.streams.discard(stream)
+        stream.connection_lost()
+        self._call_drained()
+        # No reference cycles left behind: the connection is freed as soon as the
+        # session lets go of it (at once, or when a hibernating session ends).
+        self.parser.close()
+        self.stream = None
 
     def _shape(self, size: int) -> None:
         """Token bucket: past its burst, a peer is read at its rate (a flood slows down
@@ -123,9 +159,22 @@ class XMLStreamProtocol(asyncio.Protocol):
     def _negotiation_timeout(self) -> None:
         # Cancelled by `stream_bound` once negotiation is over.
         self._timer = None
-        self.stream.fail("connection-timeout", "negotiation took too long")
+        if self.stream is not None:
+            self.stream.fail("connection-timeout", "negotiation took too long")
 
     # ---- StreamTransport ----------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        """Nothing written from now on reaches the peer."""
+        return self._closing or self._transport is None
+
+    def notify_drained(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once writing may go on (or the connection is gone)."""
+        if not self.write_paused or self.closing:
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            self._drained_callbacks.append(callback)
+
     def send_header(self, attrs: dict[str, str]) -> None:
         parts = [
             f"<?xml version='1.0'?><stream:stream xmlns='{self.content_ns}' "
@@ -222,6 +271,7 @@ class C2STCPProtocol(XMLStreamProtocol):
         if new_transport is None:
             raise ConnectionError("TLS upgrade failed")
         self._transport = new_transport
+        self._set_write_limits()
         self.secure = True
         self.can_starttls = False
 

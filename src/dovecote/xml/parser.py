@@ -18,6 +18,15 @@ _SEP = "\x01"  # expat's namespace separator: cannot occur in names or URIs
 MAX_DEPTH = 100
 
 
+_HANDLERS = (
+    "StartElementHandler",
+    "EndElementHandler",
+    "CharacterDataHandler",
+    "StartNamespaceDeclHandler",
+    "XmlDeclHandler",
+)
+
+
 class XMLStreamError(Exception):
     """A stream-level XML error; `condition` is the RFC 6120 §4.9.3 stream error."""
 
@@ -180,6 +189,15 @@ class StreamParser:
             else:
                 children.append(data)
         # Text between stanzas (depth 1) is whitespace keepalive: ignored (RFC 6120 §4.6.1).
+
+    def close(self) -> None:
+        """Release expat (its handlers refer back to this object: a reference cycle)."""
+        parser = self._parser
+        for handler in _HANDLERS:
+            setattr(parser, handler, None)
+        self._stack = []
+        self._events = []
+        self._closed = True
 
     # ---- feeding -------------------------------------------------------------------
     def feed(self, data: bytes) -> list[ParserEvent]:
