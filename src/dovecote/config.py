@@ -174,6 +174,15 @@ class LimitsSection(_Section):
     c2s_rate: int = Field(default=262144, ge=0)
     #: Bytes a client may send at once above that rate.
     c2s_burst: int = Field(default=1048576, ge=0)
+    #: Client connections open at once from one IPv4 address or IPv6 /64 (0: no limit);
+    #: beyond, a new connection gets the stream error policy-violation.
+    max_connections_per_ip: int = Field(default=100, ge=0)
+    #: Resources (sessions) bound at once per account (0: no limit); binding one more
+    #: gets resource-constraint (RFC 6120 §7.6.2.1).
+    max_resources: int = Field(default=10, ge=0)
+    #: Addresses one session may send directed presence to (RFC 6121 §4.6), all told
+    #: unavailable when it ends; beyond, the presence is refused with resource-constraint.
+    max_directed_presence: int = Field(default=1000, ge=1)
 
 
 class StreamManagementSection(_Section):

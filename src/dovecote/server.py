@@ -63,6 +63,8 @@ class Server:
         )
         #: Every client stream, bound or not (for shutdown).
         self.streams: set[Any] = set()
+        #: Open client connections by address key (`limits.max_connections_per_ip`).
+        self.connections_per_address: dict[str, int] = {}
         #: XEP-0198 resumable sessions by id, and the last h of recently ended ones.
         self.sm_sessions: dict[str, Any] = {}
         self.sm_expired: dict[str, int] = {}
@@ -279,7 +281,26 @@ def run(config: Config) -> None:
         runner.run(_serve(config))
 
 
+def raise_open_file_limit() -> None:
+    """Every connection is a file descriptor: use all the operating system allows this
+    process, not the shell's default soft limit (often 1024)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open file limit from %s: %s", soft, exc)
+            return
+    log.info("open file limit: %s", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 async def _serve(config: Config) -> None:
+    raise_open_file_limit()
     server = Server(config)
     await server.start()
     # Everything loaded at start-up lives as long as the process: keep it out of the

@@ -120,6 +120,7 @@ def setup(server: Server) -> None:
     router = server.router
     rosters = Rosters(server)
     server.rosters = rosters  # type: ignore[attr-defined]
+    max_directed = server.config.limits.max_directed_presence
     # RFC 6121 §2.6.1 / §3.4: stream features after authentication.
     server.stream_features.append(Element("ver", ROSTER_VER))
     server.stream_features.append(Element("sub", PRE_APPROVAL))
@@ -344,7 +345,10 @@ def setup(server: Server) -> None:
         target = str(event.to)
         if event.stanza.attrs.get("type") == "unavailable":
             directed.discard(target)
-        else:
+        elif target not in directed:
+            if len(directed) >= max_directed:
+                # Each is remembered to be told unavailable later: a bounded list.
+                raise StanzaError("resource-constraint", "too many directed presences")
             directed.add(target)
 
     # ---- inbound subscription stanzas and probes (RFC 6121 §3, contact's server) ------------

@@ -81,7 +81,9 @@ class StreamBase:
     def _stream_error(self, error: StreamError) -> None:
         if self.state == "closed":
             return
-        log.info("stream error %s to %r (%s)", error.condition, self, error.text)
+        # Timeouts are routine (port scanners, dead networks): not worth an INFO line each.
+        level = logging.DEBUG if error.condition == "connection-timeout" else logging.INFO
+        log.log(level, "stream error %s to %r (%s)", error.condition, self, error.text)
         if not self._header_sent:
             # RFC 6120 §4.9.1.2: open a stream first so that the error can be sent.
             self._send_header()

@@ -381,7 +381,21 @@ class C2SStream(StreamBase):
         else:
             resource = secrets.token_hex(8)
         jid = JID(self.local, self.domain, resource)
-        replaced = self.server.sessions.bind(self, jid)
+        max_resources = self.server.config.limits.max_resources
+        sessions = self.server.sessions
+        if (
+            max_resources
+            and sessions.get(jid) is None
+            and len(sessions.resources(jid.bare)) >= max_resources
+        ):
+            # RFC 6120 §7.6.2.1: the account has as many resources as it may.
+            self.transport.send_element(
+                error_reply(
+                    iq, StanzaError("resource-constraint", "too many resources for this account")
+                )
+            )
+            return
+        replaced = sessions.bind(self, jid)
         if replaced is not None:
             # Policy: the new session takes over the resource (RFC 6120 §7.7.2.2).
             replaced.close("conflict", "replaced by a new connection with the same resource")

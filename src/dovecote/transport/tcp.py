@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -43,6 +44,20 @@ def _enable_keepalive(sock: Any) -> None:
         pass
 
 
+def address_key(address: str) -> str:
+    """What connection limits count by: the IPv4 address, or the /64 network of an IPv6
+    address (one customer's allocation, which an attacker rotates through for free)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return address
+
+
 class XMLStreamProtocol(asyncio.Protocol):
     """The socket side of a stream; the stream object (`make_stream`) owns the protocol."""
 
@@ -70,6 +85,10 @@ class XMLStreamProtocol(asyncio.Protocol):
         self.throttled = 0
         #: asyncio paused our writing: the peer reads slower than we write.
         self.write_paused = False
+        #: The address key this connection is counted under (`connection_limit`).
+        self._counted_as: str | None = None
+        #: A STARTTLS handshake is under way: nothing may be written in clear text.
+        self._tls_handshake = False
         self._drained_callbacks: list[Callable[[], None]] = []
 
     def make_stream(self) -> Any:
@@ -84,6 +103,10 @@ class XMLStreamProtocol(asyncio.Protocol):
         self.peer_address = peer[0] if isinstance(peer, tuple) else str(peer)
         _enable_keepalive(transport.get_extra_info("socket"))
         self.server.streams.add(self.stream)
+        if not self._count_connection():
+            log.warning("too many connections from %s: refused", self.peer_address)
+            self.stream.fail("policy-violation", "too many connections from your address")
+            return
         timeout = self.server.config.limits.negotiation_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, self._negotiation_timeout)
 
@@ -96,6 +119,36 @@ class XMLStreamProtocol(asyncio.Protocol):
     def rate_limit(self) -> tuple[int, int]:
         """(bytes per second, burst) this peer may send; (0, 0): unlimited."""
         return 0, 0
+
+    def connection_limit(self) -> int:
+        """Connections of this kind allowed at once from one address (0: unlimited)."""
+        return 0
+
+    def _count_connection(self) -> bool:
+        """Count this connection against its address; False when over the limit."""
+        limit = self.connection_limit()
+        if not limit:
+            return True
+        key = address_key(self.peer_address)
+        counts = self.server.connections_per_address
+        count = counts.get(key, 0)
+        if count >= limit:
+            return False
+        counts[key] = count + 1
+        self._counted_as = key
+        return True
+
+    def _uncount_connection(self) -> None:
+        key = self._counted_as
+        if key is None:
+            return
+        self._counted_as = None
+        counts = self.server.connections_per_address
+        left = counts.get(key, 1) - 1
+        if left > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
 
     def data_received(self, data: bytes) -> None:
         if self.stream is None:
@@ -131,6 +184,7 @@ class XMLStreamProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._uncount_connection()
         stream = self.stream
         if stream is None:
             return
@@ -159,6 +213,12 @@ class XMLStreamProtocol(asyncio.Protocol):
     def _negotiation_timeout(self) -> None:
         # Cancelled by `stream_bound` once negotiation is over.
         self._timer = None
+        if self._tls_handshake and self._transport is not None:
+            # Half-way into TLS: a stream error now would go out in clear text.
+            log.debug("TLS handshake with %s timed out", self.peer_address)
+            self._closing = True
+            self._transport.abort()
+            return
         if self.stream is not None:
             self.stream.fail("connection-timeout", "negotiation took too long")
 
@@ -258,16 +318,23 @@ class C2STCPProtocol(XMLStreamProtocol):
         limits = self.server.config.limits
         return limits.c2s_rate, max(limits.c2s_burst, limits.max_stanza_size)
 
+    def connection_limit(self) -> int:
+        return self.server.config.limits.max_connections_per_ip
+
     async def starttls(self) -> None:
         assert self.tls is not None and self._transport is not None
         loop = asyncio.get_running_loop()
-        new_transport = await loop.start_tls(
-            self._transport,
-            self,
-            self.tls.context,
-            server_side=True,
-            ssl_handshake_timeout=self.server.config.limits.negotiation_timeout,
-        )
+        self._tls_handshake = True
+        try:
+            new_transport = await loop.start_tls(
+                self._transport,
+                self,
+                self.tls.context,
+                server_side=True,
+                ssl_handshake_timeout=self.server.config.limits.negotiation_timeout,
+            )
+        finally:
+            self._tls_handshake = False
         if new_transport is None:
             raise ConnectionError("TLS upgrade failed")
         self._transport = new_transport
