@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
 from dovecote.stream import sasl, sm
 from dovecote.stream.base import StreamBase
-from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
+from dovecote.stream.errors import StanzaError, StreamError, error_reply, excerpt, iq_problem
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
 from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
@@ -123,9 +123,9 @@ class C2SStream(StreamBase):
         try:
             domain = prepare_domain(to)
         except InvalidJID:
-            raise StreamError("host-unknown", f"{to} is not a valid domain") from None
+            raise StreamError("host-unknown", f"{excerpt(to)} is not a valid domain") from None
         if domain not in self.server.hosts:
-            raise StreamError("host-unknown", f"this server does not serve {domain}")
+            raise StreamError("host-unknown", f"this server does not serve {excerpt(domain)}")
         if self.domain is not None and domain != self.domain:
             raise StreamError("host-unknown", "the domain may not change on a stream restart")
         version = header.attrs.get("version", "0.9")
