@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element, serialize
-from dovecote.xml.parser import parse_element
+from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -86,8 +86,11 @@ def setup(server: Server) -> None:
         lock = locks.setdefault(user, asyncio.Lock())
         async with lock:
             rows = await server.storage.offline.fetch(user.local, user.domain)
-            for _id, text in rows:
-                session.send(parse_element(text))
+            for row_id, text in rows:
+                # An unreadable row is logged, skipped and deleted with the others.
+                stanza = parse_stored(text, f"offline message {row_id} of {user}")
+                if stanza is not None:
+                    session.send(stanza)
             if rows:
                 await server.storage.offline.delete(
                     user.local, user.domain, [row[0] for row in rows]
