@@ -10,6 +10,7 @@ a top-level element over the size limit is `policy-violation`.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 _SEP = "\x01"  # expat's namespace separator: cannot occur in names or URIs
 MAX_DEPTH = 100
+#: ASCII characters that a URI reference cannot contain (RFC 3986 §2, RFC 3987 §2.2).
+_NOT_IN_URIS = re.compile(r'[ \t\r\n"<>\\^`{|}]')
 #: XML 1.0 §2.3 S: the only whitespace characters of XML.
 _XML_WHITESPACE = " \t\r\n"
 
@@ -125,6 +128,11 @@ class StreamParser:
             raise XMLStreamError("unsupported-encoding", f"encoding {encoding!r} is not UTF-8")
 
     def _ns_decl(self, prefix: str | None, uri: str | None) -> None:
+        if uri and _NOT_IN_URIS.search(uri):
+            # Namespaces in XML §2.2: a namespace name is a URI reference, where these
+            # cannot occur (RFC 3986 §2). Clients choke on them: ElementTree (so slixmpp)
+            # names elements "{uri}local" and refuses braces, xml.sax splits at spaces.
+            raise XMLStreamError("not-well-formed", "a namespace name must be a URI")
         if self._depth == 0:
             self._pending_ns[prefix or ""] = uri or ""
 
