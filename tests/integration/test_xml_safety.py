@@ -409,3 +409,20 @@ async def test_component_host_unknown_does_not_echo_a_huge_to(tmp_path: Path) ->
     finally:
         await raw.close()
         await server.stop()
+
+
+async def test_stream_header_does_not_echo_a_huge_from(server: Server) -> None:
+    raw = await RawClient.open(server.ports["c2s"])
+    try:
+        raw.open_stream(extra=f"from='{'y' * (200 * 1024)}'")
+        await raw.features()
+        assert raw.header is not None and "to" not in raw.header
+    finally:
+        await raw.close()
+    raw = await RawClient.open(server.ports["c2s"])
+    try:
+        raw.open_stream(extra=f"from='{ALICE}'")
+        await raw.features()
+        assert raw.header is not None and raw.header["to"] == ALICE
+    finally:
+        await raw.close()

@@ -155,7 +155,9 @@ class C2SStream(StreamBase):
             "version": "1.0",
             XML_LANG: "en",
         }
-        if client_from:
+        if client_from and _is_jid(client_from):
+            # RFC 6120 §4.7.2: 'to' echoes the client's 'from', a JID (RFC 6120 §4.7.1);
+            # anything else (say 200 KiB of junk) is not sent back.
             attrs["to"] = client_from
         self.transport.send_header(attrs)
         self._header_sent = True
@@ -655,3 +657,17 @@ def _sasl_failure(condition: str, text: str = "") -> Element:
     if text:
         failure.add("text", attrs={XML_LANG: "en"}, text=text)
     return failure
+
+
+#: RFC 7622 §3.1: three parts of at most 1023 bytes each, and two separators.
+_MAX_JID_LENGTH = 3 * 1023 + 2
+
+
+def _is_jid(text: str) -> bool:
+    if len(text) > _MAX_JID_LENGTH:
+        return False
+    try:
+        JID.parse(text)
+    except InvalidJID:
+        return False
+    return True
