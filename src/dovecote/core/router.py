@@ -24,7 +24,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from dovecote.jid import JID, InvalidJID
-from dovecote.stream.errors import StanzaError, error_reply
+from dovecote.stream.errors import StanzaError, error_reply, excerpt
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 
@@ -136,7 +136,7 @@ class Router:
             except InvalidJID:
                 self.bounce(
                     StanzaEvent(self.server, stanza, sender, sender.bare, origin),
-                    StanzaError("jid-malformed", f"invalid 'to' address {to_text!r}"),
+                    StanzaError("jid-malformed", f"invalid 'to' address {excerpt(to_text)}"),
                 )
                 return
         event = StanzaEvent(

@@ -45,7 +45,7 @@ from dovecote.xml.forms import (
     submitted_values,
 )
 from dovecote.xml.forward import datetime_stamp, forwarded
-from dovecote.xml.parser import XMLStreamError, parse_element
+from dovecote.xml.parser import XMLStreamError, parse_element, parse_stored
 from dovecote.xml.rsm import RSMError, find_request, response_set
 
 if TYPE_CHECKING:
@@ -305,13 +305,18 @@ def parse_filter(query: Element) -> ArchiveFilter:
     )
 
 
-def result_message(to: JID, archive: JID, queryid: str | None, item: ArchivedMessage) -> Element:
+def result_message(
+    to: JID, archive: JID, queryid: str | None, item: ArchivedMessage
+) -> Element | None:
     """§4.2: one result, the archived message forwarded (XEP-0297) with its stamp
-    (XEP-0203)."""
+    (XEP-0203); None (logged) when the stored message is unreadable."""
+    stanza = parse_stored(item.stanza, f"archived message {item.id} of {archive}")
+    if stanza is None:
+        return None
     result = Element("result", MAM, {"id": item.id})
     if queryid is not None:
         result.attrs["queryid"] = queryid
-    result.append(forwarded(parse_element(item.stanza), item.timestamp))
+    result.append(forwarded(stanza, item.timestamp))
     return Element("message", ns.CLIENT, {"to": str(to), "from": str(archive)}, [result])
 
 
@@ -510,12 +515,9 @@ def setup(server: Server) -> None:
         if payload.find("flip-page", MAM) is not None:
             items = items[::-1]  # §4.3.4: the same page, newest first
         for item in items:
-            try:
-                message = result_message(event.sender, user, queryid, item)
-            except XMLStreamError:
-                log.error("unreadable archived message %s of %s", item.id, user)
-                continue
-            event.send_back(message)
+            message = result_message(event.sender, user, queryid, item)
+            if message is not None:
+                event.send_back(message)
         fin = Element("fin", MAM, {"complete": "true" if page.complete else "false"})
         if queryid is not None:
             fin.attrs["queryid"] = queryid

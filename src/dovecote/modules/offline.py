@@ -25,7 +25,7 @@ from dovecote.stream.errors import StanzaError
 from dovecote.stream.sm import STORING
 from dovecote.xml.delay import with_delay
 from dovecote.xml.element import Element, serialize
-from dovecote.xml.parser import XMLStreamError, parse_element
+from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -138,13 +138,9 @@ def setup(server: Server) -> None:
         try:
             while index < len(rows):
                 row_id, text = rows[index]
-                try:
-                    stanza = parse_element(text)
-                except XMLStreamError as exc:
-                    # One bad row never holds back the rows after it.
-                    log.error(
-                        "offline message %s of %s is unreadable, removed: %s", row_id, user, exc
-                    )
+                stanza = parse_stored(text, f"offline message {row_id} of {user}")
+                if stanza is None:
+                    # One bad row never holds back the rows after it (logged, removed).
                     broken.append(row_id)
                     index += 1
                     continue

@@ -48,7 +48,7 @@ from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element, escape_attr, serialize
 from dovecote.xml.forms import Field, Form, FormError, find_form, parse_form, submitted_values
-from dovecote.xml.parser import XMLStreamError, parse_element
+from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -306,7 +306,7 @@ class Node:
         if self.last is None or self.last.payload is None:
             return None
         if self.last_payload is None:
-            self.last_payload = _parse_payload(self.last.payload)
+            self.last_payload = _parse_payload(self.last.payload, self.last.id, self.name)
         return self.last_payload
 
     def allows(self, who: str, subscribed: bool, groups: Iterable[str]) -> bool:
@@ -359,12 +359,9 @@ class Interest:
         self.owners: set[JID] = set()
 
 
-def _parse_payload(text: str) -> Element | None:
-    try:
-        return parse_element(text)
-    except XMLStreamError:
-        log.warning("unreadable stored pubsub payload: %.80r", text)
-        return None
+def _parse_payload(text: str, item_id: str, node: str) -> Element | None:
+    """A stored payload; None (logged) when unreadable: the item is served without it."""
+    return parse_stored(text, f"payload of pubsub item {item_id!r} of node {node!r}")
 
 
 def interests(features: Iterable[str]) -> set[str]:
@@ -809,7 +806,7 @@ def setup(server: Server) -> None:
             if node.config.get("pubsub#itemreply") == "publisher":
                 el.attrs["publisher"] = item.publisher
             if payload is None and item.payload is not None:
-                payload = _parse_payload(item.payload)
+                payload = _parse_payload(item.payload, item.id, name)
             if payload is not None:
                 el.append(payload)
             result.append(el)

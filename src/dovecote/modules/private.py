@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element, serialize
-from dovecote.xml.parser import parse_element
+from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -62,8 +62,11 @@ def setup(server: Server) -> None:
             raise StanzaError("bad-request", "retrieve one namespace at a time")
         wanted = children[0]
         stored = await kv.get(local, domain, storage_key(wanted.ns))
-        if stored is not None:
-            event.reply(parse_element(stored))
+        # An unreadable stored value is logged and answered as nothing stored.
+        what = f"private XML {wanted.ns} of {local}@{domain}"
+        query = parse_stored(stored, what) if stored is not None else None
+        if query is not None:
+            event.reply(query)
         else:
             event.reply(Element("query", PRIVATE, children=[Element(wanted.tag, wanted.ns)]))
         return True

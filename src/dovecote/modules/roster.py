@@ -17,7 +17,7 @@ from dovecote.storage.base import Roster, RosterItem
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element, serialize
-from dovecote.xml.parser import parse_element
+from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -476,8 +476,16 @@ def setup(server: Server) -> None:
                     )
                     await router.route(probe)
         # §3.1.3: pending subscription requests are shown again at each login.
-        for text in list(roster.pending.values()):
-            session.send(parse_element(text))
+        for contact, text in list(roster.pending.items()):
+            request = parse_stored(text, f"subscription request from {contact} to {user}")
+            if request is None:
+                # The request itself still stands: shown (and stored again) without the
+                # unreadable extras, rather than failing at every login.
+                request = Element(
+                    "presence", ns.CLIENT, {"type": "subscribe", "from": contact, "to": str(user)}
+                )
+                await rosters.add_pending(user, roster, contact, request)
+            session.send(request)
 
     @events.on("session/ended", -2000)  # after the unavailable broadcast
     def forget(session: Any) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from dovecote.stream.errors import StanzaError
 from dovecote.xml.element import Element, serialize
-from dovecote.xml.parser import parse_element
+from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -30,8 +30,10 @@ def setup(server: Server) -> None:
     async def get_vcard(event: StanzaEvent) -> bool:
         account = event.to.bare
         stored = await kv.get(account.local or "", account.domain, STORAGE_KEY)
-        if stored is not None:
-            event.reply(parse_element(stored))
+        # An unreadable stored vCard is logged and answered as no vCard.
+        vcard = parse_stored(stored, f"vCard of {account}") if stored is not None else None
+        if vcard is not None:
+            event.reply(vcard)
         elif event.sender.bare == account:
             # XEP-0054 §3.1: one's own missing vCard may be answered with an empty one.
             event.reply(Element("vCard", VCARD))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
 from dovecote.stream import sasl, sm
 from dovecote.stream.base import StreamBase
-from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
+from dovecote.stream.errors import StanzaError, StreamError, error_reply, excerpt, iq_problem
 from dovecote.xml import ns
 from dovecote.xml.delay import with_delay
 from dovecote.xml.element import XML_LANG, Element
@@ -127,9 +127,9 @@ class C2SStream(StreamBase):
         try:
             domain = prepare_domain(to)
         except InvalidJID:
-            raise StreamError("host-unknown", f"{to} is not a valid domain") from None
+            raise StreamError("host-unknown", f"{excerpt(to)} is not a valid domain") from None
         if domain not in self.server.hosts:
-            raise StreamError("host-unknown", f"this server does not serve {domain}")
+            raise StreamError("host-unknown", f"this server does not serve {excerpt(domain)}")
         if self.domain is not None and domain != self.domain:
             raise StreamError("host-unknown", "the domain may not change on a stream restart")
         version = header.attrs.get("version", "0.9")
@@ -159,7 +159,9 @@ class C2SStream(StreamBase):
             "version": "1.0",
             XML_LANG: "en",
         }
-        if client_from:
+        if client_from and _is_jid(client_from):
+            # RFC 6120 §4.7.2: 'to' echoes the client's 'from', a JID (RFC 6120 §4.7.1);
+            # anything else (say 200 KiB of junk) is not sent back.
             attrs["to"] = client_from
         self.transport.send_header(attrs)
         self._header_sent = True
@@ -771,3 +773,17 @@ def _sasl_failure(condition: str, text: str = "") -> Element:
     if text:
         failure.add("text", attrs={XML_LANG: "en"}, text=text)
     return failure
+
+
+#: RFC 7622 §3.1: three parts of at most 1023 bytes each, and two separators.
+_MAX_JID_LENGTH = 3 * 1023 + 2
+
+
+def _is_jid(text: str) -> bool:
+    if len(text) > _MAX_JID_LENGTH:
+        return False
+    try:
+        JID.parse(text)
+    except InvalidJID:
+        return False
+    return True

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from dovecote.jid import JID, InvalidJID, prepare_domain
 from dovecote.stream.base import StreamBase
 from dovecote.stream.c2s import STANZA_KINDS
-from dovecote.stream.errors import StanzaError, StreamError, error_reply, iq_problem
+from dovecote.stream.errors import StanzaError, StreamError, error_reply, excerpt, iq_problem
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
@@ -167,12 +167,12 @@ class ComponentStream(StreamBase):
         try:
             domain = prepare_domain(to)
         except InvalidJID:
-            raise StreamError("host-unknown", f"{to} is not a valid domain") from None
+            raise StreamError("host-unknown", f"{excerpt(to)} is not a valid domain") from None
         # XEP-0114 §3: 'to' is the component's name; one not served is <host-unknown/>,
         # one already connected is <conflict/>.
         component = self.server.components.get(domain)
         if not isinstance(component, ExternalComponent):
-            raise StreamError("host-unknown", f"no component {domain} is configured")
+            raise StreamError("host-unknown", f"no component {excerpt(domain)} is configured")
         self.component = component
         self.stream_id = secrets.token_hex(16)
         self._send_header()
@@ -227,10 +227,13 @@ class ComponentStream(StreamBase):
         try:
             sender = JID.parse(sender_text)
         except InvalidJID:
-            raise StreamError("improper-addressing", f"invalid 'from' {sender_text!r}") from None
+            problem = f"invalid 'from' {excerpt(sender_text)}"
+            raise StreamError("improper-addressing", problem) from None
         if sender.domain != self.component.domain:
             # XEP-0114 §3: the domain of 'from' MUST be the component's (RFC 6120 §4.9.3.9).
-            raise StreamError("invalid-from", f"{sender_text} is not at {self.component.domain}")
+            raise StreamError(
+                "invalid-from", f"{excerpt(sender_text)} is not at {self.component.domain}"
+            )
         stanza.attrs["from"] = str(sender)
         if stanza.tag == "iq":
             problem = iq_problem(stanza)

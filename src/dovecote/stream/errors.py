@@ -5,6 +5,25 @@ from __future__ import annotations
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 
+#: How many characters of a peer's bad input an error text quotes back (a 'to' of 200 KiB
+#: is not sent back whole).
+MAX_ECHO = 64
+#: The longest error text sent (RFC 6120 §4.9.2, §8.3.2: descriptive text, for humans);
+#: longer ones are cut, whatever they quote.
+MAX_ERROR_TEXT = 512
+
+
+def excerpt(value: str, limit: int = MAX_ECHO) -> str:
+    """`value` quoted for an error text, cut to `limit` characters with the length said."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "..."
+
+
 STREAM_CONDITIONS = frozenset(
     """bad-format bad-namespace-prefix conflict connection-timeout host-gone host-unknown
     improper-addressing internal-server-error invalid-from invalid-namespace invalid-xml
@@ -45,6 +64,7 @@ class StreamError(Exception):
 
     def __init__(self, condition: str, text: str = "") -> None:
         assert condition in STREAM_CONDITIONS, condition
+        text = _bounded(text)
         super().__init__(f"{condition}: {text}" if text else condition)
         self.condition = condition
         self.text = text
@@ -72,6 +92,7 @@ class StanzaError(Exception):
         app_condition: Element | None = None,
     ) -> None:
         assert condition in STANZA_CONDITIONS, condition
+        text = _bounded(text)
         super().__init__(f"{condition}: {text}" if text else condition)
         self.condition = condition
         self.text = text

@@ -162,29 +162,55 @@ def serialize(
     return "".join(parts)
 
 
+#: Namespaces in XML 1.0 §3: the `xml` prefix is bound to the XML namespace by definition
+#: (declaring another prefix or the default namespace for it is an error), and the xmlns
+#: namespace may not be used for element or attribute names at all.
+_XMLNS = "http://www.w3.org/2000/xmlns/"
+_RESERVED_NAMESPACES = frozenset((ns.XML, _XMLNS))
+
+
+def _reserved_prefix(uri: str) -> str:
+    """The prefix an element or attribute in a reserved namespace is written with."""
+    if uri == ns.XML:
+        return "xml"
+    raise ValueError(f"names in the namespace {uri} cannot be serialized (Namespaces in XML §3)")
+
+
 def _write(el: Element, parent_ns: str, prefixes: dict[str, str], out: list[str]) -> None:
-    prefix = prefixes.get(el.ns)
+    element_ns = el.ns
+    prefix = prefixes.get(element_ns)
+    if prefix is None and element_ns in _RESERVED_NAMESPACES:
+        prefix = _reserved_prefix(element_ns)
     if prefix is not None:
+        # A prefixed element leaves the default namespace of its children unchanged.
         name = f"{prefix}:{el.tag}"
         child_default = parent_ns
         out.append(f"<{name}")
     else:
         name = el.tag
-        child_default = el.ns
+        child_default = element_ns
         out.append(f"<{name}")
-        if el.ns != parent_ns:
-            out.append(f" xmlns='{escape_attr(el.ns)}'")
+        if element_ns != parent_ns:
+            out.append(f" xmlns='{escape_attr(element_ns)}'")
     extra_decls = 0
     for key, value in el.attrs.items():
         if key[0] == "{":
-            uri, _, local = key[1:].partition("}")
-            if uri == ns.XML:
-                out.append(f" xml:{local}='{escape_attr(value)}'")
+            # Local names cannot contain '}', namespace URIs can: split at the last one.
+            uri, _, local = key[1:].rpartition("}")
+            if uri in _RESERVED_NAMESPACES:
+                out.append(f" {_reserved_prefix(uri)}:{local}='{escape_attr(value)}'")
+                continue
+            if not uri:
+                out.append(f" {local}='{escape_attr(value)}'")
                 continue
             attr_prefix = f"a{extra_decls}"
             extra_decls += 1
             out.append(f" xmlns:{attr_prefix}='{escape_attr(uri)}'")
             out.append(f" {attr_prefix}:{local}='{escape_attr(value)}'")
+        elif ":" in key or key == "xmlns":
+            # A namespace declaration or a raw prefixed name would change what the
+            # serializer's own declarations mean: only {uri}local names are namespaced.
+            raise ValueError(f"attribute name {key!r} cannot be serialized; use {{uri}}local")
         else:
             out.append(f" {key}='{escape_attr(value)}'")
     if not el.children:

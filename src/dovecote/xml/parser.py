@@ -9,13 +9,21 @@ a top-level element over the size limit is `policy-violation`.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
 from dovecote.xml.element import Element
 
+log = logging.getLogger(__name__)
+
 _SEP = "\x01"  # expat's namespace separator: cannot occur in names or URIs
 MAX_DEPTH = 100
+#: ASCII characters that a URI reference cannot contain (RFC 3986 §2, RFC 3987 §2.2).
+_NOT_IN_URIS = re.compile(r'[ \t\r\n"<>\\^`{|}]')
+#: XML 1.0 §2.3 S: the only whitespace characters of XML.
+_XML_WHITESPACE = " \t\r\n"
 
 
 _HANDLERS = (
@@ -129,6 +137,11 @@ class StreamParser:
             raise XMLStreamError("unsupported-encoding", f"encoding {encoding!r} is not UTF-8")
 
     def _ns_decl(self, prefix: str | None, uri: str | None) -> None:
+        if uri and _NOT_IN_URIS.search(uri):
+            # Namespaces in XML §2.2: a namespace name is a URI reference, where these
+            # cannot occur (RFC 3986 §2). Clients choke on them: ElementTree (so slixmpp)
+            # names elements "{uri}local" and refuses braces, xml.sax splits at spaces.
+            raise XMLStreamError("not-well-formed", "a namespace name must be a URI")
         if self._depth == 0:
             self._pending_ns[prefix or ""] = uri or ""
 
@@ -188,7 +201,12 @@ class StreamParser:
                 children[-1] += data
             else:
                 children.append(data)
-        # Text between stanzas (depth 1) is whitespace keepalive: ignored (RFC 6120 §4.6.1).
+        elif self._depth == 1 and data.strip(_XML_WHITESPACE):
+            # RFC 6120 §11.7: only whitespace may separate first-level elements (it is kept
+            # as a keepalive, §4.6.1, and ignored). Other text is well-formed XML that no
+            # XMPP entity can process: §4.9.3.1 <bad-format/>, as no more specific condition
+            # (§4.9.3.13 not-well-formed, §4.9.3.18 restricted-xml) describes it.
+            raise XMLStreamError("bad-format", "only whitespace may come between stanzas")
 
     def close(self) -> None:
         """Release expat (its handlers refer back to this object: a reference cycle)."""
@@ -234,3 +252,16 @@ def parse_element(text: str | bytes, max_size: int = 16 * 1024 * 1024) -> Elemen
     if len(elements) != 1 or not any(isinstance(e, StreamClosed) for e in events):
         raise XMLStreamError("bad-format", "expected exactly one element")
     return elements[0]
+
+
+def parse_stored(text: str | bytes, what: str) -> Element | None:
+    """Parse XML read back from storage; None (logged as an ERROR naming `what`, e.g.
+    "offline message 12 of juliet@example.com") when the row does not parse.
+
+    Readers of stored rows skip such a row and go on with the others: one bad row (written
+    by an older version, or damaged) must never block the rows after it."""
+    try:
+        return parse_element(text)
+    except XMLStreamError as exc:
+        log.error("skipping unreadable stored %s: %s: %.200r", what, exc, text)
+        return None
