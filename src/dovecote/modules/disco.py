@@ -71,7 +71,8 @@ def setup(server: Server) -> None:
 
     @events.on(f"iq/bare/get/{ns.DISCO_INFO}:query")
     async def account_info(event: StanzaEvent) -> bool:
-        # The router has checked that the account exists.
+        # The router has checked that the account exists and that the asker is the owner
+        # or a contact with a presence subscription (strangers: service-unavailable).
         node = event.payload.get("node") if event.payload is not None else None
         if node:
             raise StanzaError("item-not-found")
