@@ -45,9 +45,9 @@ class Server:
         #: disco#info features of the server and of each account (filled by modules).
         self.features: set[str] = set()
         self.account_features: set[str] = set()
-        #: Namespaces of IQs to an account that strangers may use (filled by modules:
-        #: PUBLIC_ACCOUNT_NAMESPACES); the others answer them service-unavailable.
-        self.public_account_namespaces: set[str] = set()
+        #: IQs to an account that strangers may send, as "{type}/{ns}:{tag}" (filled by
+        #: modules: PUBLIC_ACCOUNT_IQS); the router answers the others service-unavailable.
+        self.public_account_iqs: set[str] = set()
         #: disco#info identities of each account (category, type, name).
         self.account_identities: list[tuple[str, str, str | None]] = [
             ("account", "registered", None)

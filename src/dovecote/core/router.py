@@ -187,7 +187,7 @@ class Router:
             assert payload is not None  # checked when the stanza came in
             suffix = f"{iq_type}/{payload.ns}:{payload.tag}"
             if target == "bare":
-                if await self._dispatch_account_iq(event, suffix, payload.ns):
+                if await self._dispatch_account_iq(event, suffix):
                     return
             elif await self.events.fire(f"iq/{target}/{suffix}", event):
                 return
@@ -197,16 +197,15 @@ class Router:
             raise StanzaError("service-unavailable")
         await self.events.fire(f"iq/{target}/{iq_type}", event)
 
-    async def _dispatch_account_iq(self, event: StanzaEvent, suffix: str, namespace: str) -> bool:
+    async def _dispatch_account_iq(self, event: StanzaEvent, suffix: str) -> bool:
         """An IQ get/set the server answers on an account's behalf; False: not handled.
 
         RFC 6121 §8.5.1: no such account gives service-unavailable, whatever the namespace.
         So that a stranger (not the owner, no presence subscription from the account)
         cannot tell an existing account from a missing one, a stranger gets the very same
-        answer from an existing account unless the namespace is public
-        (`server.public_account_namespaces`: vCards, PEP), and then any error the handler
-        raises becomes service-unavailable too (Prosody answers account disco#info
-        the same way). Only what an account publishes to everyone shows it exists.
+        answer from an existing account (Prosody answers account disco#info the same way),
+        unless the IQ is public (`server.public_account_iqs`: reading vCards, PEP, disco
+        of PEP nodes), whose handlers decide for themselves.
         """
         account = event.to.bare
         # The roster is read before the account is looked up, for everyone but the owner,
@@ -214,20 +213,13 @@ class Router:
         visible = await self.may_see_account(account, event.sender)
         if not await self.account_exists(account):
             raise StanzaError("service-unavailable")
-        if not visible and namespace not in self.server.public_account_namespaces:
+        if not visible and suffix not in self.server.public_account_iqs:
             raise StanzaError("service-unavailable")
-        try:
-            # Every IQ answered on a user's behalf, before its namespace's handler
-            # (XEP-0191 blocking checks it here).
-            if await self.events.fire("iq/bare", event):
-                return True
-            if await self.events.fire(f"iq/bare/{suffix}", event):
-                return True
-        except StanzaError:
-            if visible:
-                raise
-            raise StanzaError("service-unavailable") from None
-        return False
+        # Every IQ answered on a user's behalf, before its namespace's handler
+        # (XEP-0191 blocking checks it here).
+        if await self.events.fire("iq/bare", event):
+            return True
+        return await self.events.fire(f"iq/bare/{suffix}", event)
 
     async def may_see_account(self, account: JID, asker: JID) -> bool:
         """May `asker` see `account`'s presence and details: the owner, the server itself,
