@@ -141,12 +141,15 @@ class RawClient:
         self._new_parser()
 
     @classmethod
-    async def open(cls, port: int, *, tls: bool = False) -> RawClient:
+    async def open(cls, port: int, *, tls: bool = False, source: str | None = None) -> RawClient:
+        """Connect to 127.0.0.1:`port`; `source`: the client's address (any of 127/8 is
+        loopback on Linux, so tests can come from many addresses)."""
         reader, writer = await asyncio.open_connection(
             "127.0.0.1",
             port,
             ssl=client_ssl_context() if tls else None,
             server_hostname=DOMAIN if tls else None,
+            local_addr=(source, 0) if source else None,
         )
         return cls(reader, writer)
 

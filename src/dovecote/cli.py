@@ -9,10 +9,13 @@ an account or changing a password takes effect at once.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
+import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -388,8 +391,14 @@ def _derive_all(passwords: list[str], iterations: int) -> list[dict[str, ScramCr
                 results.append(derive(password))
                 advance(1)
         else:
-            # Ctrl-C reaches the whole process group: only this process handles it.
-            pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+            # Workers are forked children that watch this process (see _worker_init).
+            context = multiprocessing.get_context("fork") if sys.platform == "linux" else None
+            pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=context,
+                initializer=_worker_init,
+                initargs=(os.getpid() if context is not None else None,),
+            )
             try:
                 for creds in pool.map(derive, passwords, chunksize=_CHUNKSIZE):
                     results.append(creds)
@@ -400,8 +409,39 @@ def _derive_all(passwords: list[str], iterations: int) -> list[dict[str, ScramCr
     return results
 
 
-def _ignore_sigint() -> None:
+#: prctl(2) option: the signal a process gets when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+#: Seconds between a worker's checks that its parent is still there.
+_PARENT_CHECK_INTERVAL = 0.5
+
+
+def _worker_init(parent: int | None) -> None:
+    """Set up a key-derivation worker: it must not outlive the importing process.
+
+    Ctrl-C reaches the whole process group: only the parent handles it. A parent killed
+    with SIGKILL runs no clean-up, and idle workers would wait on the task queue forever
+    (they hold its pipe open themselves), so each worker asks Linux for SIGKILL when its
+    parent dies (PR_SET_PDEATHSIG) and, anywhere, polls `os.getppid()` in a thread.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is None:
+        parent = os.getppid()
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watch thread still works
+    if os.getppid() != parent:  # the parent died before the watch was set up
+        os._exit(1)
+
+    def watch_parent() -> None:
+        while True:
+            time.sleep(_PARENT_CHECK_INTERVAL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
 
 
 @user.command("import")

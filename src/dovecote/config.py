@@ -150,6 +150,13 @@ class AuthSection(_Section):
     scram_iterations: int = Field(default=4096, ge=4096)
     #: Allow PLAIN (only ever offered over TLS).
     allow_plain: bool = True
+    #: Failed logins to one account (from any address) before its answers slow down;
+    #: addresses the account logged in from before are never slowed down.
+    account_failures_before_delay: int = Field(default=5, ge=1)
+    #: Seconds, the cap of that delay: at most one answer per account per this time.
+    max_account_delay: float = Field(default=10.0, ge=0)
+    #: Seconds without a failure after which an account's failures are forgotten.
+    account_failure_window: float = Field(default=900.0, gt=0)
 
 
 class RegistrationSection(_Section):

@@ -20,7 +20,7 @@ from dovecote.core.events import EventBus
 from dovecote.core.modules import DEFAULT_MODULES, ModuleError, load_modules
 from dovecote.core.router import Router
 from dovecote.core.sessions import SessionManager
-from dovecote.core.throttle import AuthThrottle
+from dovecote.core.throttle import AccountThrottle, AuthThrottle
 from dovecote.jid import JID, InvalidJID
 from dovecote.stream.tls import CertificateError, ServerTLS, ensure_self_signed, make_server_tls
 from dovecote.xml.element import Element
@@ -45,6 +45,9 @@ class Server:
         #: disco#info features of the server and of each account (filled by modules).
         self.features: set[str] = set()
         self.account_features: set[str] = set()
+        #: IQs to an account that strangers may send, as "{type}/{ns}:{tag}" (filled by
+        #: modules: PUBLIC_ACCOUNT_IQS); the router answers the others service-unavailable.
+        self.public_account_iqs: set[str] = set()
         #: disco#info identities of each account (category, type, name).
         self.account_identities: list[tuple[str, str, str | None]] = [
             ("account", "registered", None)
@@ -60,6 +63,11 @@ class Server:
         self.durability_barriers: list[Any] = []
         self.auth_throttle = AuthThrottle(
             config.limits.auth_failures_before_delay, config.limits.max_auth_delay
+        )
+        self.account_throttle = AccountThrottle(
+            config.auth.account_failures_before_delay,
+            config.auth.max_account_delay,
+            config.auth.account_failure_window,
         )
         #: Every client stream, bound or not (for shutdown).
         self.streams: set[Any] = set()

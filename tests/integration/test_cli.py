@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import dovecote
 from dovecote.control import (
     MAX_SOCKET_PATH,
     ControlError,
@@ -470,3 +471,58 @@ async def test_long_data_dir_falls_back_to_tmp(tmp_path: Path) -> None:
         assert path.parent.stat().st_mode & 0o777 == 0o700
         assert await notify_server(deep, {"event": "password-changed", "jid": "a@b"})
     assert received == [{"event": "password-changed", "jid": "a@b"}]
+
+
+def _session_members(session: int) -> list[int]:
+    """Processes whose session id is `session` (Linux /proc), zombies left out."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[3]) == session:
+            members.append(int(entry.name))
+    return members
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_import_workers_die_with_a_killed_parent(setup: Setup) -> None:
+    """kill -9 of `dovecote user import` mid-run leaves no key-derivation worker behind."""
+    write_config(setup.config, setup.data_dir, "[auth]\nscram_iterations = 200000\n")
+    csv = setup.tmp / "big.csv"
+    csv.write_text("".join(f"user{i}@example.org,password {i}\n" for i in range(400)))
+    proc = subprocess.Popen(
+        [*PYTHON_M, "user", "import", str(csv), "--config", str(setup.config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # The code under test, wherever the test runs from.
+        env={**_env(), "PYTHONPATH": str(Path(dovecote.__file__).parents[1])},
+        cwd=setup.tmp,
+        start_new_session=True,  # its own session: every process it starts is findable
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_session_members(proc.pid)) < 2:  # the CLI and at least one worker
+            assert proc.poll() is None, "the import ended before its workers were seen"
+            assert time.monotonic() < deadline, "no worker process started"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the workers are deriving keys
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while (left := _session_members(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == [], f"worker processes outlived the killed import: {left}"
+    finally:
+        for pid in _session_members(proc.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -279,6 +279,7 @@ async def get_config(res: Resource, node: str) -> dict[str, list[str]]:
 
 # ---- discovery (XEP-0163 §6) -----------------------------------------------------------------
 async def test_account_is_a_pep_service(server: Server, resources: list[Resource]) -> None:
+    await befriend(server, ALICE, BOB)  # account disco: the owner and contacts only
     alice = await login(server, resources, "alice")
     result = await alice.request(f"<query xmlns='{DISCO_INFO}'/>", to=ALICE)
     assert result.get("type") == "result", ET.tostring(result)
@@ -353,7 +354,10 @@ async def test_disco_items_lists_the_nodes_the_asker_may_see(
     carol = await login(server, resources, "carol")
     assert await nodes(alice) == {TUNE, DEVICELIST, BOOKMARKS}
     assert await nodes(bob) == {TUNE, DEVICELIST}  # a contact: presence and open
-    assert await nodes(carol) == {DEVICELIST}  # a stranger: open only
+    # A stranger: nothing, like for a missing account (RFC 6121 §8.5.1); open nodes are
+    # reached by name.
+    refused = await carol.request(f"<query xmlns='{DISCO_ITEMS}'/>", to=ALICE)
+    assert error_condition(refused) == ("cancel", "service-unavailable")
     info = await bob.request(f"<query xmlns='{DISCO_INFO}' node='{TUNE}'/>", to=ALICE)
     assert info.get("type") == "result", ET.tostring(info)
     identity = info.find(f"{q(DISCO_INFO, 'query')}/{q(DISCO_INFO, 'identity')}")

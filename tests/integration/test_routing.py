@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dovecote.server import Server
+from dovecote.storage.base import RosterItem
 from tests.helpers import (
     CLIENT,
     DOMAIN,
@@ -679,7 +680,17 @@ async def test_iq_result_or_error_to_unreachable_entity_is_not_answered(login: L
 
 
 # ---- IQ to a bare JID: the server answers for the account (RFC 6121 §8.5.2.1.2, §8.5.2.2.2) ----
-async def test_ping_to_bare_jid_of_offline_user_is_answered_by_server(login: Login) -> None:
+async def alice_sees_bob(server: Server) -> None:
+    """bob's account answers alice: she has a presence subscription to him."""
+    await server.storage.roster.put(
+        "bob", DOMAIN, RosterItem("alice@example.org", subscription="from")
+    )
+
+
+async def test_ping_to_bare_jid_of_offline_user_is_answered_by_server(
+    server: Server, login: Login
+) -> None:
+    await alice_sees_bob(server)
     alice = await login("alice")
     alice.send(f"<iq type='get' id='p1' to='bob@example.org'><ping xmlns='{PING}'/></iq>")
     result = await alice.iq("p1")
@@ -689,7 +700,10 @@ async def test_ping_to_bare_jid_of_offline_user_is_answered_by_server(login: Log
     assert list(result) == []
 
 
-async def test_ping_to_bare_jid_of_online_user_is_not_forwarded(login: Login) -> None:
+async def test_ping_to_bare_jid_of_online_user_is_not_forwarded(
+    server: Server, login: Login
+) -> None:
+    await alice_sees_bob(server)
     alice = await login("alice")
     bob = await login("bob", "a", priority=5)
     alice.send(f"<iq type='get' id='p2' to='bob@example.org'><ping xmlns='{PING}'/></iq>")
@@ -700,7 +714,10 @@ async def test_ping_to_bare_jid_of_online_user_is_not_forwarded(login: Login) ->
 
 
 @pytest.mark.parametrize("online", [False, True])
-async def test_disco_info_to_bare_jid_is_account_registered(login: Login, online: bool) -> None:
+async def test_disco_info_to_bare_jid_is_account_registered(
+    server: Server, login: Login, online: bool
+) -> None:
+    await alice_sees_bob(server)
     alice = await login("alice")
     if online:
         await login("bob", "a")
@@ -1000,6 +1017,10 @@ async def test_iq_to_remote_domain_is_remote_server_not_found(
 async def test_users_on_two_domains_exchange_messages(server: Server) -> None:
     await add_user(server, "alice")
     await add_user(server, "carol", domain=OTHER)
+    # alice's account answers carol's pings: carol may see alice's presence.
+    await server.storage.roster.put(
+        "alice", DOMAIN, RosterItem("carol@other.example", subscription="from")
+    )
     alice = await connect(server, "alice@example.org/desk")
     carol = await connect(server, "carol@other.example/phone")
     try:

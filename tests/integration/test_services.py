@@ -14,6 +14,7 @@ import pytest
 
 import dovecote
 from dovecote.server import Server
+from dovecote.storage.base import RosterItem
 from tests.helpers import (
     CLIENT,
     DOMAIN,
@@ -71,6 +72,10 @@ def assert_error(answer: ET.Element, condition: str, error_type: str, sender: st
 async def alice(server: Server) -> AsyncIterator[Asker]:
     await add_user(server, "alice")
     await add_user(server, "bob")
+    # alice may see bob (a presence subscription): his account answers her.
+    await server.storage.roster.put(
+        "bob", DOMAIN, RosterItem("alice@example.org", subscription="from")
+    )
     raw, jid = await raw_login(server, "alice")
     yield Asker(raw, jid)
     await raw.close()

@@ -169,7 +169,8 @@ async def test_vcard_set_for_another_user_is_forbidden(
     el = await iq(
         alice, "v2", f"<vCard xmlns='{VCARD}'><FN>Mallory</FN></vCard>", to=BOB, iq_type="set"
     )
-    assert_error(el, "auth", "forbidden")
+    # A stranger (no presence subscription) gets what a missing account answers.
+    assert_error(el, "cancel", "service-unavailable")
     el = await iq(alice, "v3", f"<vCard xmlns='{VCARD}'/>", to=BOB)
     assert el.find(q(VCARD, "vCard")).findtext(q(VCARD, "FN")) == "Bob"  # type: ignore[union-attr]
 
@@ -181,7 +182,8 @@ async def test_vcard_set_by_slixmpp_for_another_user_is_forbidden(server: Server
         vcard["FN"] = "Not Bob"
         with pytest.raises(IqError) as info:
             await alice.plugin["xep_0054"].publish_vcard(vcard, jid=BOB)
-        assert info.value.iq["error"]["condition"] == "forbidden"
+        # A stranger (no presence subscription) gets what a missing account answers.
+        assert info.value.iq["error"]["condition"] == "service-unavailable"
     finally:
         await disconnect(alice)
 
@@ -336,7 +338,8 @@ async def test_private_storage_of_another_user_is_forbidden(
             to=BOB,
             iq_type=iq_type,
         )
-        assert_error(el, "auth", "forbidden")
+        # A stranger (no presence subscription) gets what a missing account answers.
+        assert_error(el, "cancel", "service-unavailable")
         assert el.get("from") == BOB
     el = await iq(bob, "g", f"<query xmlns='{PRIVATE}'><secret xmlns='urn:example:s'/></query>")
     assert el.findtext(f"{q(PRIVATE, 'query')}/{q('urn:example:s', 'secret')}") == "bob's"

@@ -211,6 +211,24 @@ def test_scram_iterations_above_minimum() -> None:
     assert config_from_dict({"auth": {"scram_iterations": 10000}}).auth.scram_iterations == 10000
 
 
+def test_account_failure_budget_defaults() -> None:
+    auth = config_from_dict({}).auth
+    assert (auth.account_failures_before_delay, auth.max_account_delay) == (5, 10.0)
+    assert auth.account_failure_window == 900.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("account_failures_before_delay", 0),
+        ("max_account_delay", -1),
+        ("account_failure_window", 0),
+    ],
+)
+def test_account_failure_budget_is_validated(key: str, value: int) -> None:
+    assert f"auth.{key}" in error_of({"auth": {key: value}})
+
+
 @pytest.mark.parametrize("value", ["bad domain", "bad_domain.example", "a..example", "-a.example"])
 def test_invalid_domain(value: str) -> None:
     message = error_of({"server": {"domains": ["ok.example", value]}})

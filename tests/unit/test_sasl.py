@@ -10,7 +10,7 @@ import hmac
 import pytest
 import scramp
 
-from dovecote.storage.credentials import ScramCredentials, derive_credentials
+from dovecote.storage.credentials import ScramCredentials, derive_credentials, verify_password
 from dovecote.stream.sasl import (
     MECHANISM_ORDER,
     Challenge,
@@ -462,3 +462,43 @@ async def test_authzid_client_helper_is_a_correct_scram_client(hash_name: str) -
     final = await sasl.respond(client.final(first.data))
     assert isinstance(final, Success), final
     assert final.data == b"v=" + base64.b64encode(client.server_signature)
+
+
+# ---- no account probing by timing -----------------------------------------------------
+async def test_plain_unknown_user_runs_pbkdf2_like_a_real_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unknown user costs the same lookup and the same PBKDF2 (against a decoy record
+    with the configured iteration count) as a wrong password for a real one."""
+    from dovecote.stream import sasl as sasl_module
+
+    checked: list[ScramCredentials] = []
+
+    def counting_verify(password: str, creds: ScramCredentials) -> bool:
+        checked.append(creds)
+        return verify_password(password, creds)
+
+    monkeypatch.setattr(sasl_module, "verify_password", counting_verify)
+    lookup = Lookup({USER: CREDENTIALS})
+    sasl = SaslNegotiation(DOMAIN, lookup, secure=True, channel_bindings=BINDINGS, iterations=4096)
+    assert await sasl.start("PLAIN", f"\0nobody\0{PASSWORD}".encode()) == Failure("not-authorized")
+    assert await sasl.start("PLAIN", f"\0{USER}\0wrong".encode()) == Failure("not-authorized")
+    assert lookup.calls == [("nobody", "SHA-256"), (USER, "SHA-256")]
+    decoy, real = checked
+    assert (decoy.hash_name, decoy.iterations) == ("SHA-256", 4096)
+    assert len(decoy.salt) == len(real.salt)
+    # The decoy is stable per name (its salt would show in SCRAM too) and never matches.
+    assert sasl.decoy_credentials("nobody").salt == decoy.salt
+    assert sasl.attempted_user == USER
+
+
+async def test_attempted_user_is_known_for_every_mechanism() -> None:
+    sasl = negotiation()
+    await sasl.start("PLAIN", b"\0JULIET\0wrong")
+    assert sasl.attempted_user == USER
+    sasl = negotiation()
+    await scram_exchange(sasl, "SCRAM-SHA-1", username="nobody", password="x")
+    assert sasl.attempted_user == "nobody"
+    sasl = negotiation()
+    await sasl.start("PLAIN", b"\0ju liet\0x")
+    assert sasl.attempted_user == "ju liet"  # invalid: as sent (escaped when logged)

@@ -1,8 +1,9 @@
 """Module loader: a module is `dovecote.modules.<name>` with `setup(server)`.
 
-A module may declare FEATURES (disco#info features of the server) and ACCOUNT_FEATURES
-(disco#info features of each account), and may add stream features through the
-`c2s/features` event.
+A module may declare FEATURES (disco#info features of the server), ACCOUNT_FEATURES
+(disco#info features of each account) and PUBLIC_ACCOUNT_IQS (IQs to an account, as
+"{type}/{ns}:{tag}", that anyone may send, not only the owner and contacts), and may add
+stream features through the `c2s/features` event.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def load_modules(server: Server, names: list[str]) -> dict[str, ModuleType]:
         module.setup(server)
         server.features.update(getattr(module, "FEATURES", ()))
         server.account_features.update(getattr(module, "ACCOUNT_FEATURES", ()))
+        server.public_account_iqs.update(getattr(module, "PUBLIC_ACCOUNT_IQS", ()))
         loaded[name] = module
         log.debug("loaded module %s", name)
     return loaded

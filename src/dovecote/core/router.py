@@ -185,22 +185,55 @@ class Router:
         if iq_type in ("get", "set"):
             payload = event.payload
             assert payload is not None  # checked when the stanza came in
-            if target == "bare":
-                if not await self.account_exists(event.to.bare):
-                    # RFC 6121 §8.5.1: no such account, whatever the namespace.
-                    raise StanzaError("service-unavailable")
-                # Every IQ answered on a user's behalf, before its namespace's handler
-                # (XEP-0191 blocking checks it here).
-                if await self.events.fire("iq/bare", event):
-                    return
             suffix = f"{iq_type}/{payload.ns}:{payload.tag}"
-            if await self.events.fire(f"iq/{target}/{suffix}", event):
+            if target == "bare":
+                if await self._dispatch_account_iq(event, suffix):
+                    return
+            elif await self.events.fire(f"iq/{target}/{suffix}", event):
                 return
             # No 'to': addressed to the account, and failing that to the server.
             if not addressed and await self.events.fire(f"iq/host/{suffix}", event):
                 return
             raise StanzaError("service-unavailable")
         await self.events.fire(f"iq/{target}/{iq_type}", event)
+
+    async def _dispatch_account_iq(self, event: StanzaEvent, suffix: str) -> bool:
+        """An IQ get/set the server answers on an account's behalf; False: not handled.
+
+        RFC 6121 §8.5.1: no such account gives service-unavailable, whatever the namespace.
+        So that a stranger (not the owner, no presence subscription from the account)
+        cannot tell an existing account from a missing one, a stranger gets the very same
+        answer from an existing account (Prosody answers account disco#info the same way),
+        unless the IQ is public (`server.public_account_iqs`: reading vCards, PEP, disco
+        of PEP nodes), whose handlers decide for themselves.
+        """
+        account = event.to.bare
+        # The roster is read before the account is looked up, for everyone but the owner,
+        # so both answers cost the same queries.
+        visible = await self.may_see_account(account, event.sender)
+        if not await self.account_exists(account):
+            raise StanzaError("service-unavailable")
+        if not visible and suffix not in self.server.public_account_iqs:
+            raise StanzaError("service-unavailable")
+        # Every IQ answered on a user's behalf, before its namespace's handler
+        # (XEP-0191 blocking checks it here).
+        if await self.events.fire("iq/bare", event):
+            return True
+        return await self.events.fire(f"iq/bare/{suffix}", event)
+
+    async def may_see_account(self, account: JID, asker: JID) -> bool:
+        """May `asker` see `account`'s presence and details: the owner, the server itself,
+        or a contact with a 'from' or 'both' subscription (RFC 6121 §4.1, XEP-0012 §3)?
+        The one rule for what strangers learn about an account."""
+        if asker.bare == account.bare:
+            return True
+        if asker.local is None and asker.domain in self.server.hosts:
+            return True
+        rosters = getattr(self.server, "rosters", None)
+        if rosters is None:
+            return False
+        item = (await rosters.get(account.bare)).items.get(str(asker.bare))
+        return item is not None and item.subscription in ("from", "both")
 
     async def account_exists(self, bare: JID) -> bool:
         """Online users exist; otherwise ask storage (RFC 6121 §8.5.1)."""

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from dovecote.server import Server
 
 FEATURES = [ns.DISCO_INFO, ns.DISCO_ITEMS]
+#: The router lets strangers' disco of accounts through: PEP nodes answer by their access
+#: model (XEP-0163 §6); the account itself answers only the owner and contacts
+#: (`account_guard`).
+PUBLIC_ACCOUNT_IQS = [f"get/{ns.DISCO_INFO}:query", f"get/{ns.DISCO_ITEMS}:query"]
 SERVER_INFO = "http://jabber.org/network/serverinfo"
 
 
@@ -69,9 +73,22 @@ def setup(server: Server) -> None:
         event.reply(query)
         return True
 
+    @events.on(f"iq/bare/get/{ns.DISCO_INFO}:query", 20)
+    @events.on(f"iq/bare/get/{ns.DISCO_ITEMS}:query", 20)
+    async def account_guard(event: StanzaEvent) -> bool:
+        """Disco of the account itself (no node), before PEP's handlers (priority 10): like
+        Prosody, only the owner and contacts with a presence subscription get an answer;
+        strangers get what a missing account answers (RFC 6121 §8.5.1), so they cannot
+        probe for accounts. PEP nodes (a node given) answer by their access model."""
+        if event.payload is not None and event.payload.get("node"):
+            return False
+        if not await server.router.may_see_account(event.to, event.sender):
+            raise StanzaError("service-unavailable")
+        return False
+
     @events.on(f"iq/bare/get/{ns.DISCO_INFO}:query")
     async def account_info(event: StanzaEvent) -> bool:
-        # The router has checked that the account exists.
+        # The router has checked that the account exists, account_guard who asks.
         node = event.payload.get("node") if event.payload is not None else None
         if node:
             raise StanzaError("item-not-found")

@@ -2,8 +2,11 @@
 user logged out, with the status of their last unavailable presence (§3, §4).
 
 Only the user and contacts allowed to see the user's presence (a 'from' or 'both'
-subscription) may ask about an account (§3, §8); others get forbidden, also when asking a
-resource (the query is then not delivered, §4).
+subscription) may ask about an account (§3, §8), also when asking a resource (the query is
+then not delivered, §4). §3 and §4 name forbidden for the others; Dovecote answers them
+service-unavailable instead, what a missing account or resource answers (RFC 6121 §8.5.1,
+§8.5.3.2.1), so that strangers cannot probe which accounts exist or are online
+(`Router.may_see_account` is the rule; the router refuses strangers' IQs to the account).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from dovecote.xml.element import Element
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
-    from dovecote.jid import JID
     from dovecote.server import Server
 
 FEATURES = [ns.LAST]
@@ -37,20 +39,11 @@ def setup(server: Server) -> None:
         event.reply(Element("query", ns.LAST, {"seconds": str(seconds)}))
         return True
 
-    async def may_see_presence(user: JID, asker: JID) -> bool:
-        if asker.bare == user:
-            return True
-        rosters = getattr(server, "rosters", None)
-        if rosters is None:
-            return False
-        item = (await rosters.get(user)).items.get(str(asker.bare))
-        return item is not None and item.subscription in ("from", "both")
-
     @events.on(f"iq/bare/get/{ns.LAST}:query")
     async def last_logout(event: StanzaEvent) -> bool:
         user = event.to.bare
-        if not await may_see_presence(user, event.sender):
-            raise StanzaError("forbidden")
+        if not await server.router.may_see_account(user, event.sender):
+            raise StanzaError("service-unavailable")
         if sessions.is_online(user):
             seconds, status = 0, ""  # §3: online users have been active just now
         else:
@@ -69,8 +62,8 @@ def setup(server: Server) -> None:
         payload = event.payload
         if event.type != "get" or payload is None or payload.ns != ns.LAST:
             return False
-        if not await may_see_presence(event.to.bare, event.sender):
-            raise StanzaError("forbidden")
+        if not await server.router.may_see_account(event.to.bare, event.sender):
+            raise StanzaError("service-unavailable")
         return False
 
     @events.on("presence/outgoing")

@@ -98,6 +98,8 @@ _FEATURE_NAMES = (
 )
 FEATURES = [PUBSUB, *(f"{PUBSUB}#{name}" for name in _FEATURE_NAMES)]
 ACCOUNT_FEATURES = list(FEATURES)
+#: Anyone may ask an account's PEP service; each node's access model decides (§4.2.2).
+PUBLIC_ACCOUNT_IQS = [f"get/{PUBSUB}:pubsub", f"set/{PUBSUB}:pubsub"]
 
 #: "max" items (XEP-0060 §16.4.4): the most a node keeps.
 MAX_ITEMS = 1000

@@ -1,4 +1,6 @@
-"""XEP-0199: XMPP Ping — answer pings to the server and to accounts."""
+"""XEP-0199: XMPP Ping — answer pings to the server and to accounts (an account answers
+its owner and contacts only: the router gives strangers service-unavailable, the answer of
+a missing account, RFC 6121 §8.5.1)."""
 
 from dovecote.xml import ns
 

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 VCARD = "vcard-temp"
 FEATURES = [VCARD]  # XEP-0054 §4
+#: XEP-0054 §3.3: anyone may read a vCard.
+PUBLIC_ACCOUNT_IQS = [f"get/{VCARD}:vCard"]
 #: The largest vCard accepted, in bytes of serialized XML (avatars make vCards big).
 STORAGE_KEY = "vcard-temp"
 

@@ -321,9 +321,27 @@ class C2SStream(StreamBase):
                 Element("challenge", ns.SASL, text=_b64(result.data) if result.data else "=")
             )
             return
-        self._sasl = None
+        negotiation, self._sasl = self._sasl, None
         throttle = self.server.auth_throttle
         peer = self.transport.peer_address
+        user = negotiation.attempted_user if negotiation is not None else None
+        if user is not None:
+            # The account's failure budget, across addresses: the answer, right or wrong,
+            # waits its turn; past the queue it is not-authorized whatever the password.
+            accounts = self.server.account_throttle
+            admission = accounts.admit(user, peer)
+            if admission.wait:
+                await asyncio.sleep(admission.wait)
+            if self.state == "closed":
+                return
+            if isinstance(result, sasl.Success) and not admission.admitted:
+                result = sasl.Failure("not-authorized")
+            if isinstance(result, sasl.Success):
+                accounts.succeeded(user, peer, admission)
+            else:
+                accounts.failed(user, admission)
+                assert self.domain is not None and negotiation is not None
+                sasl.log_failure(user, self.domain, peer, negotiation.mechanism or "?")
         if isinstance(result, sasl.Success):
             throttle.succeeded(peer)
             self.local = result.local

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,12 +30,33 @@ MECHANISM_ORDER = (
     "PLAIN",
 )
 
+#: Where failed logins are logged, one line each at WARNING, for fail2ban (README).
+auth_log = logging.getLogger("dovecote.auth")
+#: The longest user name written to the log (characters).
+LOGGED_NAME_LENGTH = 64
+
 CredentialsLookup = Callable[[str, str], Awaitable[ScramCredentials | None]]
 
 # A per-process secret so that unknown users get a stable but meaningless salt: the
 # exchange then fails only at the proof, like a wrong password (no account probing).
 _DECOY_SECRET = os.urandom(32)
 SALT_LENGTH = len(scramp.ScramMechanism("SCRAM-SHA-1").make_auth_info("x")[0])
+
+
+def log_failure(user: str, domain: str, address: str, mechanism: str) -> None:
+    """One line per failed login, in a stable format for fail2ban:
+    ``authentication failed for USER@DOMAIN from IP (MECHANISM)``.
+
+    The user name comes from the client: whitespace, control characters and anything
+    beyond `LOGGED_NAME_LENGTH` are escaped or cut so it cannot forge another address.
+    """
+    name = "".join(
+        c if c.isprintable() and not c.isspace() and c not in "()" else f"\\x{ord(c):02x}"
+        for c in user[:LOGGED_NAME_LENGTH]
+    )
+    auth_log.warning(
+        "authentication failed for %s@%s from %s (%s)", name or "\\x00", domain, address, mechanism
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +147,9 @@ class SaslNegotiation:
         self._scram: scramp.core.ScramServer | None = None
         self._local: str | None = None
         self._state = "start"
+        #: The account name the client tried (prepared when valid, as sent otherwise),
+        #: known once the first message is in: what failures are counted and logged by.
+        self.attempted_user: str | None = None
 
     async def start(self, mechanism: str, initial: bytes | None) -> SaslStep:
         """`<auth mechanism=...>`; `initial` is None when the client sent no initial
@@ -164,17 +189,21 @@ class SaslNegotiation:
         try:
             local = prepare_local(authcid)
         except InvalidJID:
+            self.attempted_user = authcid
             return Failure("not-authorized")
+        self.attempted_user = local
         if authzid and not self._authzid_ok(authzid, local):
             return Failure("invalid-authzid")
-        creds = await self.lookup(local, "SHA-256") or await self.lookup(local, "SHA-1")
-        if creds is None:
-            return Failure("not-authorized")
+        # One lookup, real account or not (every account has SHA-256 keys): an unknown
+        # user costs the same query and the same PBKDF2, against a decoy record, as a
+        # wrong password does (no account probing by timing).
+        creds = await self.lookup(local, "SHA-256")
+        checked = creds if creds is not None else self.decoy_credentials(authcid)
         # PBKDF2 is CPU work: keep it off the event loop (DESIGN: asyncio all the way).
         ok = await asyncio.get_running_loop().run_in_executor(
-            None, verify_password, password, creds
+            None, verify_password, password, checked
         )
-        if not ok:
+        if not ok or creds is None:
             return Failure("not-authorized")
         return Success(local)
 
@@ -190,6 +219,7 @@ class SaslNegotiation:
             local = prepare_local(username)
         except InvalidJID:
             local = None
+        self.attempted_user = local if local is not None else username
         if authzid:
             # scramp refuses any GS2 authzid, and the header is covered by the client's
             # proof, so it cannot be stripped here: only PLAIN takes an authzid.
@@ -246,6 +276,12 @@ class SaslNegotiation:
         # The salt looks like a stored one (same length, stable per user name).
         salt = hmac.new(_DECOY_SECRET, f"{family}\0{username}".encode(), hashlib.sha256).digest()
         return salt[:SALT_LENGTH], os.urandom(32), os.urandom(32), self.iterations
+
+    def decoy_credentials(self, username: str) -> ScramCredentials:
+        """A SHA-256 record for a user that does not exist: stable salt, current iteration
+        count, keys nothing can match (PLAIN checks a password against it)."""
+        salt, stored_key, server_key, iterations = self._decoy(username, "SCRAM-SHA-256")
+        return ScramCredentials("SHA-256", salt, iterations, stored_key, server_key)
 
     def _authzid_ok(self, authzid: str, local: str) -> bool:
         try:
