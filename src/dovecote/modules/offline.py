@@ -3,7 +3,8 @@
 Messages of type normal and chat to an account with no available resource are stored
 (with a XEP-0203 delay stamp) and delivered when a resource becomes available with a
 non-negative priority. Headline and groupchat messages are not stored (RFC 6121 §8.5.2.2).
-A full store answers with resource-constraint. A message is in storage before anything
+A store full by count (`[offline] max_messages`) or by bytes (`max_bytes`) answers the
+sender with resource-constraint (RFC 6121 §8.5.2.2). A message is in storage before anything
 else happens to it, so it survives a restart.
 """
 
@@ -47,6 +48,7 @@ def worth_storing(stanza: Element) -> bool:
 def setup(server: Server) -> None:
     events = server.events
     limit = server.config.offline.max_messages
+    max_bytes = server.config.offline.max_bytes
     locks: dict[Any, asyncio.Lock] = {}
 
     @events.on("message/offline")
@@ -66,8 +68,11 @@ def setup(server: Server) -> None:
                 text="Offline Storage",
             )
         )
-        stored = await server.storage.offline.store(user.local, user.domain, serialize(copy), limit)
+        stored = await server.storage.offline.store(
+            user.local, user.domain, serialize(copy), limit, max_bytes
+        )
         if not stored:
+            # RFC 6121 §8.5.2.2 / XEP-0160 §3: full by count or by bytes.
             raise StanzaError("resource-constraint", "the recipient's offline storage is full")
         return True
 

@@ -161,8 +161,12 @@ class OfflineStore(ABC):
     """Messages kept for users with no available resource (XEP-0160)."""
 
     @abstractmethod
-    async def store(self, local: str, domain: str, stanza: str, limit: int) -> bool:
-        """Keep a message (serialized XML); False when the user already has `limit`."""
+    async def store(
+        self, local: str, domain: str, stanza: str, limit: int, max_bytes: int | None = None
+    ) -> bool:
+        """Keep a message (serialized XML); False when the user already has `limit`
+        messages, or when it would take the user's stored bytes (UTF-8) over `max_bytes`.
+        The check and the write are atomic: concurrent stores never overshoot."""
 
     @abstractmethod
     async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:
