@@ -105,6 +105,11 @@ class KVStore(ABC):
     async def set(self, local: str, domain: str, key: str, value: str | None) -> None:
         """Store `value` under `key`; None removes it. Raises StorageError for no account."""
 
+    @abstractmethod
+    async def sizes(self, local: str, domain: str, prefix: str) -> dict[str, int]:
+        """The keys starting with `prefix` and the length of each value in bytes (UTF-8),
+        for quotas (XEP-0049 namespaces per user)."""
+
 
 @dataclass(slots=True)
 class RosterItem:

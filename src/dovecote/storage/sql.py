@@ -20,8 +20,10 @@ from typing import Any
 
 from sqlalchemy import (
     Integer,
+    LargeBinary,
     String,
     Text,
+    cast,
     delete,
     event,
     func,
@@ -502,6 +504,25 @@ class SQLKVStore(KVStore):
                 )
         except IntegrityError:
             raise StorageError(f"no account '{local}@{domain}'") from None
+
+    async def sizes(self, local: str, domain: str, prefix: str) -> dict[str, int]:
+        table = account_kv
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(table.c.key, byte_length(conn, table.c.value)).where(
+                    table.c.domain == domain,
+                    table.c.local == local,
+                    table.c.key.startswith(prefix, autoescape=True),
+                )
+            )
+            return {row[0]: int(row[1]) for row in result}
+
+
+def byte_length(conn: AsyncConnection, column: Any) -> Any:
+    """The length of a text column in bytes (UTF-8): length() counts characters."""
+    if conn.dialect.name == "postgresql":
+        return func.octet_length(column)
+    return func.length(cast(column, LargeBinary))
 
 
 class SQLRosterStore(RosterStore):
