@@ -124,6 +124,10 @@ def _message(row: Any) -> ArchivedMessage:
     return ArchivedMessage(row.id, _utc(row.stamp), row.with_bare, row.with_resource, row.stanza)
 
 
+#: Over its byte quota, an archive is pruned down to this share of it (policy
+#: 'expire-oldest').
+QUOTA_LOW_WATER = 0.9
+
 #: Seconds the writer waits for more messages before a group commit.
 GROUP_COMMIT_DELAY = 0.01
 
@@ -295,13 +299,15 @@ class SQLArchiveStore(ArchiveStore):
         )
 
     async def _expire_oldest(self, conn: AsyncConnection, owners: set[tuple[str, str]]) -> None:
-        """Policy 'expire-oldest': remove each over-quota archive's oldest messages until it
-        fits again (from the start only, so the archive has no holes, XEP-0313 §3.2)."""
+        """Policy 'expire-oldest': remove each over-quota archive's oldest messages (from
+        the start only, so the archive has no holes, XEP-0313 §3.2) down to
+        `QUOTA_LOW_WATER` of the quota, so that an archive at its quota is pruned once
+        per tenth of it written rather than in every group commit."""
         table = archive_messages
         for (domain, local), held in (await self._usage(conn, owners)).items():
-            excess = held - self._max_bytes
-            if excess <= 0:
+            if held <= self._max_bytes:
                 continue
+            excess = held - int(self._max_bytes * QUOTA_LOW_WATER)
             owner = (table.c.domain == domain, table.c.local == local)
             removed = 0
             cutoff: int | None = None
