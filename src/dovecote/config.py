@@ -213,7 +213,7 @@ class MamSection(_Section):
     #: Bytes of archived messages (serialized XML) per user; 0: no limit.
     max_bytes_per_user: int = Field(default=100 * 1024 * 1024, ge=0)
     #: Over `max_bytes_per_user`: 'expire-oldest' removes the user's oldest archived
-    #: messages to make room, 'stop' archives nothing more until there is room.
+    #: messages (down to 90% of the quota), 'stop' archives nothing more until there is room.
     quota_policy: str = "expire-oldest"
 
     @field_validator("quota_policy")

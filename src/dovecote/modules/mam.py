@@ -14,8 +14,8 @@ the 'urn:xmpp:mam:2#extended' fields, flipped pages and metadata are supported (
 §4.3.4, §5). Messages older than `[mam] retention_days` are removed every hour.
 
 Each archive holds at most `[mam] max_bytes_per_user` bytes of messages; over it, the
-oldest messages expire first ('expire-oldest', pruned in the group commit) or nothing more
-is archived ('stop'). An outgoing message to a local account that does not exist (bounced
+oldest messages expire first, down to 90% of the quota ('expire-oldest', pruned in the group
+commit behind the message path), or nothing more is archived ('stop'). An outgoing message to a local account that does not exist (bounced
 with service-unavailable) is not archived at all.
 """
 
