@@ -15,8 +15,8 @@ the 'urn:xmpp:mam:2#extended' fields, flipped pages and metadata are supported (
 
 Each archive holds at most `[mam] max_bytes_per_user` bytes of messages; over it, the
 oldest messages expire first, down to 90% of the quota ('expire-oldest', pruned in the group
-commit behind the message path), or nothing more is archived ('stop'). An outgoing message to a local account that does not exist (bounced
-with service-unavailable) is not archived at all.
+commit behind the message path), or nothing more is archived ('stop'). An outgoing message
+to a local account that does not exist (bounced with service-unavailable) is not archived.
 """
 
 from __future__ import annotations
