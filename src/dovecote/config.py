@@ -207,6 +207,8 @@ class StreamManagementSection(_Section):
 class OfflineSection(_Section):
     #: XEP-0160: messages kept per user; beyond, senders get resource-constraint.
     max_messages: int = Field(default=1000, ge=0)
+    #: Bytes of stored messages per user (serialized XML); beyond, resource-constraint.
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
 
 
 class VCardSection(_Section):
@@ -227,6 +229,18 @@ class MamSection(_Section):
     max_page_size: int = Field(default=250, ge=1)
     #: Results per page when the client names no <max/>.
     default_page_size: int = Field(default=50, ge=1)
+    #: Bytes of archived messages (serialized XML) per user; 0: no limit.
+    max_bytes_per_user: int = Field(default=100 * 1024 * 1024, ge=0)
+    #: Over `max_bytes_per_user`: 'expire-oldest' removes the user's oldest archived
+    #: messages (down to 90% of the quota), 'stop' archives nothing more until there is room.
+    quota_policy: str = "expire-oldest"
+
+    @field_validator("quota_policy")
+    @classmethod
+    def _quota_policy(cls, value: str) -> str:
+        if value not in ("expire-oldest", "stop"):
+            raise ValueError(f"expected expire-oldest or stop, got {value!r}")
+        return value
 
     @field_validator("default")
     @classmethod
@@ -234,6 +248,42 @@ class MamSection(_Section):
         if value not in ("always", "never", "roster"):
             raise ValueError(f"expected always, never or roster, got {value!r}")
         return value
+
+
+class RosterSection(_Section):
+    """RFC 6121 rosters."""
+
+    #: Items per roster, however created (roster set, outbound subscription presence);
+    #: beyond, roster sets get not-allowed and subscription presence resource-constraint.
+    max_items: int = Field(default=5000, ge=1)
+    #: Subscription requests waiting for the user's answer (RFC 6121 §3.1.3); beyond,
+    #: a new request is bounced to its sender with resource-constraint.
+    max_pending: int = Field(default=1000, ge=1)
+
+
+class PepSection(_Section):
+    """XEP-0163 personal eventing (each account's pubsub service)."""
+
+    #: Nodes per account; creating one more is refused (policy-violation).
+    max_nodes_per_user: int = Field(default=256, ge=1)
+    #: Items a node keeps at most: pubsub#max_items 'max', and the cap of any number.
+    max_items_per_node: int = Field(default=1000, ge=1)
+
+
+class PrivateSection(_Section):
+    """XEP-0049 private XML storage."""
+
+    #: Namespaces stored per user; a set adding one more gets resource-constraint.
+    max_namespaces: int = Field(default=100, ge=1)
+    #: Bytes stored per user over all namespaces; beyond, resource-constraint.
+    max_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+
+class BlockingSection(_Section):
+    """XEP-0191 blocking command."""
+
+    #: JIDs on a user's blocklist; a block beyond gets resource-constraint.
+    max_items: int = Field(default=5000, ge=1)
 
 
 class ServiceDomainSection(_Section):
@@ -274,6 +324,10 @@ class Config(_Section):
     offline: OfflineSection = Field(default_factory=OfflineSection)
     vcard: VCardSection = Field(default_factory=VCardSection)
     mam: MamSection = Field(default_factory=MamSection)
+    roster: RosterSection = Field(default_factory=RosterSection)
+    pep: PepSection = Field(default_factory=PepSection)
+    private: PrivateSection = Field(default_factory=PrivateSection)
+    blocking: BlockingSection = Field(default_factory=BlockingSection)
     muc: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     pubsub: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)

@@ -340,3 +340,39 @@ def test_to_async_url(url: str, expected: str) -> None:
 def test_storage_url_property_converts() -> None:
     config = config_from_dict({"storage": {"url": "sqlite:////tmp/x.db"}})
     assert config.storage_url == "sqlite+aiosqlite:////tmp/x.db"
+
+
+# ---- quotas and limits --------------------------------------------------------------
+def test_quota_defaults() -> None:
+    config = config_from_dict({})
+    assert config.offline.max_bytes == 10 * 1024 * 1024
+    assert config.mam.max_bytes_per_user == 100 * 1024 * 1024
+    assert config.mam.quota_policy == "expire-oldest"
+    assert (config.roster.max_items, config.roster.max_pending) == (5000, 1000)
+    assert (config.pep.max_nodes_per_user, config.pep.max_items_per_node) == (256, 1000)
+    assert (config.private.max_namespaces, config.private.max_bytes) == (100, 1024 * 1024)
+    assert config.blocking.max_items == 5000
+
+
+def test_archive_quota_policy_is_validated() -> None:
+    assert config_from_dict({"mam": {"quota_policy": "stop"}}).mam.quota_policy == "stop"
+    message = error_of({"mam": {"quota_policy": "delete-all"}})
+    assert "mam.quota_policy" in message and "'delete-all'" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("offline", "max_bytes", 100),
+        ("mam", "max_bytes_per_user", -1),
+        ("roster", "max_items", 0),
+        ("roster", "max_pending", 0),
+        ("pep", "max_nodes_per_user", 0),
+        ("pep", "max_items_per_node", 0),
+        ("private", "max_namespaces", 0),
+        ("private", "max_bytes", 10),
+        ("blocking", "max_items", 0),
+    ],
+)
+def test_limits_out_of_range(section: str, key: str, value: int) -> None:
+    assert f"{section}.{key}" in error_of({section: {key: value}})

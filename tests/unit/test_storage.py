@@ -1,4 +1,4 @@
-"""AccountStore and KVStore on SQLite and PostgreSQL (the same tests for both).
+"""The SQL stores on SQLite and PostgreSQL (the same tests for both).
 
 PostgreSQL: $DOVECOTE_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test). Each
 test gets a fresh schema (via search_path), dropped afterwards, so runs are repeatable.
@@ -8,6 +8,7 @@ Unreachable PostgreSQL skips those cases, or fails them when CI=true.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +18,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select, text
 
@@ -29,8 +32,14 @@ from dovecote.storage import (
     open_storage,
     verify_password,
 )
+from dovecote.storage.archive import (
+    ArchivedMessage,
+    ArchiveFilter,
+    ArchiveFull,
+    new_archive_id,
+)
 from dovecote.storage.schema import account_kv, accounts, metadata, scram_credentials
-from dovecote.storage.sql import head_revision
+from dovecote.storage.sql import MIGRATIONS_DIR, head_revision
 
 PG_URL = os.environ.get("DOVECOTE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 D = "example.org"
@@ -311,7 +320,7 @@ async def test_data_persists_across_restart(backend: Backend) -> None:
 async def test_migrations_are_idempotent(backend: Backend) -> None:
     storage = await backend.open()
     try:
-        assert head_revision() == "0005"  # 0003 and 0004 (side by side) merged
+        assert head_revision() == "0006"  # 0003 and 0004 (side by side) merged in 0005
         assert await storage.schema_revision() == head_revision()
         await storage.accounts.create("alice", D, CREDS)
         await storage.migrate()
@@ -443,3 +452,118 @@ def test_a_current_schema_opens_without_alembic(tmp_path: Path) -> None:
     assert first.stdout.strip() == "True", first.stderr  # it migrated the new database
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert again.stdout.strip() == "False", again.stderr
+
+
+# --- quotas: offline and archive bytes, KV sizes, migration 0006 ----------------------------
+NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+def archived(n: int, size: int = 1000, when: datetime.datetime = NOW) -> ArchivedMessage:
+    body = f"{n:04d}" + "é" * ((size - 40) // 2)  # two bytes each in UTF-8
+    return ArchivedMessage(new_archive_id(), when, "bob@example.org", None, f"<m>{body}</m>")
+
+
+async def test_concurrent_offline_stores_never_overshoot_the_count(storage: SQLStorage) -> None:
+    await storage.accounts.create("alice", D, CREDS)
+    results = await asyncio.gather(
+        *(storage.offline.store("alice", D, f"<m>{n}</m>", 5) for n in range(40))
+    )
+    assert results.count(True) == 5
+    assert await storage.offline.count("alice", D) == 5
+
+
+async def test_concurrent_offline_stores_never_overshoot_the_bytes(storage: SQLStorage) -> None:
+    await storage.accounts.create("alice", D, CREDS)
+    stanza = "<m>" + "ü" * 498 + "</m>"  # 1003 bytes, 505 characters
+    results = await asyncio.gather(
+        *(storage.offline.store("alice", D, stanza, 1000, 5000) for _ in range(30))
+    )
+    assert results.count(True) == 4  # a fifth would make 5015 bytes
+    assert await storage.offline.count("alice", D) == 4
+
+
+async def test_archive_expires_the_oldest_over_the_quota(storage: SQLStorage) -> None:
+    await storage.accounts.create("alice", D, CREDS)
+    await storage.accounts.create("bob", D, CREDS)
+    archive = storage.archive
+    archive.set_quota(3500)
+    await asyncio.gather(*(archive.enqueue("alice", D, archived(n)) for n in range(10)))
+    await archive.append("bob", D, archived(99))
+    page = await archive.query("alice", D, ArchiveFilter(), 50)
+    assert [m.stanza[3:7] for m in page.messages] == ["0007", "0008", "0009"]
+    assert await archive.usage("alice", D) == sum(len(m.stanza.encode()) for m in page.messages)
+    assert await archive.usage("bob", D) == len(archived(99).stanza.encode())
+    # Retention keeps the totals right.
+    removed = await archive.delete_older_than(NOW + datetime.timedelta(seconds=1))
+    assert removed == 4
+    assert await archive.usage("alice", D) == 0 and await archive.usage("bob", D) == 0
+
+
+async def test_archive_stop_policy_refuses_over_the_quota(storage: SQLStorage) -> None:
+    await storage.accounts.create("alice", D, CREDS)
+    archive = storage.archive
+    archive.set_quota(3500, "stop")
+    futures = [archive.enqueue("alice", D, archived(n)) for n in range(5)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results[:3] == [None, None, None]
+    assert all(isinstance(r, ArchiveFull) for r in results[3:])
+    assert await archive.count("alice", D) == 3
+
+
+async def test_kv_sizes_are_bytes(storage: SQLStorage) -> None:
+    await storage.accounts.create("alice", D, CREDS)
+    await storage.kv.set("alice", D, "private:urn:a", "<q>ü</q>")
+    await storage.kv.set("alice", D, "private:urn:b%", "<q/>")
+    await storage.kv.set("alice", D, "privateX", "<x/>")
+    await storage.kv.set("alice", D, "vcard", "<vCard/>")
+    assert await storage.kv.sizes("alice", D, "private:") == {
+        "private:urn:a": 9,
+        "private:urn:b%": 4,
+    }
+    assert await storage.kv.sizes("alice", D, "private:urn:b%") == {"private:urn:b%": 4}
+
+
+async def test_migration_0006_sizes_what_was_stored(tmp_path: Path) -> None:
+    """Messages stored before the quotas count towards them after the upgrade."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}"
+    old = SQLStorage(url)
+    await old.open()  # creates the file and the schema at head
+    engine = old.engine
+
+    def to(revision: str, downgrade: bool = False):  # type: ignore[no-untyped-def]
+        def run(connection):  # type: ignore[no-untyped-def]
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.set_main_option("path_separator", "os")
+            config.attributes["connection"] = connection
+            (command.downgrade if downgrade else command.upgrade)(config, revision)
+
+        return run
+
+    async with engine.begin() as conn:
+        await conn.run_sync(to("0005", downgrade=True))
+    await old.accounts.create("alice", D, CREDS)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO offline_messages (domain, local, stanza, stored_at) "
+                "VALUES (:d, 'alice', '<m>ü</m>', '2026-12-01 00:00:00')"
+            ),
+            {"d": D},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO archive_messages (domain, local, id, stamp, with_bare, stanza) "
+                "VALUES (:d, 'alice', 'a1', '2026-12-01 00:00:00', 'bob@x', '<m>üü</m>')"
+            ),
+            {"d": D},
+        )
+    await old.close()
+    migrated = await open_storage(url)  # migrates to head again
+    try:
+        assert await migrated.archive.usage("alice", D) == 11
+        # 9 bytes stored: another 9 do not fit into 14, 4 do.
+        assert not await migrated.offline.store("alice", D, "<m>12</m>", 100, 14)
+        assert await migrated.offline.store("alice", D, "<m/>", 100, 14)
+    finally:
+        await migrated.close()

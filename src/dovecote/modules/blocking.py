@@ -22,6 +22,9 @@ user" (§3.3, §3.4): those are the session's presence audience, which the modul
 
 event; a blocked domain thus reaches every such contact at that domain, and a stranger
 learns nothing (not even the user's resources).
+
+A list holds at most `[blocking] max_items` JIDs; a block beyond is refused with
+resource-constraint (RFC 6120 §8.3.3.18; XEP-0191 names no error for it).
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def command(tag: str, jids: Iterable[JID]) -> Element:
 def setup(server: Server) -> None:
     events = server.events
     sessions = server.sessions
+    max_items = server.config.blocking.max_items
     #: bare JID of a user with a session online -> the JIDs they block.
     cache: dict[JID, set[JID]] = {}
     #: One change at a time per user (two resources may send commands together).
@@ -240,6 +244,9 @@ def setup(server: Server) -> None:
         async with lock(user):
             blocked = await get_blocklist(user)
             added = [j for j in jids if j not in blocked]
+            if added and len(blocked) + len(added) > max_items:
+                # XEP-0191 names no error for a full list: RFC 6120 §8.3.3.18.
+                raise StanzaError("resource-constraint", f"at most {max_items} blocked JIDs")
             await store(user, blocked.union(added))
             # §3.3: unavailable presence to the newly blocked, sent before the block is in
             # force (it would stop this presence too).

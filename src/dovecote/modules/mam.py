@@ -12,6 +12,11 @@ The archived copy of an incoming message is announced to the recipient with a XE
 The archive is queried by its owner only (XEP-0313 §4, §8.1), paged with XEP-0059 RSM;
 the 'urn:xmpp:mam:2#extended' fields, flipped pages and metadata are supported (§4.1.3,
 §4.3.4, §5). Messages older than `[mam] retention_days` are removed every hour.
+
+Each archive holds at most `[mam] max_bytes_per_user` bytes of messages; over it, the
+oldest messages expire first, down to 90% of the quota ('expire-oldest', pruned in the group
+commit behind the message path), or nothing more is archived ('stop'). An outgoing message
+to a local account that does not exist (bounced with service-unavailable) is not archived.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dovecote.jid import JID, InvalidJID
 from dovecote.storage.archive import (
     ArchivedMessage,
     ArchiveFilter,
+    ArchiveFull,
     ArchiveIdNotFound,
     new_archive_id,
 )
@@ -416,10 +422,16 @@ def setup(server: Server) -> None:
         return archive_id
 
     def _log_failure(future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and future.exception() is not None:
+        if future.cancelled():
+            return
+        if isinstance(future.exception(), ArchiveFull):
+            log.debug("a message was not archived: the archive is full")
+            return
+        if future.exception() is not None:
             # The database failing, or the account deleted meanwhile: the message went on.
             log.warning("a message was not archived: %s", future.exception())
 
+    server.storage.archive.set_quota(config.max_bytes_per_user, config.quota_policy)
     server.durability_barriers.append(server.storage.archive.flush)
 
     # ---- archiving -----------------------------------------------------------------------
@@ -463,9 +475,18 @@ def setup(server: Server) -> None:
         return archive_outgoing(event, user)
 
     async def archive_outgoing(event: StanzaEvent, user: JID) -> bool:
-        if await archives_with(user, event.to):
+        if await archives_with(user, event.to) and await deliverable(event.to):
             event.archive_id = archive(user, event.to, event.stanza)
         return False
+
+    async def deliverable(to: JID) -> bool:
+        """False for a local account that does not exist: the router bounces the message
+        (service-unavailable, RFC 6121 §8.5.1) and archiving it would only fill the
+        sender's quota. Remote addresses are archived before their answer is known (as
+        Prosody does); the quota bounds what bounces cost."""
+        if to.domain in server.hosts and to.local is not None:
+            return await server.router.account_exists(to.bare)
+        return True
 
     @events.on("session/ended", -2000)
     def forget(session: Any) -> None:

@@ -3,8 +3,9 @@
 Messages of type normal and chat to an account with no available resource are stored
 (with a XEP-0203 delay stamp) and delivered when a resource becomes available with a
 non-negative priority. Headline and groupchat messages are not stored (RFC 6121 §8.5.2.2).
-A full store answers with resource-constraint. A message is in storage before anything
-else happens to it, so it survives a restart.
+A store full by count (`[offline] max_messages`) or by bytes (`max_bytes`) answers the
+sender with resource-constraint (RFC 6121 §8.5.2.2). A message is in storage before
+anything else happens to it, so it survives a restart.
 
 A stored message leaves storage only once it has reached its client: written to the
 connection (as the client reads it: the backlog is sent with flow control, never
@@ -68,6 +69,7 @@ def setup(server: Server) -> None:
     events = server.events
     offline = server.storage.offline
     limit = server.config.offline.max_messages
+    max_bytes = server.config.offline.max_bytes
     #: Per user: a lock that keeps stores in order, and how many use it.
     store_locks: dict[Any, list[Any]] = {}
     #: Rows a live session has taken and not yet confirmed (sent, or acknowledged with
@@ -82,12 +84,15 @@ def setup(server: Server) -> None:
             return True  # dropped silently, like a headline
         user: JID = event.to.bare
         copy = with_delay(event.stanza, user.domain, "Offline Storage")
-        stored = await store_in_order(user, serialize(copy), limit)
+        stored = await store_in_order(user, serialize(copy), limit, max_bytes)
         if stored is None:
+            # RFC 6121 §8.5.2.2 / XEP-0160 §3: full by count or by bytes.
             raise StanzaError("resource-constraint", "the recipient's offline storage is full")
         return True
 
-    async def store_in_order(user: JID, text: str, max_messages: int) -> int | None:
+    async def store_in_order(
+        user: JID, text: str, max_messages: int, max_stored_bytes: int | None
+    ) -> int | None:
         """Store for `user`, in the order the calls were made (the lock is FIFO)."""
         entry = store_locks.get(user)
         if entry is None:
@@ -95,7 +100,9 @@ def setup(server: Server) -> None:
         entry[1] += 1
         try:
             async with entry[0]:
-                return await offline.store(user.local or "", user.domain, text, max_messages)
+                return await offline.store(
+                    user.local or "", user.domain, text, max_messages, max_stored_bytes
+                )
         finally:
             entry[1] -= 1
             if not entry[1]:
@@ -182,7 +189,7 @@ def setup(server: Server) -> None:
         copy = with_delay(stanza, user.domain, "Offline Storage")
         # Beyond the quota by at most the session's queue, which is capped itself: the
         # sender was (or will be) told the message was handled.
-        row_id = await store_in_order(user, serialize(copy), limit + sm_state.max_queue)
+        row_id = await store_in_order(user, serialize(copy), limit + sm_state.max_queue, None)
         if row_id is None:
             log.error("offline storage of %s refused a message held for %s", user, session.jid)
             return

@@ -23,6 +23,9 @@ What is implemented (XEP-0163 §5, XEP-0060):
   presence first reaches it (a subscription approved during the session);
 - disco (XEP-0163 §6, XEP-0060 §5): the account's identity pubsub/pep with the features,
   its nodes as items (those the asker may see), each node's info.
+- limits: `[pep] max_nodes_per_user` (one more node: policy-violation with
+  <max-nodes-exceeded/>) and `max_items_per_node` ('max', and the cap of pubsub#max_items;
+  a full node drops its oldest item on publish).
 
 Nodes, their items and settings are stored (storage/pubsub.py) and cached in memory per
 owner (the node settings, affiliations, subscriptions and each node's last item), so the
@@ -101,7 +104,8 @@ ACCOUNT_FEATURES = list(FEATURES)
 #: Anyone may ask an account's PEP service; each node's access model decides (§4.2.2).
 PUBLIC_ACCOUNT_IQS = [f"get/{PUBSUB}:pubsub", f"set/{PUBSUB}:pubsub"]
 
-#: "max" items (XEP-0060 §16.4.4): the most a node keeps.
+#: "max" items (XEP-0060 §16.4.4): the most a node keeps, unless `[pep] max_items_per_node`
+#: says otherwise.
 MAX_ITEMS = 1000
 #: The longest NodeID and ItemID kept (the storage's bound, XEP-0060 §12.13 sets none).
 MAX_NAME_BYTES = 1023
@@ -137,8 +141,9 @@ class Option:
         self.label = label
         self.choices = choices
 
-    def normalize(self, values: list[str]) -> str | list[str]:
-        """The canonical stored form of submitted values; ValueError when invalid."""
+    def normalize(self, values: list[str], item_cap: int = MAX_ITEMS) -> str | list[str]:
+        """The canonical stored form of submitted values; ValueError when invalid
+        (pubsub#max_items beyond `item_cap`, the service's limit, too)."""
         if self.type == "list-multi":
             return [v.strip() for v in values if v.strip()]
         if len(values) > 1:
@@ -153,8 +158,8 @@ class Option:
         if self.choices and value not in self.choices:
             raise ValueError(f"{self.var} must be one of {', '.join(self.choices)}")
         if self.var == "pubsub#max_items" and value != "max":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_ITEMS:
-                raise ValueError(f"pubsub#max_items must be 'max' or 1 to {MAX_ITEMS}")
+            if not value.isdigit() or not 1 <= int(value) <= item_cap:
+                raise ValueError(f"pubsub#max_items must be 'max' or 1 to {item_cap}")
             return str(int(value))
         return value
 
@@ -188,7 +193,7 @@ OPTIONS = {
             "pubsub#max_items",
             "text-single",
             "1",
-            f"The maximum number of items to keep ('max' for {MAX_ITEMS})",
+            "The maximum number of items to keep ('max': the service's limit)",
         ),
         Option(
             "pubsub#send_last_published_item",
@@ -227,14 +232,16 @@ def default_config() -> NodeConfig:
     }
 
 
-def apply_options(config: NodeConfig, values: dict[str, list[str]]) -> NodeConfig:
+def apply_options(
+    config: NodeConfig, values: dict[str, list[str]], item_cap: int = MAX_ITEMS
+) -> NodeConfig:
     """`config` with submitted values applied; ValueError for unknown fields or values."""
     changed = dict(config)
     for var, submitted in values.items():
         option = OPTIONS.get(var)
         if option is None:
             raise ValueError(f"unsupported option {var}")
-        changed[var] = option.normalize(submitted)
+        changed[var] = option.normalize(submitted, item_cap)
     return changed
 
 
@@ -294,10 +301,10 @@ class Node:
     def access_model(self) -> str:
         return str(self.config["pubsub#access_model"])
 
-    @property
-    def max_items(self) -> int:
+    def item_limit(self, cap: int) -> int:
+        """Items the node keeps: its pubsub#max_items, at most the service's `cap`."""
         value = self.config["pubsub#max_items"]
-        return MAX_ITEMS if value == "max" else int(str(value))
+        return cap if value == "max" else min(cap, int(str(value)))
 
     @property
     def roster_groups(self) -> list[str]:
@@ -376,6 +383,8 @@ def setup(server: Server) -> None:
     events = server.events
     sessions = server.sessions
     store = server.storage.pubsub
+    max_nodes = server.config.pep.max_nodes_per_user
+    item_cap = server.config.pep.max_items_per_node
     services: OrderedDict[JID, Service] = OrderedDict()
     locks: weakref.WeakValueDictionary[JID, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -471,6 +480,17 @@ def setup(server: Server) -> None:
         if len(name.encode()) > MAX_NAME_BYTES:
             raise StanzaError("not-acceptable", f"NodeIDs are limited to {MAX_NAME_BYTES} bytes")
         return name
+
+    def check_node_count(service: Service) -> None:
+        """`[pep] max_nodes_per_user`: XEP-0060 names no error for "too many nodes"; as for
+        too many subscriptions (§6.1.3.9, a matter of local service policy), policy-violation
+        with the pubsub#errors schema's <max-nodes-exceeded/>."""
+        if len(service.nodes) >= max_nodes:
+            raise pubsub_error(
+                "policy-violation",
+                "max-nodes-exceeded",
+                text=f"at most {max_nodes} nodes per account",
+            )
 
     def find_node(service: Service, name: str) -> Node:
         node = service.nodes.get(name)
@@ -603,12 +623,12 @@ def setup(server: Server) -> None:
             if node is None:
                 # XEP-0163 §3 auto-create; XEP-0060 §7.1.5: with the preconditions applied.
                 try:
-                    node = Node(name, apply_options(default_config(), options or {}))
+                    node = Node(name, apply_options(default_config(), options or {}, item_cap))
                 except ValueError as exc:
                     raise precondition_not_met(str(exc)) from None
             elif options:
                 try:
-                    wanted = apply_options(node.config, options)
+                    wanted = apply_options(node.config, options, item_cap)
                 except ValueError as exc:
                     raise precondition_not_met(str(exc)) from None
                 if wanted != node.config:
@@ -617,6 +637,7 @@ def setup(server: Server) -> None:
             if payload is None and node.flag("pubsub#deliver_payloads"):
                 raise pubsub_error("bad-request", "payload-required")  # §7.1.3.6
             if created:
+                check_node_count(service)
                 await store.create_node(owner.local or "", owner.domain, name, node.config)
                 service.nodes[name] = node
             item = PubSubItem(
@@ -626,7 +647,9 @@ def setup(server: Server) -> None:
                 datetime.datetime.now(datetime.UTC),
             )
             if node.flag("pubsub#persist_items"):
-                await store.publish(owner.local or "", owner.domain, name, item, node.max_items)
+                await store.publish(
+                    owner.local or "", owner.domain, name, item, node.item_limit(item_cap)
+                )
             node.last = item
             node.last_payload = payload
             remember(service)
@@ -703,13 +726,14 @@ def setup(server: Server) -> None:
             raise pubsub_error("not-acceptable", "nodeid-required")
         values = submitted_config(pubsub.find("configure", PUBSUB)) or {}
         try:
-            config = apply_options(default_config(), values)
+            config = apply_options(default_config(), values, item_cap)
         except ValueError as exc:
             raise StanzaError("not-acceptable", str(exc)) from None
         async with lock(owner):
             service = await load(owner)
             if name in service.nodes:
                 raise StanzaError("conflict", f"the node {name!r} exists")
+            check_node_count(service)
             await store.create_node(owner.local or "", owner.domain, name, config)
             service.nodes[name] = Node(name, config)
             remember(service)
@@ -725,7 +749,7 @@ def setup(server: Server) -> None:
                 event.reply()  # XEP-0060 §8.2.5: a cancelled form changes nothing
                 return
             try:
-                config = apply_options(node.config, values)
+                config = apply_options(node.config, values, item_cap)
             except ValueError as exc:
                 raise StanzaError("not-acceptable", str(exc)) from None
             local, domain = owner.local or "", owner.domain
@@ -735,7 +759,7 @@ def setup(server: Server) -> None:
             if shrunk and node.flag("pubsub#persist_items"):
                 # Keep only the newest max_items now (XEP-0060 §7.1.2 "node is full").
                 kept = await store.get_items(local, domain, name)
-                for old in kept[: max(0, len(kept) - node.max_items)]:
+                for old in kept[: max(0, len(kept) - node.item_limit(item_cap))]:
                     await store.retract(local, domain, name, old.id)
             remember(service)
         event.reply()

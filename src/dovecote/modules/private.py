@@ -4,10 +4,16 @@ their own clients (bookmarks, client preferences, ...), one entry per namespace.
 Each namespace is stored under its own key as a serialized `<query/>` holding the
 element(s) of that namespace (XEP-0049 §2.3: a set MAY carry several elements of one
 namespace).
+
+Per user at most `[private] max_namespaces` namespaces and `max_bytes` bytes in all; a set
+beyond either gets resource-constraint (RFC 6120 §8.3.3.18: XEP-0049 §3 keeps not-acceptable
+for reserved namespaces, and the client can store again after clearing something).
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -38,6 +44,18 @@ def check_namespace(element: Element) -> None:
 def setup(server: Server) -> None:
     events = server.events
     kv = server.storage.kv
+    max_namespaces = server.config.private.max_namespaces
+    max_bytes = server.config.private.max_bytes
+    #: One set at a time per user, so that the quota check and the writes go together.
+    locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+        weakref.WeakValueDictionary()
+    )
+
+    def lock(local: str, domain: str) -> asyncio.Lock:
+        found = locks.get((local, domain))
+        if found is None:
+            found = locks[(local, domain)] = asyncio.Lock()
+        return found
 
     def owner_query(event: StanzaEvent) -> tuple[str, str, list[Element]]:
         """The account (local, domain) and the query's children; XEP-0049 §2.3: only
@@ -77,11 +95,30 @@ def setup(server: Server) -> None:
         by_namespace: dict[str, list[Element]] = defaultdict(list)
         for child in children:
             by_namespace[child.ns].append(child)
+        values: dict[str, str | None] = {}
         for namespace, elements in by_namespace.items():
             if all(not e.children and not e.attrs for e in elements):
                 value = None  # storing an empty element clears the namespace
             else:
                 value = serialize(Element("query", PRIVATE, children=list(elements)))
-            await kv.set(local, domain, storage_key(namespace), value)
+            values[storage_key(namespace)] = value
+        async with lock(local, domain):
+            stored = await kv.sizes(local, domain, storage_key(""))
+            before = len(stored), sum(stored.values())
+            for key, value in values.items():
+                stored.pop(key, None)
+                if value is not None:
+                    stored[key] = len(value.encode())
+            # What only shrinks passes (limits lowered since it was stored).
+            if len(stored) > max(max_namespaces, before[0]):
+                raise StanzaError(
+                    "resource-constraint", f"at most {max_namespaces} namespaces are stored"
+                )
+            if sum(stored.values()) > max(max_bytes, before[1]):
+                raise StanzaError(
+                    "resource-constraint", f"at most {max_bytes} bytes of private XML are stored"
+                )
+            for key, value in values.items():
+                await kv.set(local, domain, key, value)
         event.reply()
         return True

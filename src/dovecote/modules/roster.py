@@ -4,6 +4,11 @@ and subscription pre-approval (RFC 6121 §3.4).
 The roster of a user with sessions online is cached in memory, so presence broadcast touches
 no storage; every change is written through to storage before it is pushed or routed. A lock
 per user serializes the read-modify-write of subscription states.
+
+Limits: a roster holds at most `[roster] max_items` items however they are made (a roster
+set beyond gets not-allowed; an outbound subscribe or subscribed that would add an item,
+resource-constraint), and at most `max_pending` subscription requests wait for an answer
+(one more is bounced to its sender with resource-constraint, RFC 6120 §8.3.3.18).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ PRE_APPROVAL = "urn:xmpp:features:pre-approval"
 SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
 #: RFC 6121 §2.3.3: the server may limit names and groups (not-acceptable beyond).
 MAX_NAME_LENGTH = 1023
-MAX_ITEMS = 5000
 
 FEATURES: list[str] = []
 
@@ -121,6 +125,8 @@ def setup(server: Server) -> None:
     rosters = Rosters(server)
     server.rosters = rosters  # type: ignore[attr-defined]
     max_directed = server.config.limits.max_directed_presence
+    max_items = server.config.roster.max_items
+    max_pending = server.config.roster.max_pending
     # RFC 6121 §2.6.1 / §3.4: stream features after authentication.
     server.stream_features.append(Element("ver", ROSTER_VER))
     server.stream_features.append(Element("sub", PRE_APPROVAL))
@@ -218,7 +224,7 @@ def setup(server: Server) -> None:
                     raise StanzaError("bad-request", f"duplicate group {group!r}")
                 groups.append(group)
             current = roster.items.get(contact_key)
-            if current is None and len(roster.items) >= MAX_ITEMS:
+            if current is None and len(roster.items) >= max_items:
                 raise StanzaError("not-allowed", "the roster is full")
             # The client sets name and groups only; subscription state is the server's.
             item = RosterItem(
@@ -283,6 +289,8 @@ def setup(server: Server) -> None:
         async with rosters.lock(user):
             roster = await rosters.get(user)
             item = roster.items.get(contact_key)
+            if item is None and kind in ("subscribe", "subscribed"):
+                check_room(roster)
             if kind == "subscribe":
                 if item is None:
                     item = RosterItem(contact_key)
@@ -336,6 +344,12 @@ def setup(server: Server) -> None:
             send_presence_of(user, contact_key, unavailable=presence_after == "unavailable")
         return True
 
+    def check_room(roster: Roster) -> None:
+        """Before an outbound subscription stanza adds an item (RFC 6121 §3.1.2, §3.1.5,
+        §3.4): the roster limit holds for these too (RFC 6120 §8.3.3.18)."""
+        if len(roster.items) >= max_items:
+            raise StanzaError("resource-constraint", f"the roster is full ({max_items} items)")
+
     def track_directed(event: StanzaEvent) -> None:
         """RFC 6121 §4.6: remember directed presence, to send unavailable later."""
         session = event.origin
@@ -385,6 +399,10 @@ def setup(server: Server) -> None:
                     send_presence_of(user, contact_key)
                 else:
                     # §3.1.3: keep the request until the user answers; show it now.
+                    if contact_key not in roster.pending and len(roster.pending) >= max_pending:
+                        raise StanzaError(
+                            "resource-constraint", "too many subscription requests are waiting"
+                        )
                     await rosters.add_pending(user, roster, contact_key, stanza)
                     deliver = True
             elif kind == "subscribed":

@@ -31,6 +31,14 @@ class ArchiveIdNotFound(StorageError):
         self.archive_id = archive_id
 
 
+class ArchiveFull(StorageError):
+    """The archive is at its byte quota and the policy is 'stop': the message was not
+    archived."""
+
+    def __init__(self) -> None:
+        super().__init__("the archive is full")
+
+
 @dataclass(slots=True, frozen=True)
 class ArchivedMessage:
     """One archived message: the other party (the 'to' of an outgoing message, the 'from'
@@ -98,6 +106,17 @@ class ArchiveStore(ABC):
     async def append(self, local: str, domain: str, message: ArchivedMessage) -> None:
         """Archive a message; durable when this returns. Raises StorageError when there is
         no such account."""
+
+    @abstractmethod
+    def set_quota(self, max_bytes: int, policy: str = "expire-oldest") -> None:
+        """Limit every archive to `max_bytes` of messages (serialized XML, UTF-8; 0: no
+        limit). Policy 'expire-oldest': a write that goes over removes the archive's
+        oldest messages until it fits; 'stop': the message is not archived (its future
+        fails with ArchiveFull)."""
+
+    @abstractmethod
+    async def usage(self, local: str, domain: str) -> int:
+        """The bytes of messages the archive holds."""
 
     @abstractmethod
     async def query(

@@ -105,6 +105,11 @@ class KVStore(ABC):
     async def set(self, local: str, domain: str, key: str, value: str | None) -> None:
         """Store `value` under `key`; None removes it. Raises StorageError for no account."""
 
+    @abstractmethod
+    async def sizes(self, local: str, domain: str, prefix: str) -> dict[str, int]:
+        """The keys starting with `prefix` and the length of each value in bytes (UTF-8),
+        for quotas (XEP-0049 namespaces per user)."""
+
 
 @dataclass(slots=True)
 class RosterItem:
@@ -161,9 +166,13 @@ class OfflineStore(ABC):
     """Messages kept for users with no available resource (XEP-0160)."""
 
     @abstractmethod
-    async def store(self, local: str, domain: str, stanza: str, limit: int) -> int | None:
-        """Keep a message (serialized XML); returns its row id, None when the user
-        already has `limit` messages."""
+    async def store(
+        self, local: str, domain: str, stanza: str, limit: int, max_bytes: int | None = None
+    ) -> int | None:
+        """Keep a message (serialized XML); returns its row id, or None when the user
+        already has `limit` messages, or when it would take the user's stored bytes (UTF-8)
+        over `max_bytes`.
+        The check and the write are atomic: concurrent stores never overshoot."""
 
     @abstractmethod
     async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:

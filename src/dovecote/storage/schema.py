@@ -155,6 +155,8 @@ offline_messages = Table(
     Column("local", String(JID_PART), nullable=False),
     Column("stanza", Text, nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False),
+    # The stanza's length in bytes (UTF-8), summed for the per-user byte quota.
+    Column("size", Integer, nullable=False, server_default="0"),
     _account_fk(),
     Index("ix_offline_messages_owner", "domain", "local", "id"),
     info=ACCOUNT_DATA,

@@ -18,7 +18,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, tuple_
+from sqlalchemy import (
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    cast,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -492,6 +505,25 @@ class SQLKVStore(KVStore):
         except IntegrityError:
             raise StorageError(f"no account '{local}@{domain}'") from None
 
+    async def sizes(self, local: str, domain: str, prefix: str) -> dict[str, int]:
+        table = account_kv
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(table.c.key, byte_length(conn, table.c.value)).where(
+                    table.c.domain == domain,
+                    table.c.local == local,
+                    table.c.key.startswith(prefix, autoescape=True),
+                )
+            )
+            return {row[0]: int(row[1]) for row in result}
+
+
+def byte_length(conn: AsyncConnection, column: Any) -> Any:
+    """The length of a text column in bytes (UTF-8): length() counts characters."""
+    if conn.dialect.name == "postgresql":
+        return func.octet_length(column)
+    return func.length(cast(column, LargeBinary))
+
 
 class SQLRosterStore(RosterStore):
     """Rosters with a version counter per user; removed items are kept as (contact,
@@ -611,23 +643,46 @@ class SQLOfflineStore(OfflineStore):
     def __init__(self, storage: SQLStorage) -> None:
         self._storage = storage
 
-    async def store(self, local: str, domain: str, stanza: str, limit: int) -> int | None:
+    async def store(
+        self, local: str, domain: str, stanza: str, limit: int, max_bytes: int | None = None
+    ) -> int | None:
+        """One INSERT ... SELECT ... WHERE (count, bytes) fit: the check and the insert are
+        one statement, so concurrent senders cannot overshoot the quota."""
         table = offline_messages
+        size = len(stanza.encode())
+        owner = (table.c.domain == domain, table.c.local == local)
+        held = select(func.count()).select_from(table).where(*owner).scalar_subquery()
+        fits = [held < limit]
+        if max_bytes is not None:
+            held_bytes = select(func.coalesce(func.sum(table.c.size), 0)).where(*owner)
+            fits.append(held_bytes.scalar_subquery() + size <= max_bytes)
+        row = select(
+            literal(domain, String),
+            literal(local, String),
+            literal(stanza, Text),
+            literal(datetime.now(UTC), table.c.stored_at.type),
+            literal(size, Integer),
+        ).where(*fits)
+        statement = (
+            insert(table)
+            .from_select(["domain", "local", "stanza", "stored_at", "size"], row)
+            .returning(table.c.id)
+        )
         try:
             async with self._storage.begin() as conn:
-                result = await conn.execute(
-                    select(func.count()).select_from(table).filter_by(domain=domain, local=local)
-                )
-                if int(result.scalar_one()) >= limit:
-                    return None
-                inserted = await conn.execute(
-                    insert(table).values(
-                        domain=domain, local=local, stanza=stanza, stored_at=datetime.now(UTC)
+                if conn.dialect.name == "postgresql":
+                    # READ COMMITTED: two inserts would each count without the other;
+                    # the account row's lock makes the second wait and count again.
+                    await conn.execute(
+                        select(accounts.c.local)
+                        .where(accounts.c.domain == domain, accounts.c.local == local)
+                        .with_for_update()
                     )
-                )
+                result = await conn.execute(statement)
+                stored = result.scalar_one_or_none()
         except IntegrityError:
             raise StorageError(f"no account '{local}@{domain}'") from None
-        return int(inserted.inserted_primary_key[0])
+        return None if stored is None else int(stored)
 
     async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:
         table = offline_messages

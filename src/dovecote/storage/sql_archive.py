@@ -30,13 +30,16 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    tuple_,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dovecote.storage.archive import (
     ArchivedMessage,
     ArchiveFilter,
+    ArchiveFull,
     ArchiveIdNotFound,
     ArchiveMark,
     ArchivePage,
@@ -68,6 +71,8 @@ archive_messages = Table(
     Column("with_bare", String(BARE_JID), nullable=False),
     Column("with_resource", String(JID_PART), nullable=True),
     Column("stanza", Text, nullable=False),
+    # The stanza's length in bytes (UTF-8), for the per-user byte quota (migration 0006).
+    Column("size", Integer, nullable=False, server_default="0"),
     ForeignKeyConstraint(
         ["domain", "local"], ["accounts.domain", "accounts.local"], ondelete="CASCADE"
     ),
@@ -80,6 +85,20 @@ archive_messages = Table(
     Index("ix_archive_messages_stamp_owner", "domain", "local", "stamp"),
     # Retention: the oldest messages of every archive.
     Index("ix_archive_messages_stamp", "stamp"),
+    info=ACCOUNT_DATA,
+)
+
+#: The bytes each archive holds (the sum of its messages' sizes), kept up to date by every
+#: write and deletion so that the quota check reads one row (migration 0006).
+archive_usage = Table(
+    "archive_usage",
+    metadata,
+    Column("domain", String(JID_PART), primary_key=True),
+    Column("local", String(JID_PART), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    ForeignKeyConstraint(
+        ["domain", "local"], ["accounts.domain", "accounts.local"], ondelete="CASCADE"
+    ),
     info=ACCOUNT_DATA,
 )
 
@@ -105,6 +124,10 @@ def _message(row: Any) -> ArchivedMessage:
     return ArchivedMessage(row.id, _utc(row.stamp), row.with_bare, row.with_resource, row.stanza)
 
 
+#: Over its byte quota, an archive is pruned down to this share of it (policy
+#: 'expire-oldest').
+QUOTA_LOW_WATER = 0.9
+
 #: Seconds the writer waits for more messages before a group commit.
 GROUP_COMMIT_DELAY = 0.01
 
@@ -112,6 +135,8 @@ GROUP_COMMIT_DELAY = 0.01
 class SQLArchiveStore(ArchiveStore):
     def __init__(self, storage: SQLStorage) -> None:
         self._storage = storage
+        self._max_bytes = 0
+        self._policy = "expire-oldest"
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._in_flight: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -129,6 +154,7 @@ class SQLArchiveStore(ArchiveStore):
             "with_bare": message.with_bare,
             "with_resource": message.with_resource,
             "stanza": message.stanza,
+            "size": len(message.stanza.encode()),
         }
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -139,6 +165,21 @@ class SQLArchiveStore(ArchiveStore):
 
     async def append(self, local: str, domain: str, message: ArchivedMessage) -> None:
         await self.enqueue(local, domain, message)
+
+    def set_quota(self, max_bytes: int, policy: str = "expire-oldest") -> None:
+        if policy not in ("expire-oldest", "stop"):
+            raise ValueError(f"unknown archive quota policy {policy!r}")
+        self._max_bytes = max(0, max_bytes)
+        self._policy = policy
+
+    async def usage(self, local: str, domain: str) -> int:
+        await self.flush()
+        table = archive_usage
+        async with self._storage.begin() as conn:
+            result = await conn.execute(
+                select(table.c.bytes).where(table.c.domain == domain, table.c.local == local)
+            )
+            return int(result.scalar_one_or_none() or 0)
 
     async def flush(self) -> None:
         """Wait until every message queued so far is durable (failures are the callers')."""
@@ -166,9 +207,17 @@ class SQLArchiveStore(ArchiveStore):
                 self._in_flight = []
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        refused: list[asyncio.Future[None]] = []
         try:
             async with self._storage.begin() as conn:
-                await conn.execute(insert(archive_messages), [row for row, _ in batch])
+                if self._max_bytes and self._policy == "stop":
+                    batch, refused = await self._within_quota(conn, batch)
+                if batch:
+                    rows = [row for row, _ in batch]
+                    await conn.execute(insert(archive_messages), rows)
+                    await self._count_bytes(conn, rows)
+                    if self._max_bytes and self._policy == "expire-oldest":
+                        await self._expire_oldest(conn, {(r["domain"], r["local"]) for r in rows})
         except IntegrityError:
             if len(batch) > 1:
                 # One bad row (an account deleted meanwhile) must not fail the others.
@@ -187,6 +236,97 @@ class SQLArchiveStore(ArchiveStore):
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+        for future in refused:
+            if not future.done():
+                future.set_exception(ArchiveFull())
+
+    # ---- the byte quota ---------------------------------------------------------------------
+    async def _usage(
+        self, conn: AsyncConnection, owners: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        table = archive_usage
+        wanted = list(owners)
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            result = await conn.execute(
+                select(table.c.domain, table.c.local, table.c.bytes).where(
+                    tuple_(table.c.domain, table.c.local).in_(wanted[start : start + _CHUNK])
+                )
+            )
+            found.update(((row.domain, row.local), int(row.bytes)) for row in result)
+        return found
+
+    async def _within_quota(
+        self, conn: AsyncConnection, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]
+    ) -> tuple[list[tuple[dict[str, Any], asyncio.Future[None]]], list[asyncio.Future[None]]]:
+        """Policy 'stop': the messages that fit in their archive's quota, in order, and the
+        futures of those that do not."""
+        usage = await self._usage(conn, {(row["domain"], row["local"]) for row, _ in batch})
+        kept: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        refused: list[asyncio.Future[None]] = []
+        for row, future in batch:
+            owner = (row["domain"], row["local"])
+            held = usage.get(owner, 0)
+            if held + row["size"] > self._max_bytes:
+                refused.append(future)
+                continue
+            usage[owner] = held + row["size"]
+            kept.append((row, future))
+        return kept, refused
+
+    async def _count_bytes(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Add the rows' sizes to their archives' running totals (one statement)."""
+        added: dict[tuple[str, str], int] = {}
+        for row in rows:
+            owner = (row["domain"], row["local"])
+            added[owner] = added.get(owner, 0) + row["size"]
+        await self._add_usage(conn, added)
+
+    @staticmethod
+    async def _add_usage(conn: AsyncConnection, added: dict[tuple[str, str], int]) -> None:
+        if not added:
+            return
+        table = archive_usage
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = dialect_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.domain, table.c.local],
+            set_={"bytes": table.c.bytes + stmt.excluded.bytes},
+        )
+        await conn.execute(
+            stmt,
+            [{"domain": d, "local": lp, "bytes": n} for (d, lp), n in added.items()],
+        )
+
+    async def _expire_oldest(self, conn: AsyncConnection, owners: set[tuple[str, str]]) -> None:
+        """Policy 'expire-oldest': remove each over-quota archive's oldest messages (from
+        the start only, so the archive has no holes, XEP-0313 §3.2) down to
+        `QUOTA_LOW_WATER` of the quota, so that an archive at its quota is pruned once
+        per tenth of it written rather than in every group commit."""
+        table = archive_messages
+        for (domain, local), held in (await self._usage(conn, owners)).items():
+            if held <= self._max_bytes:
+                continue
+            excess = held - int(self._max_bytes * QUOTA_LOW_WATER)
+            owner = (table.c.domain == domain, table.c.local == local)
+            removed = 0
+            cutoff: int | None = None
+            while removed < excess:
+                query = select(table.c.seq, table.c.size).where(*owner)
+                if cutoff is not None:
+                    query = query.where(table.c.seq > cutoff)
+                rows = list(await conn.execute(query.order_by(table.c.seq).limit(_CHUNK)))
+                if not rows:
+                    break
+                for row in rows:
+                    cutoff = row.seq
+                    removed += int(row.size)
+                    if removed >= excess:
+                        break
+            if cutoff is None:
+                continue
+            await conn.execute(delete(table).where(*owner, table.c.seq <= cutoff))
+            await self._add_usage(conn, {(domain, local): -removed})
 
     # ---- querying ---------------------------------------------------------------------------
     async def _positions(
@@ -317,6 +457,14 @@ class SQLArchiveStore(ArchiveStore):
     async def delete_older_than(self, cutoff: datetime) -> int:
         await self.flush()
         table = archive_messages
+        old = table.c.stamp < _utc(cutoff)
         async with self._storage.begin() as conn:
-            result = await conn.execute(delete(table).where(table.c.stamp < _utc(cutoff)))
+            result = await conn.execute(
+                select(table.c.domain, table.c.local, func.sum(table.c.size))
+                .where(old)
+                .group_by(table.c.domain, table.c.local)
+            )
+            freed = {(row[0], row[1]): -int(row[2] or 0) for row in result}
+            result = await conn.execute(delete(table).where(old))
+            await self._add_usage(conn, freed)
             return int(result.rowcount or 0)
