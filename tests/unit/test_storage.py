@@ -359,7 +359,8 @@ async def test_sqlite_pragmas_and_file_mode(tmp_path: Path) -> None:
         async with storage.engine.connect() as conn:
             assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
-            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 5000
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 1000
+            assert (await conn.exec_driver_sql("PRAGMA mmap_size")).scalar() == 0
     finally:
         await storage.close()
     assert path.stat().st_mode & 0o777 == 0o600
