@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import re
 from collections.abc import Awaitable
@@ -342,7 +343,7 @@ def schedule_purges(server: Server) -> None:
         try:
             await purge_expired(server)
         except StorageError as exc:
-            log.warning("archive retention: %s", exc)
+            log.error("archive retention failed: %s", exc)
         finally:
             if server.storage is not None:
                 loop.call_later(PURGE_INTERVAL, tick)
@@ -406,14 +407,17 @@ def setup(server: Server) -> None:
             archive_id, archive_now(), str(peer.bare), peer.resource, serialize(stanza)
         )
         server.storage.archive.enqueue(user.local, user.domain, item).add_done_callback(
-            _log_failure
+            functools.partial(_log_failure, user, archive_id)
         )
         return archive_id
 
-    def _log_failure(future: asyncio.Future[None]) -> None:
+    def _log_failure(user: JID, archive_id: str, future: asyncio.Future[None]) -> None:
         if not future.cancelled() and future.exception() is not None:
-            # The database failing, or the account deleted meanwhile: the message went on.
-            log.warning("a message was not archived: %s", future.exception())
+            # The database failing, or the account deleted meanwhile: the message went on,
+            # but the archive has a gap that must not go unnoticed.
+            log.error(
+                "message %s was not archived for %s: %s", archive_id, user, future.exception()
+            )
 
     server.durability_barriers.append(server.storage.archive.flush)
 
