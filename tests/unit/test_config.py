@@ -322,3 +322,11 @@ def test_to_async_url(url: str, expected: str) -> None:
 def test_storage_url_property_converts() -> None:
     config = config_from_dict({"storage": {"url": "sqlite:////tmp/x.db"}})
     assert config.storage_url == "sqlite+aiosqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize("value", [0, -1, 61])
+def test_storage_busy_timeout_bounds(value: float) -> None:
+    assert config_from_dict({}).storage.busy_timeout == 1.0
+    assert config_from_dict({"storage": {"busy_timeout": 0.25}}).storage.busy_timeout == 0.25
+    with pytest.raises(ConfigError):
+        config_from_dict({"storage": {"busy_timeout": value}})
