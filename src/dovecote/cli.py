@@ -116,11 +116,18 @@ def _read_password(given: str | None) -> str:
     return password
 
 
+#: Seconds a CLI command waits for the database when a running server is writing.
+CLI_BUSY_TIMEOUT = 10.0
+
+
 async def _open(config: Config) -> SQLStorage:
     # Imported here: `check-config` and `--help` need not load SQLAlchemy.
     from dovecote.storage.sql import open_storage
 
-    return await open_storage(config.storage_url)
+    # A command someone waits for may wait longer for a busy server than a stanza does.
+    return await open_storage(
+        config.storage_url, busy_timeout=max(config.storage.busy_timeout, CLI_BUSY_TIMEOUT)
+    )
 
 
 async def _exists(config: Config, account: _User) -> bool:

@@ -134,6 +134,10 @@ class TLSSection(_Section):
 
 class StorageSection(_Section):
     url: str | None = None
+    #: Seconds a write waits for a lock held by another writer (SQLite busy_timeout,
+    #: PostgreSQL lock_timeout) or for a free connection; then the stanza gets
+    #: resource-constraint (type wait) instead of holding up the stanzas behind it.
+    busy_timeout: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod

@@ -123,7 +123,9 @@ class Server:
             ) from None
         self.tls = self._make_tls(data_dir)
         try:
-            self.storage = await open_storage(config.storage_url)
+            self.storage = await open_storage(
+                config.storage_url, busy_timeout=config.storage.busy_timeout
+            )
         except Exception as exc:
             raise StartupError(f"cannot open storage: {exc}") from None
         delivery.setup(self)

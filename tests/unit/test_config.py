@@ -376,3 +376,11 @@ def test_archive_quota_policy_is_validated() -> None:
 )
 def test_limits_out_of_range(section: str, key: str, value: int) -> None:
     assert f"{section}.{key}" in error_of({section: {key: value}})
+
+
+@pytest.mark.parametrize("value", [0, -1, 61])
+def test_storage_busy_timeout_bounds(value: float) -> None:
+    assert config_from_dict({}).storage.busy_timeout == 1.0
+    assert config_from_dict({"storage": {"busy_timeout": 0.25}}).storage.busy_timeout == 0.25
+    with pytest.raises(ConfigError):
+        config_from_dict({"storage": {"busy_timeout": value}})

@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from sqlalchemy import func, select, text
 from dovecote.storage import (
     AccountExists,
     SQLStorage,
+    StorageBusy,
     StorageError,
+    StorageFull,
     derive_credentials,
     open_storage,
     verify_password,
@@ -38,8 +41,18 @@ from dovecote.storage.archive import (
     ArchiveFull,
     new_archive_id,
 )
-from dovecote.storage.schema import account_kv, accounts, metadata, scram_credentials
-from dovecote.storage.sql import MIGRATIONS_DIR, head_revision
+from dovecote.storage.base import RosterItem
+from dovecote.storage.pubsub import PubSubItem
+from dovecote.storage.schema import (
+    account_data_tables,
+    account_kv,
+    accounts,
+    metadata,
+    roster_items,
+    roster_pending,
+    scram_credentials,
+)
+from dovecote.storage.sql import MIGRATIONS_DIR, head_revision, storage_error
 
 PG_URL = os.environ.get("DOVECOTE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 D = "example.org"
@@ -368,7 +381,8 @@ async def test_sqlite_pragmas_and_file_mode(tmp_path: Path) -> None:
         async with storage.engine.connect() as conn:
             assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
             assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
-            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 5000
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 1000
+            assert (await conn.exec_driver_sql("PRAGMA mmap_size")).scalar() == 0
     finally:
         await storage.close()
     assert path.stat().st_mode & 0o777 == 0o600
@@ -567,3 +581,264 @@ async def test_migration_0006_sizes_what_was_stored(tmp_path: Path) -> None:
         assert await migrated.offline.store("alice", D, "<m/>", 100, 14)
     finally:
         await migrated.close()
+
+
+# --- Atomic read-then-write across connection pools (two processes' worth) ---------------
+
+
+async def _second_opener(backend: Backend) -> SQLStorage:
+    """Another SQLStorage on the same database: its own pool, like another process."""
+    storage = SQLStorage(backend.url, **backend.engine_options)
+    # Generous: these tests are about atomicity, not about how long a writer waits.
+    storage.busy_timeout = 30
+    await storage.open()
+    return storage
+
+
+async def test_concurrent_roster_writes_get_unique_consecutive_versions(
+    backend: Backend,
+) -> None:
+    """XEP-0237: every change gets its own version, also across processes (the roster
+    module's lock is per process). Without BEGIN IMMEDIATE (SQLite) / the atomic
+    increment (PostgreSQL) concurrent writers read the same version and reuse it."""
+    first, second = await _second_opener(backend), await _second_opener(backend)
+    try:
+        await first.accounts.create("alice", D, CREDS)
+        writes = 100
+        versions = await asyncio.gather(
+            *(
+                (first if i % 2 else second).roster.put(
+                    "alice", D, RosterItem(f"contact{i}@{D}", subscription="both")
+                )
+                for i in range(writes)
+            )
+        )
+        assert sorted(versions) == list(range(1, writes + 1))
+        roster = await first.roster.load("alice", D)
+        assert roster.version == writes
+        assert len(roster.items) == writes
+        # Removals too, from both openers.
+        removed = await asyncio.gather(
+            *(
+                (first if i % 2 else second).roster.remove("alice", D, f"contact{i}@{D}")
+                for i in range(20)
+            )
+        )
+        assert sorted(removed) == list(range(writes + 1, writes + 21))
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_concurrent_offline_stores_never_pass_the_limit(backend: Backend) -> None:
+    """XEP-0160 quota: 200 stores at once with a limit of 10 keep exactly 10 (the count
+    and the insert in one locked transaction)."""
+    first, second = await _second_opener(backend), await _second_opener(backend)
+    try:
+        await first.accounts.create("alice", D, CREDS)
+        limit = 10
+        stored = await asyncio.gather(
+            *(
+                (first if i % 2 else second).offline.store(
+                    "alice", D, f"<message id='m{i}'/>", limit
+                )
+                for i in range(200)
+            )
+        )
+        assert len([row for row in stored if row is not None]) == limit
+        assert await first.offline.count("alice", D) == limit
+        assert await second.offline.count("alice", D) == limit
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_offline_store_without_account(storage: SQLStorage) -> None:
+    with pytest.raises(StorageError, match="no account"):
+        await storage.offline.store("nobody", D, "<message/>", 10)
+
+
+# --- Account deletion cleans up after the account --------------------------------------
+
+
+async def _fill_account(storage: SQLStorage, local: str) -> None:
+    """Data in every store for `local`."""
+    await storage.kv.set(local, D, "vcard-temp", "<vCard xmlns='vcard-temp'/>")
+    await storage.kv.set(local, D, "private:{storage:bookmarks}storage", "<storage/>")
+    await storage.kv.set(local, D, "blocklist", '["spammer@example.com"]')
+    await storage.roster.put(local, D, RosterItem(f"alice@{D}", subscription="both"))
+    await storage.roster.add_pending(local, D, f"carol@{D}", "<presence type='subscribe'/>")
+    assert await storage.offline.store(local, D, "<message/>", 10)
+    await storage.archive.append(
+        local,
+        D,
+        ArchivedMessage("a1", datetime.datetime.now(UTC), f"alice@{D}", None, "<message/>"),
+    )
+    assert await storage.pubsub.create_node(local, D, "urn:xmpp:avatar:data", {})
+    now = datetime.datetime.now(UTC)
+    await storage.pubsub.publish(
+        local, D, "urn:xmpp:avatar:data", PubSubItem("i1", "<data/>", f"{local}@{D}", now), 1
+    )
+
+
+async def test_delete_removes_the_account_from_contacts(storage: SQLStorage) -> None:
+    """Issue 14: bob's deletion leaves no trace: not in alice's roster (a removal at a new
+    version, for XEP-0237), not as a request waiting in carol's, none of his own data in
+    any table; a new bob starts empty and subscribed to nobody."""
+    for name in ("alice", "bob", "carol"):
+        await storage.accounts.create(name, D, CREDS)
+    await storage.roster.put("alice", D, RosterItem(f"bob@{D}", subscription="both"))
+    await storage.roster.put("alice", D, RosterItem(f"carol@{D}", subscription="both"))
+    await storage.roster.add_pending("carol", D, f"bob@{D}", "<presence type='subscribe'/>")
+    await storage.kv.set("alice", D, "blocklist", f'["bob@{D}"]')
+    await _fill_account(storage, "bob")
+    before = (await storage.roster.load("alice", D)).version
+
+    assert await storage.accounts.delete("bob", D)
+
+    alice = await storage.roster.load("alice", D)
+    assert list(alice.items) == [f"carol@{D}"]
+    assert alice.version == before + 1
+    assert await storage.roster.changes_since("alice", D, before) == [
+        (before + 1, f"bob@{D}", None)
+    ]
+    assert (await storage.roster.load("carol", D)).pending == {}
+    for table in account_data_tables():
+        assert await _rows(storage, table, "bob") == 0, table.name
+    async with storage.engine.connect() as conn:
+        for table in (roster_items, roster_pending):
+            result = await conn.execute(
+                select(func.count()).select_from(table).where(table.c.contact == f"bob@{D}")
+            )
+            assert result.scalar_one() == 0, table.name
+    # Others' blocklists keep the address (like Prosody): their owners blocked it.
+    assert await storage.kv.get("alice", D, "blocklist") == f'["bob@{D}"]'
+
+    await storage.accounts.create("bob", D, CREDS)
+    bob = await storage.roster.load("bob", D)
+    assert (bob.items, bob.pending) == ({}, {})
+    assert await storage.offline.fetch("bob", D) == []
+    assert await storage.archive.count("bob", D) == 0
+    assert await storage.pubsub.list_nodes("bob", D) == []
+    assert await storage.kv.get("bob", D, "vcard-temp") is None
+    assert await storage.kv.get("bob", D, "private:{storage:bookmarks}storage") is None
+
+
+# --- Locked database, full disk: errors the client may retry ------------------------------
+
+
+async def test_locked_sqlite_database_is_storage_busy_quickly(tmp_path: Path) -> None:
+    """Another connection holds the write lock: a write gives up after busy_timeout with
+    StorageBusy (resource-constraint for the client), reads still work (deferred)."""
+    import sqlite3
+
+    path = tmp_path / "dovecote.sqlite3"
+    storage = await open_storage(f"sqlite+aiosqlite:///{path}", busy_timeout=0.2)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        await storage.accounts.create("alice", D, CREDS)
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StorageBusy):
+            await storage.kv.set("alice", D, "vcard-temp", "<vCard/>")
+        with pytest.raises(StorageBusy):
+            await storage.offline.store("alice", D, "<message/>", 10)
+        assert await storage.accounts.exists("alice", D)
+        blocker.execute("ROLLBACK")
+        await storage.kv.set("alice", D, "vcard-temp", "<vCard/>")
+    finally:
+        blocker.close()
+        await storage.close()
+
+
+def test_storage_error_classification() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    def wrapped(message: str) -> OperationalError:
+        return OperationalError("INSERT", {}, sqlite3.OperationalError(message))
+
+    assert isinstance(storage_error(wrapped("database or disk is full")), StorageFull)
+    assert isinstance(storage_error(wrapped("database is locked")), StorageBusy)
+    plain = storage_error(wrapped("no such table: x"))
+    assert type(plain) is StorageError and "no such table" in str(plain)
+
+    class PgError(Exception):
+        sqlstate = "53100"
+
+    assert isinstance(storage_error(OperationalError("x", {}, PgError("full"))), StorageFull)
+    PgError.sqlstate = "55P03"
+    assert isinstance(storage_error(OperationalError("x", {}, PgError("lock"))), StorageBusy)
+
+
+async def test_failed_write_is_logged_with_what_was_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "dovecote.sqlite3"
+    storage = await open_storage(f"sqlite+aiosqlite:///{path}", busy_timeout=0.1)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        await storage.accounts.create("alice", D, CREDS)
+        blocker.execute("BEGIN EXCLUSIVE")
+        with caplog.at_level("ERROR", logger="dovecote.storage.sql"):
+            with pytest.raises(StorageBusy):
+                await storage.offline.store("alice", D, "<message/>", 10)
+        assert any(
+            r.levelname == "ERROR" and "offline message for alice@example.org" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+    finally:
+        blocker.close()
+        await storage.close()
+
+
+# --- SQLite files SQLite cannot write: refused at start-up --------------------------------
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+async def test_unwritable_shm_file_fails_the_start(tmp_path: Path) -> None:
+    """An immutable -shm (root ignores permissions, not chattr +i): SQLite would open it
+    read-only and fail every write ("attempt to write a readonly database") while reads
+    work; the storage refuses to open instead, naming the file."""
+    path = tmp_path / "dovecote.sqlite3"
+    url = f"sqlite+aiosqlite:///{path}"
+    running = await open_storage(url)  # keeps a connection: -wal and -shm exist
+    shm = Path(f"{path}-shm")
+    try:
+        if not _chattr("+i", shm):
+            pytest.skip("chattr +i is not available here")
+        try:
+            with pytest.raises(StorageError, match="-shm"):
+                await open_storage(url)
+        finally:
+            _chattr("-i", shm)
+    finally:
+        await running.close()
+
+
+async def test_unwritable_directory_fails_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory must be writable (SQLite creates -wal and -shm there); as root the
+    check is exercised with os.access answering no."""
+    path = tmp_path / "dovecote.sqlite3"
+    real_access = os.access
+
+    def access(target: Any, mode: int, **kwargs: Any) -> bool:
+        if Path(target) == tmp_path:
+            return False
+        return real_access(target, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    with pytest.raises(StorageError, match="not writable"):
+        await open_storage(f"sqlite+aiosqlite:///{path}")

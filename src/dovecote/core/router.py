@@ -24,6 +24,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from dovecote.jid import JID, InvalidJID
+from dovecote.storage.base import StorageUnavailable
 from dovecote.stream.errors import StanzaError, error_reply, excerpt
 from dovecote.xml import ns
 from dovecote.xml.element import Element
@@ -146,6 +147,11 @@ class Router:
             await self._dispatch(event, addressed=to is not None)
         except StanzaError as exc:
             self.bounce(event, exc)
+        except StorageUnavailable as exc:
+            # A locked database or a full disk (logged where the write failed): the
+            # sender may retry later (RFC 6120 §8.3.3.18, resource-constraint, type wait).
+            log.debug("storage unavailable while handling %s: %s", stanza.tag, exc)
+            self.bounce(event, StanzaError("resource-constraint", "storage busy, retry later"))
         except Exception:
             log.exception("error while handling %s", stanza)
             self.bounce(event, StanzaError("internal-server-error"))

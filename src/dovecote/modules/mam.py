@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import re
 from collections.abc import Awaitable
@@ -353,7 +354,7 @@ def schedule_purges(server: Server) -> None:
         try:
             await purge_expired(server)
         except StorageError as exc:
-            log.warning("archive retention: %s", exc)
+            log.error("archive retention failed: %s", exc)
         finally:
             if server.storage is not None:
                 loop.call_later(PURGE_INTERVAL, tick)
@@ -417,19 +418,22 @@ def setup(server: Server) -> None:
             archive_id, archive_now(), str(peer.bare), peer.resource, serialize(stanza)
         )
         server.storage.archive.enqueue(user.local, user.domain, item).add_done_callback(
-            _log_failure
+            functools.partial(_log_failure, user, archive_id)
         )
         return archive_id
 
-    def _log_failure(future: asyncio.Future[None]) -> None:
+    def _log_failure(user: JID, archive_id: str, future: asyncio.Future[None]) -> None:
         if future.cancelled():
             return
         if isinstance(future.exception(), ArchiveFull):
-            log.debug("a message was not archived: the archive is full")
+            log.debug("message %s was not archived for %s: the archive is full", archive_id, user)
             return
         if future.exception() is not None:
-            # The database failing, or the account deleted meanwhile: the message went on.
-            log.warning("a message was not archived: %s", future.exception())
+            # The database failing, or the account deleted meanwhile: the message went on,
+            # but the archive has a gap that must not go unnoticed.
+            log.error(
+                "message %s was not archived for %s: %s", archive_id, user, future.exception()
+            )
 
     server.storage.archive.set_quota(config.max_bytes_per_user, config.quota_policy)
     server.durability_barriers.append(server.storage.archive.flush)

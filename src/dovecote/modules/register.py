@@ -266,19 +266,29 @@ def setup(server: Server) -> None:
             raise StanzaError("registration-required", "the account does not exist")
         log.info("%s removed its account", account)
         # §3.2: "SHOULD also cancel all existing presence subscriptions" (RFC 6121 §3.2,
-        # §3.3), before answering so that the answer means it is all done.
+        # §3.3), before answering so that the answer means it is all done. Local contacts:
+        # the deletion removed the account from their rosters, and "account/deleted"
+        # pushes that to them (an unsubscribe routed now would re-create their item).
         user = str(account)
         refused = set(roster.pending)  # requests waiting for the user are declined too
         for contact, item in roster.items.items():
+            if _is_local(server, contact):
+                continue
             if item.subscription in ("to", "both") or item.ask:
                 await server.router.route(_presence(user, contact, "unsubscribe"))
             if item.subscription in ("from", "both"):
                 refused.add(contact)
         for contact in sorted(refused):
-            await server.router.route(_presence(user, contact, "unsubscribed"))
+            if not _is_local(server, contact):
+                await server.router.route(_presence(user, contact, "unsubscribed"))
         event.reply()
         server.kick(account, "not-authorized", "the account was removed")
         await server.events.fire_all("account/deleted", account)
+
+
+def _is_local(server: Server, bare_jid: str) -> bool:
+    """A JID of a domain this server serves (its accounts' rosters are in its storage)."""
+    return bare_jid.rpartition("@")[2] in server.hosts
 
 
 def _presence(sender: str, to: str, kind: str) -> Element:

@@ -78,6 +78,10 @@ class Rosters:
                 roster = self._cache.setdefault(user, roster)
         return roster
 
+    def cached_users(self) -> list[JID]:
+        """The users whose roster is in memory (those with sessions online)."""
+        return list(self._cache)
+
     def forget(self, user: JID) -> None:
         self._cache.pop(user, None)
         lock = self._locks.get(user)
@@ -504,6 +508,35 @@ def setup(server: Server) -> None:
                 )
                 await rosters.add_pending(user, roster, contact, request)
             session.send(request)
+
+    @events.on("account/deleted")
+    async def contact_deleted(account: JID) -> None:
+        """The account's storage deletion (`AccountStore.delete`, by the CLI in another
+        process or in-band) removed it from every local roster; tell the contacts online:
+        a roster push of the removal (RFC 6121 §2.1.6, at the new version) and, to those
+        who saw its presence, unavailable presence from it (RFC 6121 §3.3.3, §4.5)."""
+        gone = str(account.bare)
+        rosters.forget(account.bare)
+        for user in rosters.cached_users():
+            if user == account.bare:
+                continue
+            async with rosters.lock(user):
+                roster = await rosters.get(user)
+                if gone not in roster.items and gone not in roster.pending:
+                    continue
+                item = roster.items.get(gone)
+                stored = await server.storage.roster.load(user.local, user.domain)
+                # In place: handlers waiting for this lock hold the same object.
+                roster.items, roster.pending = stored.items, stored.pending
+                roster.version = stored.version
+            if item is None:
+                continue
+            rosters.push(user, item_element(item, removed=True), roster.version)
+            if item.subscription in ("to", "both"):
+                unavailable = Element(
+                    "presence", ns.CLIENT, {"type": "unavailable", "from": gone, "to": str(user)}
+                )
+                router.deliver(sessions.available(user, None), unavailable)
 
     @events.on("session/ended", -2000)  # after the unavailable broadcast
     def forget(session: Any) -> None:

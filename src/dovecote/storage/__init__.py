@@ -9,7 +9,16 @@ Typical use::
 
 from typing import TYPE_CHECKING
 
-from dovecote.storage.base import AccountExists, AccountStore, KVStore, Storage, StorageError
+from dovecote.storage.base import (
+    AccountExists,
+    AccountStore,
+    KVStore,
+    Storage,
+    StorageBusy,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+)
 from dovecote.storage.credentials import (
     HASHES,
     ScramCredentials,
@@ -39,7 +48,10 @@ __all__ = [
     "SQLStorage",
     "ScramCredentials",
     "Storage",
+    "StorageBusy",
     "StorageError",
+    "StorageFull",
+    "StorageUnavailable",
     "derive_credentials",
     "open_storage",
     "verify_password",

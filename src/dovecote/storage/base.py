@@ -25,6 +25,23 @@ class StorageError(Exception):
     """The storage could not do what was asked (unreachable, broken schema, ...)."""
 
 
+class StorageUnavailable(StorageError):
+    """The storage cannot take a write right now, but may later: the client may retry.
+
+    Stanzas that fail with it get `resource-constraint` of type wait (RFC 6120 §8.3.3.18)
+    instead of `internal-server-error`.
+    """
+
+
+class StorageBusy(StorageUnavailable):
+    """The database is locked by another writer (SQLite `database is locked`, a PostgreSQL
+    lock timeout) or has no free connection, for longer than the storage waits."""
+
+
+class StorageFull(StorageUnavailable):
+    """The disk (or the database's quota) is full: writes fail until space is freed."""
+
+
 class AccountExists(StorageError):
     """An account with this address already exists."""
 

@@ -1,15 +1,26 @@
 """The SQL storage: SQLAlchemy 2 Core over asyncio, for SQLite and PostgreSQL alike.
 
 SQLite (``sqlite+aiosqlite:///path``) is the embedded default; every connection runs in
-WAL mode with a busy timeout and enforced foreign keys, so the CLI and a running server can
-use the same file at once. PostgreSQL (``postgresql+asyncpg://...``) is the same code with
-another URL. `SQLStorage.open` brings the schema to the newest Alembic revision; running it
-again (every restart) is harmless, and concurrent starts are serialized by a lock.
+WAL mode with a short busy timeout and enforced foreign keys, so the CLI and a running server
+can use the same file at once. PostgreSQL (``postgresql+asyncpg://...``) is the same code
+with another URL. `SQLStorage.open` brings the schema to the newest Alembic revision; running
+it again (every restart) is harmless, and concurrent starts are serialized by a lock.
+
+Every write transaction on SQLite starts with ``BEGIN IMMEDIATE`` (the write lock is taken
+before the first read, so read-then-write sequences are atomic across connections and
+processes); read-only transactions (`SQLStorage.read`) stay deferred. On PostgreSQL the
+read-then-write sequences lock the owner's row (``FOR NO KEY UPDATE``) or are single
+statements (``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``).
+
+A locked database and a full disk become `StorageBusy` / `StorageFull` (clients get
+``resource-constraint``, type wait); every failed write is logged at ERROR with what was lost.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -32,6 +43,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -47,7 +59,9 @@ from dovecote.storage.base import (
     RosterItem,
     RosterStore,
     Storage,
+    StorageBusy,
     StorageError,
+    StorageFull,
 )
 from dovecote.storage.credentials import ScramCredentials
 from dovecote.storage.schema import (
@@ -65,6 +79,25 @@ from dovecote.storage.sql_archive import SQLArchiveStore
 from dovecote.storage.sql_pubsub import SQLPubSubStore
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+log = logging.getLogger(__name__)
+
+#: Seconds a write waits for a lock held by another connection (SQLite busy_timeout,
+#: PostgreSQL lock_timeout) or for a free pooled connection before `StorageBusy`.
+DEFAULT_BUSY_TIMEOUT = 1.0
+
+#: `Connection` execution option marking read-only transactions (BEGIN DEFERRED on SQLite).
+_READ_ONLY = "dovecote_read_only"
+#: `Connection` execution option of a migration: on SQLite it waits for another process's
+#: migration (which can take long on a big database) instead of the short busy_timeout.
+_MIGRATION = "dovecote_migration"
+_MIGRATION_BUSY_TIMEOUT_MS = 600_000
+
+#: PostgreSQL SQLSTATEs: disk_full, insufficient_resources, out_of_memory,
+#: program_limit_exceeded would not be retried; lock_not_available (lock_timeout),
+#: query_canceled (statement_timeout), deadlock_detected, serialization_failure may be.
+_PG_FULL = frozenset({"53100", "53000", "53200"})
+_PG_BUSY = frozenset({"55P03", "57014", "40P01", "40001"})
 
 #: pg_advisory_xact_lock key serializing schema migrations ("dove" in ASCII).
 _PG_MIGRATION_LOCK = 0x646F7665
@@ -85,16 +118,41 @@ def _describe(exc: BaseException) -> str:
     return lines[0] if name == "Error" else f"{name}: {lines[0]}"
 
 
+def storage_error(exc: BaseException) -> StorageError:
+    """The `StorageError` for a database failure: `StorageFull` for a full disk,
+    `StorageBusy` for a lock held too long (or no free connection), else a plain one."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, sa_exc.TimeoutError):  # the connection pool: all in use
+        return StorageBusy(f"no free database connection: {exc}")
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    message = _describe(exc)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    lowered = str(orig).lower()
+    if sqlstate in _PG_FULL or "disk is full" in lowered or "no space left" in lowered:
+        return StorageFull(message)
+    if sqlstate in _PG_BUSY or "database is locked" in lowered or "table is locked" in lowered:
+        return StorageBusy(message)
+    if isinstance(orig, OSError) and orig.errno == 28:  # ENOSPC
+        return StorageFull(message)
+    return StorageError(message)
+
+
 def _upgrade(connection: Connection) -> None:
-    """Run the Alembic migrations to head on `connection`, holding a migration lock."""
+    """Run the Alembic migrations to head on `connection`, holding a migration lock.
+
+    On SQLite the transaction began with BEGIN IMMEDIATE (`_sqlite_on_begin`): DDL is
+    transactional there, and a second process waits (busy_timeout) and then finds the
+    schema at head.
+    """
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
     dialect = connection.dialect.name
     if dialect == "sqlite":
-        # A write transaction from the start: SQLite DDL is transactional, and a second
-        # process waits here (busy_timeout) and then finds the schema at head.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # The write lock before Alembic runs: its context is global to the process, so
+        # two openers must not be inside it at once.
+        connection.exec_driver_sql("SELECT 1")
     elif dialect == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
     config = AlembicConfig()
@@ -153,13 +211,19 @@ def head_revision() -> str | None:
     return ",".join(sorted(ScriptDirectory.from_config(config).get_heads())) or None
 
 
-def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+def _sqlite_on_connect(busy_timeout_ms: int, dbapi_connection: Any, record: Any) -> None:
     # Per connection: WAL lets readers and one writer work at once across processes,
-    # busy_timeout makes a writer wait for another instead of failing, and SQLite leaves
-    # foreign keys (ON DELETE CASCADE) off unless asked.
+    # busy_timeout makes a writer wait for another (briefly: then StorageBusy) instead of
+    # failing at once, and SQLite leaves foreign keys (ON DELETE CASCADE) off unless asked.
+    # pysqlite's own transaction handling is off (isolation_level None): it sends no BEGIN
+    # before a SELECT, so `_sqlite_on_begin` sends the BEGIN itself.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        # The database file is read with read(), never mapped: an I/O error on it is an
+        # error code, not a SIGBUS (the -shm wal-index is always mapped: `_check_sqlite_files`).
+        cursor.execute("PRAGMA mmap_size=0")
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
         except Exception as exc:  # the driver's OperationalError, through the adapter
@@ -173,6 +237,17 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         cursor.close()
 
 
+def _sqlite_on_begin(conn: Connection) -> None:
+    """Write transactions take SQLite's write lock at BEGIN, before their first read, so
+    a read-then-write (a counter, a count against a limit) cannot interleave with another
+    connection's; read-only ones (`SQLStorage.read`) stay deferred and never wait."""
+    options = conn.get_execution_options()
+    if options.get(_MIGRATION, False):
+        # Set back afterwards (`SQLStorage.migrate`).
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={_MIGRATION_BUSY_TIMEOUT_MS}")
+    conn.exec_driver_sql("BEGIN DEFERRED" if options.get(_READ_ONLY, False) else "BEGIN IMMEDIATE")
+
+
 def _prepare_sqlite_file(database: str) -> None:
     """Create the SQLite file and its directory, private: it holds the credentials.
 
@@ -184,17 +259,60 @@ def _prepare_sqlite_file(database: str) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     except OSError as exc:
         raise StorageError(f"cannot create {database!r}: {exc.strerror}") from None
+    _check_sqlite_files(path)
+
+
+def _check_sqlite_files(path: Path) -> None:
+    """Refuse a database SQLite could open but not write: the file, its -wal and -shm
+    files (when present) and the directory (SQLite creates -wal and -shm there) must be
+    writable, the file system not read-only.
+
+    SQLite maps the -shm file (the WAL index) into memory. Opened read-only it is the
+    "readonly_shm" mode: every write fails ("attempt to write a readonly database"), and a
+    -shm that cannot be extended or is truncated under the mapping kills the process with
+    SIGBUS, nothing logged. No PRAGMA avoids the mapping except locking_mode=EXCLUSIVE (the
+    index on the heap), which would lock the CLI out of a running server's database: so
+    the start-up fails here instead, naming the file.
+    """
+    directory = path.parent
+    try:
+        read_only_fs = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError as exc:
+        raise StorageError(f"cannot use {str(directory)!r}: {exc.strerror}") from None
+    if read_only_fs:
+        raise StorageError(f"{str(directory)!r} is on a read-only file system")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"directory {str(directory)!r} is not writable (SQLite creates its -wal and "
+            "-shm files there)"
+        )
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            os.close(os.open(candidate, os.O_RDWR))
+        except FileNotFoundError:
+            continue  # -wal and -shm come and go with the connections
+        except OSError as exc:
+            raise StorageError(
+                f"{str(candidate)!r} is not writable ({exc.strerror}): SQLite needs to "
+                "write the database and its -wal and -shm files"
+            ) from None
 
 
 class SQLStorage(Storage):
     """All stores on one SQLAlchemy async engine."""
 
-    def __init__(self, url: str, **engine_options: Any) -> None:
-        """`url` is an async SQLAlchemy URL (`Config.storage_url`); `engine_options` go to
-        `create_async_engine` (e.g. ``connect_args`` to set a PostgreSQL search_path)."""
+    def __init__(
+        self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, **engine_options: Any
+    ) -> None:
+        """`url` is an async SQLAlchemy URL (`Config.storage_url`); `busy_timeout` the
+        seconds a write waits for a lock or a connection before `StorageBusy`;
+        `engine_options` go to `create_async_engine` (e.g. ``connect_args`` to set a
+        PostgreSQL search_path)."""
         self.url = url
+        self.busy_timeout = busy_timeout
         self._engine_options = engine_options
         self._engine: AsyncEngine | None = None
+        self._read_engine: AsyncEngine | None = None
         self.accounts: SQLAccountStore = SQLAccountStore(self)
         self.kv: SQLKVStore = SQLKVStore(self)
         self.roster: SQLRosterStore = SQLRosterStore(self)
@@ -229,53 +347,101 @@ class SQLStorage(Storage):
             raise StorageError(f"invalid storage url: {exc}") from None
         options: dict[str, Any] = dict(self._engine_options)
         backend = url.get_backend_name()
+        busy_ms = max(1, round(self.busy_timeout * 1000))
         if backend == "sqlite":
             database = url.database or ""
             if database in ("", ":memory:"):
                 # One shared connection, or every connection would see its own database.
                 options.setdefault("poolclass", StaticPool)
-            elif not database.startswith("file:"):
-                _prepare_sqlite_file(database)
+            else:
+                if not database.startswith("file:"):
+                    _prepare_sqlite_file(database)
+                options.setdefault("pool_timeout", self.busy_timeout)
         elif backend == "postgresql":
             options.setdefault("pool_pre_ping", True)
+            options.setdefault("pool_timeout", self.busy_timeout)
+            # A write waiting for another's row lock gives up (55P03) instead of holding
+            # its stanza, and its connection, for as long as the other takes.
+            connect_args = dict(options.get("connect_args", {}))
+            settings = dict(connect_args.get("server_settings", {}))
+            settings.setdefault("lock_timeout", str(busy_ms))
+            connect_args["server_settings"] = settings
+            options["connect_args"] = connect_args
         try:
             engine = create_async_engine(url, **options)
         except (SQLAlchemyError, ImportError) as exc:
             raise StorageError(f"cannot use storage {self.safe_url}: {exc}") from None
         if backend == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+            event.listen(
+                engine.sync_engine, "connect", functools.partial(_sqlite_on_connect, busy_ms)
+            )
+            event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         self._engine = engine
+        self._read_engine = engine.execution_options(**{_READ_ONLY: True})
         try:
             await self.migrate()
+            if backend == "sqlite":
+                await self._probe_write()
         except BaseException:
-            self._engine = None
+            self._engine = self._read_engine = None
             await engine.dispose()
             raise
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (a no-op when it is there already)."""
         try:
-            async with self.engine.connect() as conn:
+            async with self.read_engine.connect() as conn:
                 if await conn.run_sync(_schema_current):
                     return
-                await conn.run_sync(_upgrade)
-                await conn.commit()
+            async with self.engine.connect() as conn:
+                await conn.execution_options(**{_MIGRATION: True})
+                try:
+                    await conn.run_sync(_upgrade)
+                    await conn.commit()
+                finally:
+                    if self.dialect == "sqlite":
+                        # Its long busy_timeout must not go back to the pool.
+                        raw = await conn.get_raw_connection()
+                        busy_ms = max(1, round(self.busy_timeout * 1000))
+                        await raw.driver_connection.execute(f"PRAGMA busy_timeout={busy_ms}")
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"cannot open storage {self.safe_url}: {_describe(exc)}") from exc
+
+    async def _probe_write(self) -> None:
+        """Take and release SQLite's write lock once: a database that can be read but not
+        written (a read-only -shm or -wal) fails the start-up, not every later write."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE (`_sqlite_on_begin`)
+                await conn.rollback()
+        except (SQLAlchemyError, OSError) as exc:
+            error = storage_error(exc)
+            if isinstance(error, StorageBusy):
+                return  # another process is writing: it can be written
+            raise StorageError(f"cannot write storage {self.safe_url}: {error}") from exc
 
     async def schema_revision(self) -> str | None:
         """The Alembic revision the database is at."""
         async with self.engine.connect() as conn:
             return await conn.run_sync(_current_revision)
 
+    @property
+    def read_engine(self) -> AsyncEngine:
+        """The engine for read-only transactions (deferred on SQLite)."""
+        if self._read_engine is None:
+            raise StorageError("storage is not open")
+        return self._read_engine
+
     async def close(self) -> None:
-        engine, self._engine = self._engine, None
+        engine, self._engine, self._read_engine = self._engine, None, None
         if engine is not None:
             await engine.dispose()
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction; database failures other than integrity errors become StorageError.
+    async def begin(self, what: str = "") -> AsyncIterator[AsyncConnection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite); database failures other than
+        integrity errors become `StorageError` (`StorageBusy`, `StorageFull`), logged at
+        ERROR naming `what` was not stored ("offline message for alice@example.org").
 
         IntegrityError passes through for the stores to turn into their own errors.
         """
@@ -285,16 +451,29 @@ class SQLStorage(Storage):
         except IntegrityError:
             raise
         except (SQLAlchemyError, OSError) as exc:
-            raise StorageError(_describe(exc)) from exc
+            error = storage_error(exc)
+            log.error("storage write failed, %s not stored: %s", what or "data", error)
+            raise error from exc
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction (deferred on SQLite: it waits for no writer)."""
+        try:
+            async with self.read_engine.begin() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise storage_error(exc) from exc
 
     async def __aenter__(self) -> SQLStorage:
         await self.open()
         return self
 
 
-async def open_storage(url: str, **engine_options: Any) -> SQLStorage:
+async def open_storage(
+    url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, **engine_options: Any
+) -> SQLStorage:
     """Open (and migrate) the storage at `url`, normally `Config.storage_url`."""
-    storage = SQLStorage(url, **engine_options)
+    storage = SQLStorage(url, busy_timeout=busy_timeout, **engine_options)
     await storage.open()
     return storage
 
@@ -342,8 +521,9 @@ class SQLAccountStore(AccountStore):
             seen.add((domain, local))
             account_rows.append({"domain": domain, "local": local, "created_at": now})
             credential_rows.extend(_credential_rows(local, domain, credentials))
+        what = f"{len(account_rows)} new account(s)"
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(what) as conn:
                 if len(domain_items) > 1:
                     # Name the first existing account, as the interface promises.
                     found = await self._existing_pairs(conn, seen)
@@ -354,7 +534,7 @@ class SQLAccountStore(AccountStore):
                 await conn.execute(insert(scram_credentials), credential_rows)
         except IntegrityError:
             # Created concurrently between our check and our insert.
-            async with self._storage.begin() as conn:
+            async with self._storage.read() as conn:
                 found = await self._existing_pairs(conn, seen)
             local, domain, _ = next(
                 (item for item in domain_items if (item[1], item[0]) in found),
@@ -379,19 +559,43 @@ class SQLAccountStore(AccountStore):
         return found
 
     async def delete(self, local: str, domain: str) -> bool:
-        async with self._storage.begin() as conn:
+        """Delete the account, everything it owns, and its traces in other accounts, in
+        one transaction: its item in every other local roster (a removal each, so that
+        XEP-0237 clients are told) and the subscription requests it sent that wait there.
+        A new account of the same name then inherits no subscription (RFC 6121 §3: a
+        subscription is to the account, not the address). Others' blocklists keep it, as
+        their owners chose to block the address."""
+        bare = f"{local}@{domain}"
+        async with self._storage.begin(f"deletion of account {bare}") as conn:
+            await _lock_account(conn, local, domain)
             # Every per-account table explicitly (ON DELETE CASCADE is the safety net).
             for table in account_data_tables():
                 await conn.execute(
                     delete(table).where(table.c.domain == domain, table.c.local == local)
                 )
             result = await conn.execute(
+                select(roster_items.c.domain, roster_items.c.local).where(
+                    roster_items.c.contact == bare
+                )
+            )
+            for row in result.all():
+                owner = {"domain": row.domain, "local": row.local}
+                version = await _bump_roster_version(conn, owner)
+                await conn.execute(delete(roster_items).filter_by(**owner, contact=bare))
+                await _upsert(
+                    conn,
+                    roster_removed,
+                    {**owner, "contact": bare, "version": version},
+                    ["domain", "local", "contact"],
+                )
+            await conn.execute(delete(roster_pending).where(roster_pending.c.contact == bare))
+            result = await conn.execute(
                 delete(accounts).where(accounts.c.domain == domain, accounts.c.local == local)
             )
             return result.rowcount > 0
 
     async def exists(self, local: str, domain: str) -> bool:
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(accounts.c.local).where(
                     accounts.c.domain == domain, accounts.c.local == local
@@ -400,7 +604,7 @@ class SQLAccountStore(AccountStore):
             return result.first() is not None
 
     async def existing(self, domain: str, locals_: Iterable[str]) -> set[str]:
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             found = await self._existing_pairs(conn, ((domain, local) for local in locals_))
         return {local for _, local in found}
 
@@ -408,7 +612,7 @@ class SQLAccountStore(AccountStore):
         self, local: str, domain: str, hash_name: str
     ) -> ScramCredentials | None:
         table = scram_credentials
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(
                     table.c.salt, table.c.iterations, table.c.stored_key, table.c.server_key
@@ -432,13 +636,8 @@ class SQLAccountStore(AccountStore):
         rows = _credential_rows(local, domain, credentials)
         table = scram_credentials
         try:
-            async with self._storage.begin() as conn:
-                found = await conn.execute(
-                    select(accounts.c.local).where(
-                        accounts.c.domain == domain, accounts.c.local == local
-                    )
-                )
-                if found.first() is None:
+            async with self._storage.begin(f"credentials of {local}@{domain}") as conn:
+                if not await _lock_account(conn, local, domain):
                     return False
                 await conn.execute(
                     delete(table).where(table.c.domain == domain, table.c.local == local)
@@ -449,13 +648,13 @@ class SQLAccountStore(AccountStore):
         return True
 
     async def list_accounts(self, domain: str) -> list[str]:
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(select(accounts.c.local).where(accounts.c.domain == domain))
             # Sorted here: database collations differ (PostgreSQL's follows the locale).
             return sorted(result.scalars())
 
     async def count(self, domain: str) -> int:
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(func.count()).select_from(accounts).where(accounts.c.domain == domain)
             )
@@ -474,13 +673,40 @@ async def _upsert(
     )
 
 
+async def _lock_account(conn: AsyncConnection, local: str, domain: str) -> bool:
+    """Lock the account's row for this transaction (PostgreSQL ``FOR NO KEY UPDATE``: it
+    serializes the owner's read-then-write sequences without blocking the foreign key
+    checks of inserts; SQLite's BEGIN IMMEDIATE has locked the database already).
+    False when there is no such account."""
+    result = await conn.execute(
+        select(accounts.c.local)
+        .where(accounts.c.domain == domain, accounts.c.local == local)
+        .with_for_update(key_share=True)
+    )
+    return result.first() is not None
+
+
+async def _bump_roster_version(conn: AsyncConnection, owner: dict[str, str]) -> int:
+    """Increment the owner's roster version (XEP-0237) and return it, in one statement:
+    ``INSERT ... ON CONFLICT DO UPDATE SET version = version + 1 RETURNING version`` takes
+    the row lock on PostgreSQL, so concurrent writers never get the same version."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(roster_versions).values(**owner, version=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[roster_versions.c.domain, roster_versions.c.local],
+        set_={"version": roster_versions.c.version + 1},
+    ).returning(roster_versions.c.version)
+    result = await conn.execute(stmt)
+    return int(result.scalar_one())
+
+
 class SQLKVStore(KVStore):
     def __init__(self, storage: SQLStorage) -> None:
         self._storage = storage
 
     async def get(self, local: str, domain: str, key: str) -> str | None:
         table = account_kv
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(table.c.value).where(
                     table.c.domain == domain, table.c.local == local, table.c.key == key
@@ -492,7 +718,7 @@ class SQLKVStore(KVStore):
         table = account_kv
         where = (table.c.domain == domain, table.c.local == local, table.c.key == key)
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(f"{key!r} of {local}@{domain}") as conn:
                 if value is None:
                     await conn.execute(delete(table).where(*where))
                     return
@@ -535,7 +761,7 @@ class SQLRosterStore(RosterStore):
     async def load(self, local: str, domain: str) -> Roster:
         owner = {"domain": domain, "local": local}
         roster = Roster()
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             roster.version = await self._version(conn, owner)
             result = await conn.execute(select(roster_items).filter_by(**owner))
             for row in result:
@@ -551,15 +777,14 @@ class SQLRosterStore(RosterStore):
         result = await conn.execute(select(roster_versions.c.version).filter_by(**owner))
         return int(result.scalar_one_or_none() or 0)
 
-    async def _bump(self, conn: AsyncConnection, owner: dict[str, str]) -> int:
-        version = await self._version(conn, owner) + 1
-        await _upsert(conn, roster_versions, {**owner, "version": version}, ["domain", "local"])
-        return version
+    @staticmethod
+    async def _bump(conn: AsyncConnection, owner: dict[str, str]) -> int:
+        return await _bump_roster_version(conn, owner)
 
     async def put(self, local: str, domain: str, item: RosterItem) -> int:
         owner = {"domain": domain, "local": local}
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(f"roster item {item.jid} of {local}@{domain}") as conn:
                 version = await self._bump(conn, owner)
                 await _upsert(
                     conn,
@@ -583,7 +808,9 @@ class SQLRosterStore(RosterStore):
 
     async def remove(self, local: str, domain: str, contact: str) -> int:
         owner = {"domain": domain, "local": local}
-        async with self._storage.begin() as conn:
+        async with self._storage.begin(
+            f"removal of {contact} from {local}@{domain}'s roster"
+        ) as conn:
             version = await self._bump(conn, owner)
             await conn.execute(delete(roster_items).filter_by(**owner, contact=contact))
             await _upsert(
@@ -598,7 +825,7 @@ class SQLRosterStore(RosterStore):
         self, local: str, domain: str, version: int
     ) -> list[tuple[int, str, RosterItem | None]] | None:
         owner = {"domain": domain, "local": local}
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             current = await self._version(conn, owner)
             if version > current or version < 1:
                 return None
@@ -617,7 +844,8 @@ class SQLRosterStore(RosterStore):
         return changes
 
     async def add_pending(self, local: str, domain: str, contact: str, stanza: str) -> None:
-        async with self._storage.begin() as conn:
+        what = f"subscription request from {contact} to {local}@{domain}"
+        async with self._storage.begin(what) as conn:
             await _upsert(
                 conn,
                 roster_pending,
@@ -626,7 +854,8 @@ class SQLRosterStore(RosterStore):
             )
 
     async def remove_pending(self, local: str, domain: str, contact: str) -> None:
-        async with self._storage.begin() as conn:
+        what = f"answer to {contact}'s subscription request to {local}@{domain}"
+        async with self._storage.begin(what) as conn:
             await conn.execute(
                 delete(roster_pending).filter_by(domain=domain, local=local, contact=contact)
             )
@@ -669,15 +898,12 @@ class SQLOfflineStore(OfflineStore):
             .returning(table.c.id)
         )
         try:
-            async with self._storage.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    # READ COMMITTED: two inserts would each count without the other;
-                    # the account row's lock makes the second wait and count again.
-                    await conn.execute(
-                        select(accounts.c.local)
-                        .where(accounts.c.domain == domain, accounts.c.local == local)
-                        .with_for_update()
-                    )
+            async with self._storage.begin(f"offline message for {local}@{domain}") as conn:
+                # The owner's lock (BEGIN IMMEDIATE on SQLite, the account row on
+                # PostgreSQL, where READ COMMITTED would let two inserts each count without
+                # the other): concurrent stores never pass the limit.
+                if not await _lock_account(conn, local, domain):
+                    raise StorageError(f"no account '{local}@{domain}'")
                 result = await conn.execute(statement)
                 stored = result.scalar_one_or_none()
         except IntegrityError:
@@ -686,7 +912,7 @@ class SQLOfflineStore(OfflineStore):
 
     async def fetch(self, local: str, domain: str) -> list[tuple[int, str]]:
         table = offline_messages
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(table.c.id, table.c.stanza)
                 .filter_by(domain=domain, local=local)
@@ -697,7 +923,9 @@ class SQLOfflineStore(OfflineStore):
     async def delete(self, local: str, domain: str, ids: Iterable[int]) -> None:
         table = offline_messages
         ids = list(ids)
-        async with self._storage.begin() as conn:
+        async with self._storage.begin(
+            f"removal of delivered offline messages of {local}@{domain}"
+        ) as conn:
             for start in range(0, len(ids), _CHUNK):
                 await conn.execute(
                     delete(table)
@@ -707,7 +935,7 @@ class SQLOfflineStore(OfflineStore):
 
     async def count(self, local: str, domain: str) -> int:
         table = offline_messages
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(func.count()).select_from(table).filter_by(domain=domain, local=local)
             )

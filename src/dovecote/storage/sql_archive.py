@@ -208,8 +208,12 @@ class SQLArchiveStore(ArchiveStore):
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         refused: list[asyncio.Future[None]] = []
+        owners = sorted({f"{row['local']}@{row['domain']}" for row, _ in batch})
+        what = f"{len(batch)} archived message(s) of {', '.join(owners[:10])}"
+        if len(owners) > 10:
+            what += f" and {len(owners) - 10} more archives"
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(what) as conn:
                 if self._max_bytes and self._policy == "stop":
                     batch, refused = await self._within_quota(conn, batch)
                 if batch:
@@ -362,7 +366,7 @@ class SQLArchiveStore(ArchiveStore):
         table = archive_messages
         named: list[str] = [i for i in (after, before, filter.after_id, filter.before_id) if i]
         named.extend(filter.ids or ())
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             seqs = await self._positions(conn, local, domain, named)
             for archive_id in named:
                 if archive_id not in seqs:
@@ -432,7 +436,7 @@ class SQLArchiveStore(ArchiveStore):
         table = archive_messages
         owner = (table.c.domain == domain, table.c.local == local)
         marks: list[ArchiveMark] = []
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             for order in (table.c.seq, table.c.seq.desc()):
                 result = await conn.execute(
                     select(table.c.id, table.c.stamp).where(*owner).order_by(order).limit(1)
@@ -446,7 +450,7 @@ class SQLArchiveStore(ArchiveStore):
     async def count(self, local: str, domain: str) -> int:
         await self.flush()
         table = archive_messages
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(func.count())
                 .select_from(table)
@@ -458,7 +462,7 @@ class SQLArchiveStore(ArchiveStore):
         await self.flush()
         table = archive_messages
         old = table.c.stamp < _utc(cutoff)
-        async with self._storage.begin() as conn:
+        async with self._storage.begin("expiry of archived messages") as conn:
             result = await conn.execute(
                 select(table.c.domain, table.c.local, func.sum(table.c.size))
                 .where(old)

@@ -162,14 +162,14 @@ class SQLPubSubStore(PubSubStore):
             "created_at": datetime.now(UTC),
         }
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(f"pubsub node {node!r} of {local}@{domain}") as conn:
                 await conn.execute(insert(pubsub_nodes).values(**row))
         except IntegrityError:
             return False
         return True
 
     async def get_node(self, local: str, domain: str, node: str) -> PubSubNode | None:
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(
                 select(pubsub_nodes).filter_by(domain=domain, local=local, node=node)
             )
@@ -177,13 +177,15 @@ class SQLPubSubStore(PubSubStore):
         return _node(row) if row is not None else None
 
     async def list_nodes(self, local: str, domain: str) -> list[PubSubNode]:
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(select(pubsub_nodes).filter_by(domain=domain, local=local))
             nodes = [_node(row) for row in result]
         return sorted(nodes, key=lambda n: n.name)
 
     async def configure_node(self, local: str, domain: str, node: str, config: NodeConfig) -> bool:
-        async with self._storage.begin() as conn:
+        async with self._storage.begin(
+            f"configuration of pubsub node {node!r} of {local}@{domain}"
+        ) as conn:
             result = await conn.execute(
                 update(pubsub_nodes)
                 .filter_by(domain=domain, local=local, node=node)
@@ -193,7 +195,9 @@ class SQLPubSubStore(PubSubStore):
 
     async def delete_node(self, local: str, domain: str, node: str) -> bool:
         where = {"domain": domain, "local": local, "node": node}
-        async with self._storage.begin() as conn:
+        async with self._storage.begin(
+            f"deletion of pubsub node {node!r} of {local}@{domain}"
+        ) as conn:
             # Dependents explicitly too (ON DELETE CASCADE is the safety net).
             for table in (pubsub_items, pubsub_subscriptions, pubsub_affiliations):
                 await conn.execute(delete(table).filter_by(**where))
@@ -201,7 +205,9 @@ class SQLPubSubStore(PubSubStore):
             return result.rowcount > 0
 
     async def delete_service(self, local: str, domain: str) -> None:
-        async with self._storage.begin() as conn:
+        async with self._storage.begin(
+            f"deletion of the pubsub service of {local}@{domain}"
+        ) as conn:
             for table in (pubsub_items, pubsub_subscriptions, pubsub_affiliations, pubsub_nodes):
                 await conn.execute(delete(table).filter_by(domain=domain, local=local))
 
@@ -212,7 +218,15 @@ class SQLPubSubStore(PubSubStore):
         where = {"domain": domain, "local": local, "node": node}
         table = pubsub_items
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(
+                f"item {item.id!r} published to {node!r} of {local}@{domain}"
+            ) as conn:
+                # One publisher per node at a time (the node's row lock on PostgreSQL,
+                # BEGIN IMMEDIATE on SQLite): the replace and the max_items trim below
+                # read what they then change.
+                await conn.execute(
+                    select(pubsub_nodes.c.node).filter_by(**where).with_for_update(key_share=True)
+                )
                 # Republishing an id replaces the item and makes it the newest (§7.1.2).
                 await conn.execute(delete(table).filter_by(**where, item_id=item.id))
                 await conn.execute(
@@ -253,7 +267,7 @@ class SQLPubSubStore(PubSubStore):
     ) -> list[PubSubItem]:
         table = pubsub_items
         query = select(table).filter_by(domain=domain, local=local, node=node)
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             if item_ids is not None:
                 wanted = list(dict.fromkeys(item_ids))
                 rows: list[Any] = []
@@ -279,12 +293,14 @@ class SQLPubSubStore(PubSubStore):
             .group_by(table.c.node)
             .scalar_subquery()
         )
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(select(table).where(table.c.id.in_(newest)))
             return {row.node: _item(row) for row in result}
 
     async def retract(self, local: str, domain: str, node: str, item_id: str) -> bool:
-        async with self._storage.begin() as conn:
+        async with self._storage.begin(
+            f"retraction of {item_id!r} from {node!r} of {local}@{domain}"
+        ) as conn:
             result = await conn.execute(
                 delete(pubsub_items).filter_by(
                     domain=domain, local=local, node=node, item_id=item_id
@@ -293,7 +309,7 @@ class SQLPubSubStore(PubSubStore):
             return result.rowcount > 0
 
     async def purge(self, local: str, domain: str, node: str) -> None:
-        async with self._storage.begin() as conn:
+        async with self._storage.begin(f"purge of {node!r} of {local}@{domain}") as conn:
             await conn.execute(
                 delete(pubsub_items).filter_by(domain=domain, local=local, node=node)
             )
@@ -306,7 +322,7 @@ class SQLPubSubStore(PubSubStore):
         query = select(table).filter_by(domain=domain, local=local)
         if node is not None:
             query = query.filter_by(node=node)
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(query.order_by(table.c.node, table.c.jid))
             return [PubSubSubscription(row.node, row.jid, row.state, row.subid) for row in result]
 
@@ -315,7 +331,9 @@ class SQLPubSubStore(PubSubStore):
     ) -> None:
         key = {"domain": domain, "local": local, "node": node, "jid": jid}
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(
+                f"subscription of {jid} to {node!r} of {local}@{domain}"
+            ) as conn:
                 if state is None:
                     await conn.execute(delete(pubsub_subscriptions).filter_by(**key))
                     return
@@ -335,7 +353,7 @@ class SQLPubSubStore(PubSubStore):
         query = select(table).filter_by(domain=domain, local=local)
         if node is not None:
             query = query.filter_by(node=node)
-        async with self._storage.begin() as conn:
+        async with self._storage.read() as conn:
             result = await conn.execute(query.order_by(table.c.node, table.c.jid))
             return [(row.node, row.jid, row.affiliation) for row in result]
 
@@ -344,7 +362,9 @@ class SQLPubSubStore(PubSubStore):
     ) -> None:
         key = {"domain": domain, "local": local, "node": node, "jid": jid}
         try:
-            async with self._storage.begin() as conn:
+            async with self._storage.begin(
+                f"affiliation of {jid} with {node!r} of {local}@{domain}"
+            ) as conn:
                 if affiliation is None or affiliation == "none":
                     await conn.execute(delete(pubsub_affiliations).filter_by(**key))
                     return
