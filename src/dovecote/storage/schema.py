@@ -107,6 +107,8 @@ roster_items = Table(
     # The roster version at this item's last change (XEP-0237).
     Column("version", BigInteger, nullable=False),
     _account_fk(),
+    # Deleting an account finds it in its contacts' rosters without a scan.
+    Index("ix_roster_items_contact", "contact"),
     info=ACCOUNT_DATA,
 )
 
@@ -141,6 +143,7 @@ roster_pending = Table(
     Column("contact", String(BARE_JID), primary_key=True),
     Column("stanza", Text, nullable=False),
     _account_fk(),
+    Index("ix_roster_pending_contact", "contact"),
     info=ACCOUNT_DATA,
 )
 
