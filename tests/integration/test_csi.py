@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dovecote.jid import JID
+from dovecote.modules import csi
 from dovecote.modules.csi import MAX_HELD
 from dovecote.server import Server
 from tests.helpers import (
@@ -372,13 +373,14 @@ async def test_held_stanzas_are_dropped_with_the_session(server: Server, peers: 
     await set_state(phone, "inactive")
     bob.send(f"<presence to='{phone.jid}'><show>away</show></presence>")
     await synced(bob)
-    assert len(session.data["csi"].stanzas) == 1  # type: ignore[attr-defined]
+    held = csi.STATE.get(session)
+    assert held is not None and len(held.stanzas) == 1
     await phone.close()
     for _ in range(100):
-        if "csi" not in session.data:  # type: ignore[attr-defined]
+        if not csi.STATE.has(session):
             break
         await asyncio.sleep(0.02)
-    assert "csi" not in session.data  # type: ignore[attr-defined]
+    assert not csi.STATE.has(session)
     assert server.sessions.get(JID.parse(phone.jid)) is None
 
 

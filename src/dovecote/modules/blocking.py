@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.slots import SessionSlot
 from dovecote.jid import JID, InvalidJID
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
@@ -56,8 +57,8 @@ FEATURES = [BLOCKING]
 STORAGE_KEY = "blocklist"
 #: Before delivery (lowest priority) and before the modules that store or copy stanzas.
 PRIORITY = 100
-#: session.data key: the session asked for the list, so it gets pushes (§3.3, §3.4).
-REQUESTED = "blocklist_requested"
+#: Per session: it asked for the list, so it gets pushes (§3.3, §3.4).
+REQUESTED = SessionSlot[bool]("blocking.requested")
 _EMPTY: frozenset[JID] = frozenset()
 
 
@@ -183,7 +184,7 @@ def setup(server: Server) -> None:
     def push(user: JID, payload: Element) -> None:
         """§3.3/§3.4: tell every resource that asked for the list about the change."""
         for session in sessions.resources(user):
-            if session.data.get(REQUESTED):  # type: ignore[attr-defined]
+            if REQUESTED.get(session):
                 iq = Element(
                     "iq",
                     ns.CLIENT,
@@ -230,7 +231,7 @@ def setup(server: Server) -> None:
         blocked = await get_blocklist(user)
         session: Any = sessions.get(event.sender)
         if session is not None:
-            session.data[REQUESTED] = True
+            REQUESTED.set(session, True)
         event.reply(command("blocklist", sorted(blocked, key=str)))
         return True
 

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from dovecote.core import iq
+from dovecote.core.slots import SessionSlot
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
 
@@ -60,16 +61,16 @@ MAX_CACHED_BYTES = 16 * 1024
 #: Seconds a client has to answer the disco#info query.
 QUERY_TIMEOUT = 30.0
 
-#: session.data keys: the announced (hash, node, ver) and the features believed.
-ANNOUNCED = "caps"
-KNOWN = "caps_features"
+#: Per session: the announced (hash, node, ver) and the features believed.
+ANNOUNCED = SessionSlot[tuple[str, str, str]]("caps.announced")
+KNOWN = SessionSlot[frozenset[str]]("caps.features")
 _EMPTY: frozenset[str] = frozenset()
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def features_of(session: Any) -> frozenset[str]:
     """The disco#info features of a client session, as far as verified caps tell."""
-    return session.data.get(KNOWN, _EMPTY)  # type: ignore[no-any-return]
+    return KNOWN.get(session) or _EMPTY
 
 
 def verification_string(query: Element, hash_name: str) -> str | None:
@@ -139,9 +140,9 @@ def setup(server: Server) -> None:
             cache.popitem(last=False)
 
     def believe(session: Any, features: frozenset[str], notify: bool) -> None:
-        if session.data.get(KNOWN, _EMPTY) == features:
+        if (KNOWN.get(session) or _EMPTY) == features:
             return
-        session.data[KNOWN] = features
+        KNOWN.set(session, features)
         if notify and session.available:
             server.spawn(events.fire_all("caps/updated", session))
 
@@ -152,8 +153,8 @@ def setup(server: Server) -> None:
             return False
         presence_type = event.type
         if presence_type == "unavailable":
-            session.data.pop(ANNOUNCED, None)
-            session.data.pop(KNOWN, None)
+            ANNOUNCED.pop(session)
+            KNOWN.pop(session)
             return False
         if presence_type is not None:
             return False
@@ -161,9 +162,9 @@ def setup(server: Server) -> None:
         if c is None:
             return False  # unchanged: a client may leave out caps it already announced
         announced = (c.get("hash") or "", c.get("node") or "", c.get("ver") or "")
-        if session.data.get(ANNOUNCED) == announced:
+        if ANNOUNCED.get(session) == announced:
             return False
-        session.data[ANNOUNCED] = announced
+        ANNOUNCED.set(session, announced)
         hash_name, node, ver = announced
         if not hash_name or not node or not ver:
             believe(session, _EMPTY, notify=True)  # legacy format (§9) or broken: ignored
@@ -194,7 +195,7 @@ def setup(server: Server) -> None:
                 features = frozenset(
                     el.get("var") or "" for el in query.find_all("feature", ns.DISCO_INFO)
                 ) - {""}
-        if session.data.get(ANNOUNCED) != announced or getattr(session, "closed", False):
+        if ANNOUNCED.get(session) != announced or getattr(session, "closed", False):
             return  # announced something else meanwhile, or gone
         believe(session, features or _EMPTY, notify=True)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.slots import SessionSlot
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element
@@ -48,8 +49,8 @@ IM_PAYLOADS = frozenset(
 )
 
 FEATURES = [CARBONS, CARBONS_RULES]
-#: session.data key: True while the session has carbons enabled.
-ENABLED = "carbons"
+#: Per session: True while it has carbons enabled.
+ENABLED = SessionSlot[bool]("carbons.enabled")
 #: After the modules that may refuse an outgoing message (blocking: 100, roster: 50), so
 #: that a refused message is not copied.
 SENT_PRIORITY = -100
@@ -128,14 +129,14 @@ def setup(server: Server) -> None:
     sessions = server.sessions
     #: Users of whom a session enabled carbons: a superset, pruned when found stale, so
     #: that a message of a user without carbons costs one set lookup. The flag itself lives
-    #: in session.data, so it follows a session resumed on a new connection (XEP-0198).
+    #: in the session's slot, so it stays with a session resumed on a new connection.
     maybe_enabled: set[JID] = set()
 
     def enabled_resources(user: JID, skip: Container[Any]) -> list[Any]:
         """The user's sessions with carbons enabled, but those in `skip`."""
         if user not in maybe_enabled:
             return []
-        enabled = [s for s in sessions.resources(user) if s.data.get(ENABLED)]
+        enabled = [s for s in sessions.resources(user) if ENABLED.get(s)]
         if not enabled:
             maybe_enabled.discard(user)
         return [s for s in enabled if s not in skip]
@@ -149,10 +150,10 @@ def setup(server: Server) -> None:
             raise StanzaError("not-allowed", "carbons are set by a client for its own account")
         assert event.payload is not None
         if event.payload.tag == "enable":
-            session.data[ENABLED] = True
+            ENABLED.set(session, True)
             maybe_enabled.add(event.sender.bare)
         else:
-            session.data.pop(ENABLED, None)
+            ENABLED.pop(session)
         event.reply()  # §4, §5 (and §10.1: a repeated request is no error)
         return True
 

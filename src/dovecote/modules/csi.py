@@ -26,6 +26,7 @@ import itertools
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.slots import SessionSlot
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 from dovecote.xml.forward import FORWARD, forwarded_stanza
@@ -42,8 +43,8 @@ MUC_USER = "http://jabber.org/protocol/muc#user"
 #: ids (XEP-0359), delay (XEP-0203), the carbons <private/> marker.
 METADATA = frozenset(("urn:xmpp:hints", "urn:xmpp:sid:0", ns.DELAY, CARBONS))
 _CARBON_TAGS = ("sent", "received")
-#: session.data key: the session's HeldStanzas while it is inactive (absent when active).
-STATE = "csi"
+#: Per session: its HeldStanzas while it is inactive (absent when active).
+STATE = SessionSlot["HeldStanzas"]("csi.held")
 #: The most stanzas held for a session before all of them are sent anyway.
 MAX_HELD = 500
 
@@ -56,7 +57,7 @@ class HeldStanzas:
     __slots__ = ("_serial", "session", "stanzas")
 
     def __init__(self, session: Any) -> None:
-        #: The stream that went inactive (a resumed stream takes over session.data).
+        #: The session that went inactive.
         self.session = session
         self.stanzas: dict[Hashable, Element] = {}
         self._serial = itertools.count()
@@ -161,12 +162,12 @@ def setup(server: Server) -> None:
     server.stream_features.append(Element("csi", CSI))  # §4.1
 
     def csi_filter(session: Any, stanza: Element) -> bool:
-        held: HeldStanzas | None = session.data.get(STATE)
+        held: HeldStanzas | None = STATE.get(session)
         if held is None:
             return False  # active: the fast path
         if held.session is not session:
             # §5.2: a stream resumed with XEP-0198 starts active; what was held goes first.
-            del session.data[STATE]
+            STATE.pop(session)
             held.flush(session)
             return False
         if stanza.ns != ns.CLIENT:
@@ -186,17 +187,17 @@ def setup(server: Server) -> None:
     @events.on(f"c2s/element/{CSI}:inactive")
     def inactive(args: tuple[Any, Element]) -> bool:
         session, _element = args
-        held: HeldStanzas | None = session.data.get(STATE)
+        held: HeldStanzas | None = STATE.get(session)
         if held is None or held.session is not session:
             if held is not None:
                 held.flush(session)  # held for the stream this one resumed (§5.2)
-            session.data[STATE] = HeldStanzas(session)
+            STATE.set(session, HeldStanzas(session))
         return True
 
     @events.on(f"c2s/element/{CSI}:active")
     def active(args: tuple[Any, Element]) -> bool:
         session, _element = args
-        held: HeldStanzas | None = session.data.pop(STATE, None)
+        held: HeldStanzas | None = STATE.pop(session)
         if held is not None:
             held.flush(session)
         return True
@@ -204,12 +205,12 @@ def setup(server: Server) -> None:
     @events.on("session/resumed")
     def resumed(session: Any) -> None:
         # XEP-0352 §5.2: a resumed stream starts active; what was held goes out now.
-        held: HeldStanzas | None = session.data.pop(STATE, None)
+        held: HeldStanzas | None = STATE.pop(session)
         if held is not None:
             held.flush(session)
 
     @events.on("session/ended")
     def session_ended(session: Any) -> None:
-        held: HeldStanzas | None = session.data.get(STATE)
+        held: HeldStanzas | None = STATE.get(session)
         if held is not None and held.session is session:
-            del session.data[STATE]  # nothing can be sent any more (unless resumed)
+            STATE.pop(session)  # nothing can be sent any more (unless resumed)

@@ -15,6 +15,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.slots import SessionSlot
 from dovecote.storage.base import StorageError
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 FEATURES = [ns.LAST]
 ACCOUNT_FEATURES = [ns.LAST]
 STORAGE_KEY = "last-activity"
+
+
+#: Per session: the status of its unavailable presence, kept for the logout record.
+LAST_STATUS = SessionSlot[str]("last.status")
 
 
 def setup(server: Server) -> None:
@@ -70,14 +75,14 @@ def setup(server: Server) -> None:
     def remember_status(args: tuple[Any, Element]) -> None:
         session, stanza = args
         if stanza.attrs.get("type") == "unavailable":
-            session.data["last-status"] = stanza.find_text("status", ns.CLIENT) or ""
+            LAST_STATUS.set(session, stanza.find_text("status", ns.CLIENT) or "")
 
     @events.on("session/ended", -3000)  # after the unavailable broadcast
     async def record_logout(session: Any) -> None:
         user = session.jid.bare
         if sessions.resources(user):
             return  # still logged in elsewhere
-        record = {"time": time.time(), "status": session.data.get("last-status", "")}
+        record = {"time": time.time(), "status": LAST_STATUS.get(session) or ""}
         try:
             await server.storage.kv.set(user.local, user.domain, STORAGE_KEY, json.dumps(record))
         except StorageError:  # a deleted account: nothing to remember

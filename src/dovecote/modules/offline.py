@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.slots import SessionSlot
 from dovecote.stream.errors import StanzaError
 from dovecote.stream.sm import STORING
 from dovecote.xml.delay import with_delay
@@ -41,8 +42,10 @@ CHAT_STATES = "http://jabber.org/protocol/chatstates"
 #: Payloads of messages that belong to one session only and are never stored for later
 #: (XEP-0280 carbons copies, XEP-0313 archive results).
 SESSION_ONLY = frozenset(("urn:xmpp:carbons:2", "urn:xmpp:mam:2"))
-#: Session state: this session's offline delivery has not finished (resumed later).
-PENDING = "offline_pending"
+#: Per session: its offline delivery has not finished (goes on when it resumes).
+PENDING = SessionSlot[bool]("offline.pending")
+#: Per session: its backlog was delivered (at the first non-negative available presence).
+DELIVERED = SessionSlot[bool]("offline.delivered")
 
 
 def worth_storing(stanza: Element) -> bool:
@@ -115,11 +118,11 @@ def setup(server: Server) -> None:
         if stanza.attrs.get("type") is not None:
             return
         if session.priority < 0:
-            session.data.pop("offline_delivered", None)
+            DELIVERED.pop(session)
             return
-        if session.data.get("offline_delivered"):
+        if DELIVERED.get(session):
             return
-        session.data["offline_delivered"] = True
+        DELIVERED.set(session, True)
         # In the background: the backlog waits for the client to read and acknowledge,
         # which it does on the very stream this presence came from.
         server.spawn(deliver(session))
@@ -127,7 +130,7 @@ def setup(server: Server) -> None:
     @events.on("session/resumed")
     def on_resumed(session: Any) -> None:
         # The backlog stopped when the connection died; the resumed stream takes the rest.
-        if session.data.pop(PENDING, False):
+        if PENDING.pop(session):
             server.spawn(deliver(session))
 
     async def deliver(session: Any) -> None:
@@ -169,7 +172,7 @@ def setup(server: Server) -> None:
             unsent = [row_id for row_id, _text in rows[index:]]
             if unsent:
                 claimed.difference_update(unsent)
-                session.data[PENDING] = True
+                PENDING.set(session, True)
             done = sent + broken
             if done:
                 await offline.delete(local, domain, done)

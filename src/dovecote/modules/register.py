@@ -243,7 +243,7 @@ def setup(server: Server) -> None:
             same_user = False
         if not same_user:
             raise StanzaError("forbidden", "you may change only your own password")
-        if not getattr(getattr(event.origin, "transport", None), "secure", False):
+        if not getattr(event.origin, "secure", False):
             raise StanzaError("not-authorized", "password changes need an encrypted stream")
         # §3.3: an empty password never replaces the existing one.
         password = check_password(query.find_text("password", REGISTER), "bad-request")

@@ -16,26 +16,23 @@ import base64
 import binascii
 import logging
 import secrets
-from collections import deque
 from typing import TYPE_CHECKING
 
+from dovecote.core.session import STANZA_KINDS, ClientSession, sm_failed
 from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
 from dovecote.stream import sasl, sm
 from dovecote.stream.base import StreamBase
-from dovecote.stream.errors import StanzaError, StreamError, error_reply, excerpt, iq_problem
+from dovecote.stream.errors import StanzaError, StreamError, error_reply, excerpt
 from dovecote.xml import ns
-from dovecote.xml.delay import with_delay
 from dovecote.xml.element import XML_LANG, Element
 from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
 
 if TYPE_CHECKING:
-    from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
     from dovecote.transport.base import StreamTransport
 
 log = logging.getLogger(__name__)
 
-STANZA_KINDS = frozenset(("message", "presence", "iq"))
 MAX_SASL_ATTEMPTS = 5
 
 
@@ -51,21 +48,12 @@ class C2SStream(StreamBase):
         self.lang = "en"
         self.local: str | None = None  # set by SASL success
         self.jid: JID = JID(None, server.default_host)
-        self.priority = 0
-        self.available = False
-        self.presence: Element | None = None
-        #: Free-form per-session data for modules (directed presence, CSI state, ...).
-        self.data: dict[str, object] = {}
         self._header_sent = False
         self._sasl: sasl.SaslNegotiation | None = None
         self._sasl_failures = 0
         self._init_input()
-        #: XEP-0198 state once the client enabled stream management.
-        self.sm: sm.StreamManagement | None = None
-        self._ack_timer: asyncio.TimerHandle | None = None
-        self._hibernation_timer: asyncio.TimerHandle | None = None
-        #: Coroutines waiting for the client to read or acknowledge (`wait_writable`).
-        self._writable_waiters: list[asyncio.Future[None]] = []
+        #: The session this connection carries once bound (or resumed).
+        self.session: ClientSession | None = None
 
     # ---- identity ---------------------------------------------------------------------
     @property
@@ -81,18 +69,9 @@ class C2SStream(StreamBase):
 
     async def _handle(self, event: ParserEvent) -> None:
         if isinstance(event, ElementReceived):
-            if self.state == "bound":
-                element = event.element
-                if element.ns == sm.NS:
-                    if element.tag == "r" and self.sm is not None:
-                        # XEP-0198 §4: 'handled' means stored, group commits included.
-                        await self.server.wait_durable()
-                    self._sm_element(element)
-                    return
-                await self._stanza(element)
-                if self.sm is not None and element.tag in STANZA_KINDS:
-                    # XEP-0198 §4: counted once handled (stored, routed, answered).
-                    self.sm.stanza_handled()
+            session = self.session
+            if session is not None:
+                await session.receive(event.element)
             else:
                 await self._negotiation_element(event.element)
         elif isinstance(event, StreamOpened):
@@ -231,7 +210,7 @@ class C2SStream(StreamBase):
                     self._resume(element)
                 else:
                     # XEP-0198 §3: enable only after binding a resource.
-                    self.transport.send_element(_sm_failed("unexpected-request"))
+                    self.transport.send_element(sm_failed("unexpected-request"))
                 return
             if element.tag in STANZA_KINDS and element.ns == ns.CLIENT:
                 raise StreamError("not-authorized", "bind a resource first")
@@ -415,246 +394,52 @@ class C2SStream(StreamBase):
                 )
             )
             return
-        replaced = sessions.bind(self, jid)
+        session = ClientSession(self.server, self, jid)
+        replaced = sessions.bind(session, jid)
         if replaced is not None:
             # Policy: the new session takes over the resource (RFC 6120 §7.7.2.2).
             replaced.close("conflict", "replaced by a new connection with the same resource")
-        self.state = "bound"
-        self.transport.stream_bound()
+        self.attach_session(session)
         result = Element("iq", ns.CLIENT, {"type": "result", "id": iq.get("id") or ""})
         result.add("bind", ns.BIND).add("jid", text=str(jid))
         self.transport.send_element(result)
         log.info("bound %s", jid)
-        self.server.spawn(self.server.events.fire_all("session/bound", self))
+        self.server.spawn(self.server.events.fire_all("session/bound", session))
 
-    # ---- stanzas (RFC 6120 §8) --------------------------------------------------------
-    async def _stanza(self, stanza: Element) -> None:
-        kind = stanza.tag
-        if stanza.ns != ns.CLIENT or kind not in STANZA_KINDS:
-            if await self.server.events.fire(f"c2s/element/{stanza.ns}:{kind}", (self, stanza)):
-                return
-            raise StreamError("unsupported-stanza-type", f"unsupported element {kind}")
-        if kind == "iq" and stanza.attrs.get("type") == "set":
-            payload = next(stanza.elements, None)
-            if payload is not None and payload.ns == ns.SESSION:
-                self.send(
-                    Element("iq", ns.CLIENT, {"type": "result", "id": stanza.get("id") or ""})
-                )
-                return
-        # RFC 6120 §8.1.2.1: the server stamps the full JID; a forged 'from' is replaced.
-        stanza.attrs["from"] = str(self.jid)
-        if kind == "iq":
-            problem = iq_problem(stanza)
-            if problem is not None:
-                if stanza.attrs.get("type") not in ("result", "error"):
-                    self.send(error_reply(stanza, StanzaError("bad-request", problem)))
-                return
-        await self.server.router.route(stanza, self)
+    def attach_session(self, session: ClientSession) -> None:
+        """From now on this connection carries `session` (bound, or resumed)."""
+        self.session = session
+        self.jid = session.jid
+        self.state = "bound"
+        self.transport.stream_bound()
 
-    # ---- output -------------------------------------------------------------------------
-    def serialize(self, stanza: Element) -> bytes:
-        return self.transport.serialize(stanza)
+    def detach_session(self) -> None:
+        """The session moved to another connection (XEP-0198 resumption)."""
+        self.session = None
+        self._ending = True
 
-    def send(self, stanza: Element, data: bytes | None = None) -> None:
-        """Deliver a stanza to this client (data: the same stanza already serialized).
-
-        `server.send_filters` may hold a stanza back (XEP-0352 CSI): a filter returning
-        True has taken it and will call `send_now` later."""
-        if self.state == "closed":
-            return
-        for send_filter in self.server.send_filters:
-            if send_filter(self, stanza):
-                return
-        self.send_now(stanza, data)
-
-    def send_now(self, stanza: Element, data: bytes | None = None) -> None:
-        if self.state == "closed":
-            return
-        sm_state = self.sm
-        if sm_state is not None:
-            sm_state.stanza_sent(stanza)
-            if sm_state.overflowing:
-                self._queue_overflow()
-                return
-            if self.state == "hibernating":
-                # Kept until resumed, or re-routed when the session ends; stored before
-                # the sender hears it was handled, so that a crash loses nothing.
-                sm_state.stored_rows[id(stanza)] = sm.STORING
-                self.server.spawn_durable(
-                    self.server.events.fire_all("sm/hibernated-stanza", (self, sm_state, stanza))
-                )
-                return
-        if data is None:
-            self.transport.send_element(stanza)
-        else:
-            self.transport.write(data)
-        if sm_state is not None:
-            if sm_state.ack_due:
-                self._request_ack()
-            elif self._ack_timer is None:
-                delay = self.server.config.stream_management.ack_delay
-                self._ack_timer = asyncio.get_running_loop().call_later(delay, self._request_ack)
-
-    @property
-    def writing(self) -> bool:
-        """What is sent now reaches the connection (not closed, not hibernating)."""
-        return self.state == "bound" and not self.transport.closing
-
-    async def wait_writable(self) -> bool:
-        """Flow control for backlogs (XEP-0160 offline messages): wait until the
-        connection has drained what was written and, with XEP-0198, until fewer than half
-        of the queue's stanzas wait for an acknowledgement. False once the session can no
-        longer be written to (closed, hibernating)."""
-        while self.writing:
-            sm_state = self.sm
-            if sm_state is not None and len(sm_state.unacked) >= max(1, sm_state.max_queue // 2):
-                if sm_state.requested_at != sm_state.sent:
-                    self._request_ack()  # woken by the <a/>
-            elif self.transport.write_paused:
-                self.transport.notify_drained(self._wake_writers)
-            else:
-                return True
-            waiter = asyncio.get_running_loop().create_future()
-            self._writable_waiters.append(waiter)
-            await waiter
-        return False
-
-    def _wake_writers(self) -> None:
-        waiters, self._writable_waiters = self._writable_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _queue_overflow(self) -> None:
-        """XEP-0198 leaves the queue's size to the server: past the limit the session
-        ends (as Prosody does, with resource-constraint) and what it holds is re-routed."""
-        assert self.sm is not None
-        log.warning(
-            "%s: more than %d unacknowledged stanzas, ending the session",
-            self.jid,
-            self.sm.max_queue,
-        )
-        self.sm.resumable = False
-        self.close("resource-constraint", "too many unacknowledged stanzas")
-
+    # ---- the connection's end -----------------------------------------------------------
     def connection_lost(self) -> None:
         """The transport is gone (closed by either side)."""
         if self.state == "closed":
             return
-        self._queue.clear()
-        self._wake_writers()
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        if self.state == "bound" and not self._ending and self.sm is not None and self.sm.resumable:
-            self._hibernate()
-            return
-        self._end_session()
-
-    def _end_session(self) -> None:
-        was_bound = self.state in ("bound", "hibernating")
         self.state = "closed"
-        self._wake_writers()
-        if self._hibernation_timer is not None:
-            self._hibernation_timer.cancel()
-            self._hibernation_timer = None
-        if self.sm is not None:
-            registry = self.server.sm_sessions
-            if registry.get(self.sm.id) is self:
-                del registry[self.sm.id]
-                self.server.sm_expired[self.sm.id] = self.sm.handled
-                if len(self.server.sm_expired) > 10_000:
-                    self.server.sm_expired.pop(next(iter(self.server.sm_expired)))
-        if was_bound:
-            self.server.sessions.unbind(self)
-            if self.sm is not None and self.sm.unacked:
-                # At once, before the messages that come next reach offline storage.
-                self._reroute_unacked()
-            self.server.spawn(self.server.events.fire_all("session/ended", self))
+        self._queue.clear()
+        session, self.session = self.session, None
+        if session is not None:
+            session.connection_lost(self, self._ending)
 
     # ---- stream management (XEP-0198) -------------------------------------------------
     @property
     def _sm_enabled(self) -> bool:
         return self.server.config.stream_management.enabled
 
-    def _sm_element(self, element: Element) -> None:
-        tag = element.tag
-        if tag == "r":
-            if self.sm is None:
-                self.transport.send_element(_sm_failed("unexpected-request"))
-                return
-            self.transport.send_element(Element("a", sm.NS, {"h": str(self.sm.handled)}))
-        elif tag == "a":
-            if self.sm is None:
-                return
-            try:
-                self.sm.acknowledge(int(element.get("h") or ""))
-            except ValueError:
-                raise StreamError("bad-format", "the h of <a/> must be a number") from None
-            except sm.AckError as exc:
-                self._ack_overflow(exc)
-            self._acknowledged()
-        elif tag == "enable":
-            if self.sm is not None or not self._sm_enabled:
-                self.transport.send_element(_sm_failed("unexpected-request"))
-                return
-            resumable = element.get("resume") in ("true", "1")
-            self.sm = sm.StreamManagement(
-                secrets.token_urlsafe(18),
-                resumable,
-                self.server.config.stream_management.max_queue,
-            )
-            attrs = {"id": self.sm.id}
-            if resumable:
-                self.server.sm_sessions[self.sm.id] = self
-                attrs["resume"] = "true"
-                attrs["max"] = str(int(self.server.config.stream_management.resume_timeout))
-            self.transport.send_element(Element("enabled", sm.NS, attrs))
-        elif tag == "resume":
-            self.transport.send_element(_sm_failed("unexpected-request"))
-        else:
-            raise StreamError("unsupported-stanza-type", f"unknown element {tag}")
-
-    def _ack_overflow(self, exc: sm.AckError) -> None:
-        # XEP-0198 §4: the client acknowledged stanzas that were never sent.
-        error = StreamError("undefined-condition", str(exc))
-        element = error.to_element()
-        element.add("handled-count-too-high", sm.NS, {"h": str(exc.h), "send-count": str(exc.sent)})
-        if self.state != "closed":
-            self.transport.send_element(element)
-            self.close()
-
-    def _acknowledged(self) -> None:
-        """Stanzas were acknowledged: stored copies go, flow-controlled senders go on."""
-        if self.sm is None:
-            return
-        rows = self.sm.take_acked_rows()
-        if rows:
-            self.server.spawn(self.server.events.fire_all("sm/acknowledged-rows", (self, rows)))
-        self._wake_writers()
-
-    def _request_ack(self) -> None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()  # when asked early: no stray timer keeps us alive
-            self._ack_timer = None
-        if self.sm is None or self.state != "bound" or not self.sm.unacked:
-            return
-        self.sm.requested_at = self.sm.sent
-        self.transport.send_element(Element("r", sm.NS))
-
-    def _hibernate(self) -> None:
-        """The connection died: keep the session for resumption (XEP-0198 §5)."""
-        self.state = "hibernating"
-        timeout = self.server.config.stream_management.resume_timeout
-        self._hibernation_timer = asyncio.get_running_loop().call_later(timeout, self._end_session)
-        log.info("%s hibernating for %ss", self.jid, timeout)
-
     def _resume(self, element: Element) -> None:
         """XEP-0198 §5: take over a hibernating (or not yet dead) session."""
         previd = element.get("previd") or ""
         old = self.server.sm_sessions.get(previd)
         if old is None or old.jid.bare != JID(self.local, self.domain):
-            failed = _sm_failed("item-not-found")
+            failed = sm_failed("item-not-found")
             expired = self.server.sm_expired.get(previd)
             if expired is not None and old is None:
                 failed.attrs["h"] = str(expired)
@@ -664,121 +449,9 @@ class C2SStream(StreamBase):
         try:
             old.sm.acknowledge(int(element.get("h") or ""))
         except (ValueError, sm.AckError):
-            self.transport.send_element(_sm_failed("unexpected-request"))
+            self.transport.send_element(sm_failed("unexpected-request"))
             return
-        if old.state == "bound":
-            # The client noticed the dead connection before we did: drop the old one.
-            old._ending = True
-            old.state = "hibernating"
-            old.transport.close()
-        if old._hibernation_timer is not None:
-            old._hibernation_timer.cancel()
-            old._hibernation_timer = None
-        # Move the session over to this connection.
-        self.jid = old.jid
-        self.priority = old.priority
-        self.available = old.available
-        self.presence = old.presence
-        self.data = old.data
-        self.sm = old.sm
-        old.sm = None
-        old.state = "closed"
-        old._wake_writers()
-        self._acknowledged()
-        self.state = "bound"
-        self.server.sessions.bind(self, self.jid)
-        self.server.sm_sessions[self.sm.id] = self
-        self.transport.stream_bound()
-        self.transport.send_element(
-            Element("resumed", sm.NS, {"previd": previd, "h": str(self.sm.handled)})
-        )
-        # Everything not acknowledged is sent again, in order (XEP-0198 §5).
-        for stanza in list(self.sm.unacked):
-            self.transport.send_element(stanza)
-        if self.sm.unacked:
-            self._request_ack()
-        log.info("resumed %s", self.jid)
-        self.server.spawn(self.server.events.fire_all("session/resumed", self))
-
-    def _reroute_unacked(self) -> None:
-        """XEP-0198 §5: stanzas the client never acknowledged are treated like stanzas to
-        an unavailable resource: messages go to the other resources or offline storage
-        (with a delay stamp), IQ requests get an error, presence is dropped. Every message
-        is delivered, stored or bounced to its sender; one failure never stops the rest.
-        Runs when the session ends, so that the messages keep their order in storage."""
-        from dovecote.core.router import StanzaEvent
-
-        assert self.sm is not None
-        server = self.server
-        sm_state = self.sm
-        unacked, sm_state.unacked = list(sm_state.unacked), deque()
-        stored_rows, sm_state.stored_rows = sm_state.stored_rows, {}
-        delivered_rows: list[int] = []
-        kept_rows: list[int] = []
-        bare = self.jid.bare
-        for stanza in unacked:
-            row = stored_rows.pop(id(stanza), None)
-            kind = stanza.tag
-            stanza_type = stanza.attrs.get("type", "normal")
-            if kind == "iq" and stanza_type in ("get", "set"):
-                reply = error_reply(stanza, StanzaError("service-unavailable"))
-                reply.attrs["from"] = str(self.jid)
-                server.router.route_soon(reply)
-                continue
-            if kind != "message" or stanza_type not in ("normal", "chat"):
-                continue
-            if any(c.ns in _NOT_REROUTED for c in stanza.elements):
-                continue  # copies and archive results belong to this session only
-            copy = with_delay(stanza, self.jid.domain)
-            targets = server.sessions.highest_priority(bare)
-            if targets:
-                server.router.deliver(targets, copy)
-                if row == sm.STORING:
-                    sm_state.acked_while_storing.add(id(stanza))  # removed once stored
-                elif row is not None:
-                    delivered_rows.append(row)
-                continue
-            if row is not None:
-                if row != sm.STORING:
-                    kept_rows.append(row)  # in offline storage already: the next login
-                continue
-            sender = copy.attrs.get("from") or self.jid.domain
-            try:
-                sender_jid = JID.parse(sender)
-            except InvalidJID:
-                log.warning("unacknowledged message with an invalid from %r dropped", sender)
-                continue
-            # One task each, started in order: storage keeps the order of the messages.
-            server.spawn(self._store_rerouted(StanzaEvent(server, copy, sender_jid, bare, None)))
-        if delivered_rows:
-            server.spawn(server.events.fire_all("sm/acknowledged-rows", (self, delivered_rows)))
-        if kept_rows:
-            server.spawn(server.events.fire_all("sm/released-rows", (self, kept_rows)))
-
-    async def _store_rerouted(self, event: StanzaEvent) -> None:
-        server = self.server
-        try:
-            stored = await server.events.fire("message/offline", event)
-        except StanzaError as exc:
-            server.router.bounce(event, exc)
-            return
-        except Exception:
-            log.exception("storing an unacknowledged message of %s failed", self.jid)
-            server.router.bounce(event, StanzaError("internal-server-error"))
-            return
-        if not stored:
-            server.router.bounce(event, StanzaError("service-unavailable"))
-
-
-#: Payloads of messages that are not re-routed when a session ends with them unacked
-#: (XEP-0280 carbons copies, XEP-0313 archive results).
-_NOT_REROUTED = frozenset(("urn:xmpp:carbons:2", "urn:xmpp:mam:2"))
-
-
-def _sm_failed(condition: str) -> Element:
-    failed = Element("failed", sm.NS)
-    failed.add(condition, ns.STANZA_ERRORS)
-    return failed
+        old.resume(self, previd)
 
 
 def _b64(data: bytes) -> str:
