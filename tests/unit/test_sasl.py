@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Callable
 
 import pytest
 import scramp
@@ -15,7 +16,10 @@ from dovecote.stream.sasl import (
     MECHANISM_ORDER,
     Challenge,
     Failure,
+    NeedCredentials,
+    NeedPasswordCheck,
     SaslNegotiation,
+    SaslStep,
     Success,
     offered_mechanisms,
 )
@@ -37,9 +41,40 @@ class Lookup:
         self.accounts = accounts
         self.calls: list[tuple[str, str]] = []
 
-    async def __call__(self, local: str, hash_name: str) -> ScramCredentials | None:
+    def __call__(self, local: str, hash_name: str) -> ScramCredentials | None:
         self.calls.append((local, hash_name))
         return self.accounts.get(local, {}).get(hash_name)
+
+
+class Driven:
+    """A `SaslNegotiation` whose requests are answered at once, as the stream's driver
+    does: credentials from `lookup`, passwords checked by `verify`; records the checks."""
+
+    def __init__(self, sasl: SaslNegotiation, lookup: Lookup) -> None:
+        self.sasl = sasl
+        self.lookup = lookup
+        self.verify: Callable[[str, ScramCredentials], bool] = verify_password
+        self.checked: list[ScramCredentials] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sasl, name)
+
+    def start(self, mechanism: str, initial: bytes | None) -> SaslStep:
+        return self._answer(self.sasl.start(mechanism, initial))
+
+    def respond(self, data: bytes) -> SaslStep:
+        return self._answer(self.sasl.respond(data))
+
+    def _answer(self, step: SaslStep) -> SaslStep:
+        while isinstance(step, NeedCredentials | NeedPasswordCheck):
+            assert self.sasl.waiting
+            if isinstance(step, NeedCredentials):
+                step = self.sasl.credentials(self.lookup(step.local, step.hash_name))
+            else:
+                self.checked.append(step.credentials)
+                step = self.sasl.password_checked(self.verify(step.password, step.credentials))
+        assert not self.sasl.waiting
+        return step
 
 
 def negotiation(
@@ -47,18 +82,20 @@ def negotiation(
     secure: bool = True,
     channel_bindings: dict[str, bytes] | None = None,
     allow_plain: bool = True,
-) -> SaslNegotiation:
-    return SaslNegotiation(
+    iterations: int = 4096,
+) -> Driven:
+    sasl = SaslNegotiation(
         DOMAIN,
-        Lookup({USER: CREDENTIALS}),
         secure=secure,
         channel_bindings=BINDINGS if channel_bindings is None else channel_bindings,
         allow_plain=allow_plain,
+        iterations=iterations,
     )
+    return Driven(sasl, Lookup({USER: CREDENTIALS}))
 
 
-async def scram_exchange(
-    sasl: SaslNegotiation,
+def scram_exchange(
+    sasl: Driven,
     mechanism: str,
     username: str = USER,
     password: str = PASSWORD,
@@ -66,11 +103,11 @@ async def scram_exchange(
 ) -> tuple[Challenge | Success | Failure, scramp.ScramClient]:
     """Run a whole SCRAM exchange with scramp's client; return the final step."""
     client = scramp.ScramClient([mechanism], username, password, channel_binding=channel_binding)
-    step = await sasl.start(mechanism, client.get_client_first().encode())
+    step = sasl.start(mechanism, client.get_client_first().encode())
     if not isinstance(step, Challenge):
         return step, client
     client.set_server_first(step.data.decode())
-    return await sasl.respond(client.get_client_final().encode()), client
+    return sasl.respond(client.get_client_final().encode()), client
 
 
 def parse_server_first(data: bytes) -> dict[str, str]:
@@ -150,9 +187,9 @@ def test_negotiation_lists_its_mechanisms() -> None:
 
 # ---- SCRAM --------------------------------------------------------------------------
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_scram_success(mechanism: str) -> None:
+def test_scram_success(mechanism: str) -> None:
     sasl = negotiation()
-    step, client = await scram_exchange(sasl, mechanism)
+    step, client = scram_exchange(sasl, mechanism)
     assert isinstance(step, Success), step
     assert step.local == USER
     assert step.data is not None and step.data.startswith(b"v=")
@@ -161,17 +198,17 @@ async def test_scram_success(mechanism: str) -> None:
 
 
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_scram_success_without_tls(mechanism: str) -> None:
-    step, client = await scram_exchange(negotiation(secure=False, channel_bindings={}), mechanism)
+def test_scram_success_without_tls(mechanism: str) -> None:
+    step, client = scram_exchange(negotiation(secure=False, channel_bindings={}), mechanism)
     assert isinstance(step, Success), step
     assert step.data is not None
     client.set_server_final(step.data.decode())
 
 
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_scram_uses_the_stored_salt_and_iterations(mechanism: str) -> None:
+def test_scram_uses_the_stored_salt_and_iterations(mechanism: str) -> None:
     client = scramp.ScramClient([mechanism], USER, PASSWORD)
-    step = await negotiation().start(mechanism, client.get_client_first().encode())
+    step = negotiation().start(mechanism, client.get_client_first().encode())
     assert isinstance(step, Challenge)
     attrs = parse_server_first(step.data)
     creds = CREDENTIALS[mechanism.removeprefix("SCRAM-")]
@@ -179,78 +216,78 @@ async def test_scram_uses_the_stored_salt_and_iterations(mechanism: str) -> None
     assert int(attrs["i"]) == creds.iterations
 
 
-async def test_scram_username_is_prepared() -> None:
-    step, _ = await scram_exchange(negotiation(), "SCRAM-SHA-256", username="Juliet")
+def test_scram_username_is_prepared() -> None:
+    step, _ = scram_exchange(negotiation(), "SCRAM-SHA-256", username="Juliet")
     assert isinstance(step, Success), step
     assert step.local == USER
 
 
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_scram_wrong_password(mechanism: str) -> None:
-    step, _ = await scram_exchange(negotiation(), mechanism, password="not the password")
+def test_scram_wrong_password(mechanism: str) -> None:
+    step, _ = scram_exchange(negotiation(), mechanism, password="not the password")
     assert isinstance(step, Failure)
     assert step.condition == "not-authorized"
 
 
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_scram_unknown_user_fails_only_at_the_final_step(mechanism: str) -> None:
+def test_scram_unknown_user_fails_only_at_the_final_step(mechanism: str) -> None:
     sasl = negotiation()
     client = scramp.ScramClient([mechanism], "nobody", PASSWORD)
-    first = await sasl.start(mechanism, client.get_client_first().encode())
+    first = sasl.start(mechanism, client.get_client_first().encode())
     # Like a real account: a server-first-message with a salt and an iteration count.
     assert isinstance(first, Challenge)
     attrs = parse_server_first(first.data)
     assert set(attrs) == {"r", "s", "i"}
     assert int(attrs["i"]) == 4096
     client.set_server_first(first.data.decode())
-    final = await sasl.respond(client.get_client_final().encode())
+    final = sasl.respond(client.get_client_final().encode())
     assert isinstance(final, Failure)
     assert final.condition == "not-authorized"
 
 
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_scram_unknown_user_salt_looks_like_a_real_one(mechanism: str) -> None:
+def test_scram_unknown_user_salt_looks_like_a_real_one(mechanism: str) -> None:
     """Same salt length as a real account's, or the length tells accounts apart."""
     client = scramp.ScramClient([mechanism], "nobody", PASSWORD)
-    step = await negotiation().start(mechanism, client.get_client_first().encode())
+    step = negotiation().start(mechanism, client.get_client_first().encode())
     assert isinstance(step, Challenge)
     decoy_salt = base64.b64decode(parse_server_first(step.data)["s"])
     real_salt = CREDENTIALS[mechanism.removeprefix("SCRAM-")].salt
     assert len(decoy_salt) == len(real_salt)
 
 
-async def test_scram_unknown_user_gets_a_stable_salt() -> None:
+def test_scram_unknown_user_gets_a_stable_salt() -> None:
     """A salt that changed on every attempt would tell unknown accounts apart."""
     salts = []
     for _ in range(2):
         client = scramp.ScramClient(["SCRAM-SHA-256"], "nobody", PASSWORD)
-        step = await negotiation().start("SCRAM-SHA-256", client.get_client_first().encode())
+        step = negotiation().start("SCRAM-SHA-256", client.get_client_first().encode())
         assert isinstance(step, Challenge)
         salts.append(parse_server_first(step.data)["s"])
     assert salts[0] == salts[1]
 
 
-async def test_scram_invalid_username_is_treated_like_an_unknown_user() -> None:
+def test_scram_invalid_username_is_treated_like_an_unknown_user() -> None:
     sasl = negotiation()
     client = scramp.ScramClient(["SCRAM-SHA-256"], "ju liet", PASSWORD)
-    first = await sasl.start("SCRAM-SHA-256", client.get_client_first().encode())
+    first = sasl.start("SCRAM-SHA-256", client.get_client_first().encode())
     assert isinstance(first, Challenge)
     client.set_server_first(first.data.decode())
-    final = await sasl.respond(client.get_client_final().encode())
+    final = sasl.respond(client.get_client_final().encode())
     assert isinstance(final, Failure) and final.condition == "not-authorized"
 
 
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_scram_without_initial_response(mechanism: str) -> None:
+def test_scram_without_initial_response(mechanism: str) -> None:
     """RFC 6120 §6.4.2: no initial response -> empty challenge, then client-first."""
     sasl = negotiation()
-    step = await sasl.start(mechanism, None)
+    step = sasl.start(mechanism, None)
     assert step == Challenge(b"")
     client = scramp.ScramClient([mechanism], USER, PASSWORD)
-    step = await sasl.respond(client.get_client_first().encode())
+    step = sasl.respond(client.get_client_first().encode())
     assert isinstance(step, Challenge)
     client.set_server_first(step.data.decode())
-    step = await sasl.respond(client.get_client_final().encode())
+    step = sasl.respond(client.get_client_final().encode())
     assert isinstance(step, Success), step
     assert step.data is not None
     client.set_server_final(step.data.decode())
@@ -260,33 +297,29 @@ async def test_scram_without_initial_response(mechanism: str) -> None:
     "data",
     [b"garbage", b"x,,n=juliet,r=abc", b"n,,r=abc", b"n,b=x,n=juliet,r=abc", b"\xff\xfe"],
 )
-async def test_scram_malformed_client_first(data: bytes) -> None:
-    step = await negotiation().start("SCRAM-SHA-256", data)
+def test_scram_malformed_client_first(data: bytes) -> None:
+    step = negotiation().start("SCRAM-SHA-256", data)
     assert isinstance(step, Failure)
     assert step.condition == "malformed-request"
 
 
-async def test_scram_garbage_client_final() -> None:
+def test_scram_garbage_client_final() -> None:
     sasl = negotiation()
     client = scramp.ScramClient(["SCRAM-SHA-256"], USER, PASSWORD)
-    assert isinstance(
-        await sasl.start("SCRAM-SHA-256", client.get_client_first().encode()), Challenge
-    )
-    step = await sasl.respond(b"c=biws,r=wrong,p=AAAA")
+    assert isinstance(sasl.start("SCRAM-SHA-256", client.get_client_first().encode()), Challenge)
+    step = sasl.respond(b"c=biws,r=wrong,p=AAAA")
     assert isinstance(step, Failure) and step.condition == "not-authorized"
 
 
-async def test_respond_without_start() -> None:
-    step = await negotiation().respond(b"anything")
+def test_respond_without_start() -> None:
+    step = negotiation().respond(b"anything")
     assert isinstance(step, Failure)
 
 
 # ---- channel binding ----------------------------------------------------------------
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS"])
-async def test_scram_plus_with_tls_server_end_point(mechanism: str) -> None:
-    step, client = await scram_exchange(
-        negotiation(), mechanism, channel_binding=(CB_NAME, CB_DATA)
-    )
+def test_scram_plus_with_tls_server_end_point(mechanism: str) -> None:
+    step, client = scram_exchange(negotiation(), mechanism, channel_binding=(CB_NAME, CB_DATA))
     assert isinstance(step, Success), step
     assert step.local == USER
     assert step.data is not None
@@ -294,38 +327,38 @@ async def test_scram_plus_with_tls_server_end_point(mechanism: str) -> None:
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS"])
-async def test_scram_plus_with_wrong_binding_value(mechanism: str) -> None:
-    step, _ = await scram_exchange(
+def test_scram_plus_with_wrong_binding_value(mechanism: str) -> None:
+    step, _ = scram_exchange(
         negotiation(), mechanism, channel_binding=(CB_NAME, b"\x00" * len(CB_DATA))
     )
     assert isinstance(step, Failure)
     assert step.condition == "not-authorized"
 
 
-async def test_scram_plus_with_unsupported_binding_type() -> None:
-    step, _ = await scram_exchange(
+def test_scram_plus_with_unsupported_binding_type() -> None:
+    step, _ = scram_exchange(
         negotiation(), "SCRAM-SHA-256-PLUS", channel_binding=("tls-unique", b"x" * 12)
     )
     assert isinstance(step, Failure)
 
 
-async def test_scram_plus_without_using_binding_is_refused() -> None:
+def test_scram_plus_without_using_binding_is_refused() -> None:
     # A -PLUS mechanism with gs2 flag 'n' (RFC 5802 §6: the client must bind).
-    step = await negotiation().start("SCRAM-SHA-256-PLUS", b"n,,n=juliet,r=abcdefabcdef")
+    step = negotiation().start("SCRAM-SHA-256-PLUS", b"n,,n=juliet,r=abcdefabcdef")
     assert isinstance(step, Failure)
 
 
 @pytest.mark.parametrize("mechanism", SCRAM)
-async def test_client_y_flag_when_server_offers_binding_is_a_downgrade(mechanism: str) -> None:
+def test_client_y_flag_when_server_offers_binding_is_a_downgrade(mechanism: str) -> None:
     """RFC 5802 §6: 'y' says "I think the server cannot bind"; ours can, so someone
     removed -PLUS from the list."""
-    step, _ = await scram_exchange(negotiation(), mechanism, channel_binding=(CB_NAME, CB_DATA))
+    step, _ = scram_exchange(negotiation(), mechanism, channel_binding=(CB_NAME, CB_DATA))
     assert isinstance(step, Failure)
     assert step.condition == "not-authorized"
 
 
-async def test_client_y_flag_when_server_offers_no_binding_is_fine() -> None:
-    step, client = await scram_exchange(
+def test_client_y_flag_when_server_offers_no_binding_is_fine() -> None:
+    step, client = scram_exchange(
         negotiation(channel_bindings={}), "SCRAM-SHA-256", channel_binding=(CB_NAME, CB_DATA)
     )
     assert isinstance(step, Success), step
@@ -333,70 +366,70 @@ async def test_client_y_flag_when_server_offers_no_binding_is_fine() -> None:
     client.set_server_final(step.data.decode())
 
 
-async def test_client_n_flag_on_a_binding_capable_stream_is_fine() -> None:
+def test_client_n_flag_on_a_binding_capable_stream_is_fine() -> None:
     # 'n': the client does not support channel binding at all; no downgrade.
-    step, _ = await scram_exchange(negotiation(), "SCRAM-SHA-256")
+    step, _ = scram_exchange(negotiation(), "SCRAM-SHA-256")
     assert isinstance(step, Success), step
 
 
 # ---- mechanisms not offered ---------------------------------------------------------
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"])
-async def test_plus_without_tls_is_encryption_required(mechanism: str) -> None:
+def test_plus_without_tls_is_encryption_required(mechanism: str) -> None:
     """RFC 6120 §6.5.4: the mechanism cannot be used unless the stream is protected."""
-    step = await negotiation(secure=False, channel_bindings={}).start(mechanism, b"")
+    step = negotiation(secure=False, channel_bindings={}).start(mechanism, b"")
     assert isinstance(step, Failure)
     assert step.condition == "encryption-required"
 
 
-async def test_plus_on_tls_without_channel_binding_is_invalid_mechanism() -> None:
-    step = await negotiation(channel_bindings={}).start("SCRAM-SHA-256-PLUS", b"")
+def test_plus_on_tls_without_channel_binding_is_invalid_mechanism() -> None:
+    step = negotiation(channel_bindings={}).start("SCRAM-SHA-256-PLUS", b"")
     assert isinstance(step, Failure)
     assert step.condition == "invalid-mechanism"
 
 
-async def test_plain_without_tls_is_encryption_required() -> None:
+def test_plain_without_tls_is_encryption_required() -> None:
     sasl = negotiation(secure=False, channel_bindings={})
-    step = await sasl.start("PLAIN", f"\0{USER}\0{PASSWORD}".encode())
+    step = sasl.start("PLAIN", f"\0{USER}\0{PASSWORD}".encode())
     assert isinstance(step, Failure)
     assert step.condition == "encryption-required"
 
 
-async def test_plain_disabled_is_invalid_mechanism() -> None:
-    step = await negotiation(allow_plain=False).start("PLAIN", f"\0{USER}\0{PASSWORD}".encode())
+def test_plain_disabled_is_invalid_mechanism() -> None:
+    step = negotiation(allow_plain=False).start("PLAIN", f"\0{USER}\0{PASSWORD}".encode())
     assert isinstance(step, Failure)
     assert step.condition == "invalid-mechanism"
 
 
 @pytest.mark.parametrize("mechanism", ["DIGEST-MD5", "X-OAUTH2", "EXTERNAL", "", "scram-sha-1"])
-async def test_unknown_mechanism(mechanism: str) -> None:
-    step = await negotiation().start(mechanism, b"")
+def test_unknown_mechanism(mechanism: str) -> None:
+    step = negotiation().start(mechanism, b"")
     assert isinstance(step, Failure)
     assert step.condition == "invalid-mechanism"
 
 
 # ---- PLAIN --------------------------------------------------------------------------
-async def test_plain_success() -> None:
-    step = await negotiation().start("PLAIN", f"\0{USER}\0{PASSWORD}".encode())
+def test_plain_success() -> None:
+    step = negotiation().start("PLAIN", f"\0{USER}\0{PASSWORD}".encode())
     assert step == Success(USER)
 
 
-async def test_plain_username_is_prepared() -> None:
-    step = await negotiation().start("PLAIN", f"\0JULIET\0{PASSWORD}".encode())
+def test_plain_username_is_prepared() -> None:
+    step = negotiation().start("PLAIN", f"\0JULIET\0{PASSWORD}".encode())
     assert isinstance(step, Success) and step.local == USER
 
 
-async def test_plain_wrong_password() -> None:
-    step = await negotiation().start("PLAIN", f"\0{USER}\0wrong".encode())
+def test_plain_wrong_password() -> None:
+    step = negotiation().start("PLAIN", f"\0{USER}\0wrong".encode())
     assert isinstance(step, Failure) and step.condition == "not-authorized"
 
 
-async def test_plain_unknown_user() -> None:
-    step = await negotiation().start("PLAIN", f"\0nobody\0{PASSWORD}".encode())
+def test_plain_unknown_user() -> None:
+    step = negotiation().start("PLAIN", f"\0nobody\0{PASSWORD}".encode())
     assert isinstance(step, Failure) and step.condition == "not-authorized"
 
 
-async def test_plain_invalid_username() -> None:
-    step = await negotiation().start("PLAIN", f"\0ju liet\0{PASSWORD}".encode())
+def test_plain_invalid_username() -> None:
+    step = negotiation().start("PLAIN", f"\0ju liet\0{PASSWORD}".encode())
     assert isinstance(step, Failure) and step.condition == "not-authorized"
 
 
@@ -404,87 +437,75 @@ async def test_plain_invalid_username() -> None:
     "data",
     [b"", b"juliet", f"{USER}\0{PASSWORD}".encode(), b"a\0b\0c\0d", b"\xff\0juliet\0pw"],
 )
-async def test_plain_malformed(data: bytes) -> None:
-    step = await negotiation().start("PLAIN", data)
+def test_plain_malformed(data: bytes) -> None:
+    step = negotiation().start("PLAIN", data)
     assert isinstance(step, Failure)
     assert step.condition == "malformed-request"
 
 
-async def test_plain_without_initial_response() -> None:
+def test_plain_without_initial_response() -> None:
     sasl = negotiation()
-    assert await sasl.start("PLAIN", None) == Challenge(b"")
-    step = await sasl.respond(f"\0{USER}\0{PASSWORD}".encode())
+    assert sasl.start("PLAIN", None) == Challenge(b"")
+    step = sasl.respond(f"\0{USER}\0{PASSWORD}".encode())
     assert step == Success(USER)
 
 
 # ---- authzid (RFC 6120 §6.3.8) ------------------------------------------------------
 @pytest.mark.parametrize("authzid", [f"{USER}@{DOMAIN}", "Juliet@EXAMPLE.org"])
-async def test_plain_authzid_equal_to_bare_jid(authzid: str) -> None:
-    step = await negotiation().start("PLAIN", f"{authzid}\0{USER}\0{PASSWORD}".encode())
+def test_plain_authzid_equal_to_bare_jid(authzid: str) -> None:
+    step = negotiation().start("PLAIN", f"{authzid}\0{USER}\0{PASSWORD}".encode())
     assert step == Success(USER)
 
 
 @pytest.mark.parametrize(
     "authzid", ["romeo@example.org", f"{USER}@other.example", f"{USER}@{DOMAIN}/res", "@@"]
 )
-async def test_plain_other_authzid_is_invalid(authzid: str) -> None:
-    step = await negotiation().start("PLAIN", f"{authzid}\0{USER}\0{PASSWORD}".encode())
+def test_plain_other_authzid_is_invalid(authzid: str) -> None:
+    step = negotiation().start("PLAIN", f"{authzid}\0{USER}\0{PASSWORD}".encode())
     assert isinstance(step, Failure)
     assert step.condition == "invalid-authzid"
 
 
 @pytest.mark.parametrize("hash_name", ["SHA-1", "SHA-256"])
-async def test_scram_authzid_equal_to_bare_jid_is_refused(hash_name: str) -> None:
+def test_scram_authzid_equal_to_bare_jid_is_refused(hash_name: str) -> None:
     """Known limitation: scramp rejects any GS2 authzid and the header is covered by the
     client proof, so SCRAM with an authzid (even the user's own bare JID, which RFC 6120
     §6.4.6 allows) gets invalid-authzid. PLAIN accepts it. Mainstream clients send none."""
     client = AuthzidScramClient(hash_name, USER, PASSWORD, f"{USER}@{DOMAIN}")
-    step = await negotiation().start(f"SCRAM-{hash_name}", client.first())
+    step = negotiation().start(f"SCRAM-{hash_name}", client.first())
     assert isinstance(step, Failure)
     assert step.condition == "invalid-authzid"
 
 
-async def test_scram_other_authzid_is_invalid() -> None:
+def test_scram_other_authzid_is_invalid() -> None:
     client = AuthzidScramClient("SHA-256", USER, PASSWORD, "romeo@example.org")
-    step = await negotiation().start("SCRAM-SHA-256", client.first())
+    step = negotiation().start("SCRAM-SHA-256", client.first())
     assert isinstance(step, Failure)
     assert step.condition == "invalid-authzid"
 
 
 @pytest.mark.parametrize("hash_name", ["SHA-1", "SHA-256"])
-async def test_authzid_client_helper_is_a_correct_scram_client(hash_name: str) -> None:
+def test_authzid_client_helper_is_a_correct_scram_client(hash_name: str) -> None:
     # Without an authzid the hand-written client must pass, so a failure above is the
     # server's, not the helper's.
     client = AuthzidScramClient(hash_name, USER, PASSWORD, None)
     sasl = negotiation()
-    first = await sasl.start(f"SCRAM-{hash_name}", client.first())
+    first = sasl.start(f"SCRAM-{hash_name}", client.first())
     assert isinstance(first, Challenge), first
-    final = await sasl.respond(client.final(first.data))
+    final = sasl.respond(client.final(first.data))
     assert isinstance(final, Success), final
     assert final.data == b"v=" + base64.b64encode(client.server_signature)
 
 
 # ---- no account probing by timing -----------------------------------------------------
-async def test_plain_unknown_user_runs_pbkdf2_like_a_real_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_plain_unknown_user_runs_pbkdf2_like_a_real_one() -> None:
     """An unknown user costs the same lookup and the same PBKDF2 (against a decoy record
     with the configured iteration count) as a wrong password for a real one."""
-    from dovecote.stream import sasl as sasl_module
-
-    checked: list[ScramCredentials] = []
-
-    def counting_verify(password: str, creds: ScramCredentials) -> bool:
-        checked.append(creds)
-        return verify_password(password, creds)
-
-    monkeypatch.setattr(sasl_module, "verify_password", counting_verify)
-    lookup = Lookup({USER: CREDENTIALS})
-    sasl = SaslNegotiation(DOMAIN, lookup, secure=True, channel_bindings=BINDINGS, iterations=4096)
-    assert await sasl.start("PLAIN", f"\0nobody\0{PASSWORD}".encode()) == Failure("not-authorized")
-    assert await sasl.start("PLAIN", f"\0{USER}\0wrong".encode()) == Failure("not-authorized")
-    assert lookup.calls == [("nobody", "SHA-256"), (USER, "SHA-256")]
-    decoy, real = checked
+    sasl = negotiation(iterations=4096)
+    assert sasl.start("PLAIN", f"\0nobody\0{PASSWORD}".encode()) == Failure("not-authorized")
+    assert sasl.start("PLAIN", f"\0{USER}\0wrong".encode()) == Failure("not-authorized")
+    assert sasl.lookup.calls == [("nobody", "SHA-256"), (USER, "SHA-256")]
+    decoy, real = sasl.checked
     assert (decoy.hash_name, decoy.iterations) == ("SHA-256", 4096)
     assert len(decoy.salt) == len(real.salt)
     # The decoy is stable per name (its salt would show in SCRAM too) and never matches.
@@ -492,13 +513,46 @@ async def test_plain_unknown_user_runs_pbkdf2_like_a_real_one(
     assert sasl.attempted_user == USER
 
 
-async def test_attempted_user_is_known_for_every_mechanism() -> None:
+def test_plain_unknown_user_fails_even_if_the_decoy_matched() -> None:
+    """Only a real account's record can let PLAIN through."""
     sasl = negotiation()
-    await sasl.start("PLAIN", b"\0JULIET\0wrong")
+    sasl.verify = lambda password, creds: True
+    assert sasl.start("PLAIN", f"\0nobody\0{PASSWORD}".encode()) == Failure("not-authorized")
+
+
+def test_requests_are_answered_in_order() -> None:
+    """The sans-IO contract: a request must be answered before more input, and only the
+    request asked may be answered."""
+    sasl = SaslNegotiation(DOMAIN, secure=True, channel_bindings={})
+    with pytest.raises(RuntimeError):
+        sasl.credentials(None)
+    step = sasl.start("PLAIN", f"\0{USER}\0{PASSWORD}".encode())
+    assert step == NeedCredentials(USER, "SHA-256")
+    with pytest.raises(RuntimeError):
+        sasl.respond(b"more")
+    with pytest.raises(RuntimeError):
+        sasl.password_checked(True)
+    step = sasl.credentials(CREDENTIALS["SHA-256"])
+    assert isinstance(step, NeedPasswordCheck)
+    assert PASSWORD not in repr(step)  # never in a log line
+    assert sasl.password_checked(verify_password(step.password, step.credentials)) == Success(USER)
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_scram_asks_for_the_family_hash(mechanism: str) -> None:
+    sasl = SaslNegotiation(DOMAIN, secure=True, channel_bindings={})
+    client = scramp.ScramClient([mechanism], "Juliet", PASSWORD)
+    step = sasl.start(mechanism, client.get_client_first().encode())
+    assert step == NeedCredentials(USER, mechanism.removeprefix("SCRAM-"))
+
+
+def test_attempted_user_is_known_for_every_mechanism() -> None:
+    sasl = negotiation()
+    sasl.start("PLAIN", b"\0JULIET\0wrong")
     assert sasl.attempted_user == USER
     sasl = negotiation()
-    await scram_exchange(sasl, "SCRAM-SHA-1", username="nobody", password="x")
+    scram_exchange(sasl, "SCRAM-SHA-1", username="nobody", password="x")
     assert sasl.attempted_user == "nobody"
     sasl = negotiation()
-    await sasl.start("PLAIN", b"\0ju liet\0x")
+    sasl.start("PLAIN", b"\0ju liet\0x")
     assert sasl.attempted_user == "ju liet"  # invalid: as sent (escaped when logged)

@@ -3,7 +3,10 @@
 `C2SStream` takes parsed input (stream header, top-level elements, stream end) from any
 transport and answers through the transport's framing; it owns no socket and no timer.
 One stream goes through: stream header -> STARTTLS -> restart -> SASL -> restart ->
-resource binding -> a bound session that routes stanzas.
+resource binding -> a bound session that routes stanzas. Until the resource is bound the
+protocol is decided by `stream/negotiation.py` (no I/O); `C2SStream` drives it: it feeds
+the input in and carries out the actions (writes, TLS, credential lookups, the throttle's
+delays, binding in the session manager, module events).
 
 Input is handled in order, synchronously where possible; an element whose handling has
 to wait (storage, TLS handshake) queues the input behind it.
@@ -12,19 +15,18 @@ to wait (storage, TLS handshake) queues the input behind it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
-import secrets
+from collections import deque
 from typing import TYPE_CHECKING
 
-from dovecote.core.session import STANZA_KINDS, ClientSession, sm_failed
-from dovecote.jid import JID, InvalidJID, prepare_domain, prepare_resource
-from dovecote.stream import sasl, sm
+from dovecote.core.session import ClientSession, sm_failed
+from dovecote.jid import JID
+from dovecote.storage.credentials import verify_password
+from dovecote.stream import negotiation as neg
+from dovecote.stream import sm
 from dovecote.stream.base import StreamBase
-from dovecote.stream.errors import StanzaError, StreamError, error_reply, excerpt
-from dovecote.xml import ns
-from dovecote.xml.element import XML_LANG, Element
+from dovecote.stream.errors import StanzaError, StreamError
+from dovecote.xml.element import Element
 from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
 
 if TYPE_CHECKING:
@@ -33,7 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_SASL_ATTEMPTS = 5
+STANZA_KINDS = neg.STANZA_KINDS
+MAX_SASL_ATTEMPTS = neg.MAX_SASL_ATTEMPTS
+#: States of a stream (`C2SStream.state`) decided by the negotiation machine.
+_PRE_BIND_STATES = frozenset(("wait-header", "negotiating", "wait-restart", "authenticated"))
 
 
 class C2SStream(StreamBase):
@@ -43,14 +48,10 @@ class C2SStream(StreamBase):
         self.server = server
         self.transport = transport
         self.state = "wait-header"  # -> negotiating -> authenticated -> bound -> closed
-        self.stream_id = ""
-        self.domain: str | None = None
-        self.lang = "en"
-        self.local: str | None = None  # set by SASL success
+        #: Header checks, STARTTLS, SASL and binding (`negotiation`, made on first use).
+        self._negotiation: neg.ClientNegotiation | None = None
         self.jid: JID = JID(None, server.default_host)
         self._header_sent = False
-        self._sasl: sasl.SaslNegotiation | None = None
-        self._sasl_failures = 0
         self._init_input()
         #: The session this connection carries once bound (or resumed).
         self.session: ClientSession | None = None
@@ -70,316 +71,169 @@ class C2SStream(StreamBase):
     async def _handle(self, event: ParserEvent) -> None:
         if isinstance(event, ElementReceived):
             session = self.session
-            if session is not None:
+            if session is not None and self.state == "bound":
                 await session.receive(event.element)
             else:
                 await self._negotiation_element(event.element)
         elif isinstance(event, StreamOpened):
-            self._stream_opened(event)
+            await self._stream_opened(event)
         elif isinstance(event, StreamClosed):
-            self._stream_closed()
+            await self._stream_closed()
 
-    # ---- stream header (RFC 6120 §4.7) ------------------------------------------------
-    def _stream_opened(self, event: StreamOpened) -> None:
-        header = event.header
-        if self.state not in ("wait-header", "wait-restart"):
-            raise StreamError("bad-format", "unexpected stream header")
-        lang = header.attrs.get(XML_LANG)
-        if lang:
-            self.lang = lang
-        if header.ns != ns.STREAMS or header.tag != "stream":
-            raise StreamError(
-                "invalid-namespace",
-                "the stream element must be {http://etherx.jabber.org/streams}stream",
+    # ---- negotiation: the driver of `ClientNegotiation` -------------------------------
+    @property
+    def negotiation(self) -> neg.ClientNegotiation:
+        """The negotiation machine, made on first use: the connection is up by then (the
+        channel bindings of direct TLS exist only once it is)."""
+        machine = self._negotiation
+        if machine is None:
+            server = self.server
+            config = server.config
+            transport = self.transport
+            machine = self._negotiation = neg.ClientNegotiation(
+                neg.NegotiationConfig(
+                    hosts=server.hosts,
+                    default_host=server.default_host,
+                    tls_required=config.tls.required,
+                    allow_plain=config.auth.allow_plain,
+                    scram_iterations=config.auth.scram_iterations,
+                    sm_enabled=self._sm_enabled,
+                    pre_auth_features=server.pre_auth_features,
+                    stream_features=server.stream_features,
+                ),
+                secure=transport.secure,
+                can_starttls=transport.can_starttls,
+                channel_bindings=transport.channel_bindings(),
+                peer_address=transport.peer_address,
+                address_throttle=server.auth_throttle,
+                account_throttle=server.account_throttle,
             )
-        if header.prefix != "stream":
-            raise StreamError(
-                "bad-namespace-prefix", "the stream namespace prefix must be 'stream'"
-            )
-        if header.default_ns != ns.CLIENT:
-            raise StreamError("invalid-namespace", "the content namespace must be jabber:client")
-        to = header.attrs.get("to")
-        if not to:
-            raise StreamError(
-                "improper-addressing", "a 'to' attribute is required on the stream header"
-            )
-        try:
-            domain = prepare_domain(to)
-        except InvalidJID:
-            raise StreamError("host-unknown", f"{excerpt(to)} is not a valid domain") from None
-        if domain not in self.server.hosts:
-            raise StreamError("host-unknown", f"this server does not serve {excerpt(domain)}")
-        if self.domain is not None and domain != self.domain:
-            raise StreamError("host-unknown", "the domain may not change on a stream restart")
-        version = header.attrs.get("version", "0.9")
-        try:
-            major = int(version.split(".", 1)[0])
-        except ValueError:
-            major = 0
-        self.domain = domain
-        self.stream_id = secrets.token_urlsafe(12)
-        self._send_header(header.attrs.get("from"))
-        if major < 1:
-            raise StreamError("unsupported-version", "XMPP 1.0 is required")
-        if self.state == "wait-header":
-            self.state = "negotiating"
-        elif self.local is not None:
-            self.state = "authenticated"
-        else:
-            self.state = "negotiating"
-        self.transport.send_element(self._features())
+        return machine
 
-    def _send_header(self, client_from: str | None = None) -> None:
-        if not self.stream_id:
-            self.stream_id = secrets.token_urlsafe(12)
-        attrs = {
-            "from": self.domain or self.server.default_host,
-            "id": self.stream_id,
-            "version": "1.0",
-            XML_LANG: "en",
-        }
-        if client_from and _is_jid(client_from):
-            # RFC 6120 §4.7.2: 'to' echoes the client's 'from', a JID (RFC 6120 §4.7.1);
-            # anything else (say 200 KiB of junk) is not sent back.
-            attrs["to"] = client_from
-        self.transport.send_header(attrs)
-        self._header_sent = True
+    @property
+    def domain(self) -> str | None:
+        return self._negotiation.domain if self._negotiation is not None else None
 
-    def _features(self) -> Element:
-        features = Element("features", ns.STREAMS)
-        config = self.server.config
-        if self.state == "negotiating":
-            tls_required = config.tls.required and not self.transport.secure
-            if self.transport.can_starttls and not self.transport.secure:
-                starttls = features.add("starttls", ns.TLS)
-                if config.tls.required:
-                    starttls.add("required")
-            if not tls_required:
-                bindings = self.transport.channel_bindings()
-                mechanisms = features.add("mechanisms", ns.SASL)
-                for name in sasl.offered_mechanisms(
-                    self.transport.secure, bindings, config.auth.allow_plain
-                ):
-                    mechanisms.add("mechanism", text=name)
-                for feature in self.server.pre_auth_features:
-                    features.append(feature.copy())
-                if bindings:
-                    # XEP-0440 §3: tell the client which channel-binding types we support.
-                    cb = features.add("sasl-channel-binding", ns.SASL_CB)
-                    for cb_type in bindings:
-                        cb.add("channel-binding", attrs={"type": cb_type})
-        elif self.state == "authenticated":
-            features.add("bind", ns.BIND)
-            # RFC 6121 §... legacy session establishment: offered, but optional.
-            features.add("session", ns.SESSION).add("optional")
-            if self._sm_enabled:
-                features.add("sm", sm.NS)
-            for feature in self.server.stream_features:
-                features.append(feature.copy())
-        return features
+    @property
+    def local(self) -> str | None:
+        """The authenticated account, set by SASL success."""
+        return self._negotiation.local if self._negotiation is not None else None
 
-    def _stream_closed(self) -> None:
+    @property
+    def stream_id(self) -> str:
+        return self._negotiation.stream_id if self._negotiation is not None else ""
+
+    @property
+    def lang(self) -> str:
+        return self._negotiation.lang if self._negotiation is not None else "en"
+
+    async def _stream_opened(self, event: StreamOpened) -> None:
+        """RFC 6120 §4.7 (checks in `ClientNegotiation.stream_opened`)."""
+        await self._drive(self.negotiation.stream_opened(event.header))
+
+    def _send_header(self) -> None:
+        """Open our stream to carry a stream error found outside the machine."""
+        for action in self.negotiation.error_header():
+            assert isinstance(action, neg.SendHeader)
+            self.transport.send_header(action.attrs)
+            self._header_sent = True
+
+    async def _stream_closed(self) -> None:
         """RFC 6120 §4.4: answer the closing tag with ours, then close."""
-        self.close()
-
-    # ---- negotiation elements ---------------------------------------------------------
-    async def _negotiation_element(self, element: Element) -> None:
-        if self.state == "negotiating":
-            if element.ns == ns.TLS and element.tag == "starttls":
-                await self._starttls()
-                return
-            if element.ns == ns.SASL:
-                await self._sasl_element(element)
-                return
-            if element.tag == "iq" and element.ns == ns.CLIENT:
-                # Before authentication only modules that say so take IQs (XEP-0077
-                # in-band registration): event `c2s/unauthenticated-iq/{ns}:{tag}`.
-                payload = next(element.elements, None)
-                if payload is not None and await self.server.events.fire(
-                    f"c2s/unauthenticated-iq/{payload.ns}:{payload.tag}", (self, element)
-                ):
-                    return
-            # RFC 6120 §4.9.3.12: nothing but negotiation before authentication.
-            raise StreamError("not-authorized", "authenticate first")
-        if self.state == "authenticated":
-            if element.tag == "iq" and element.ns == ns.CLIENT:
-                await self._pre_bind_iq(element)
-                return
-            if element.ns == sm.NS and self._sm_enabled:
-                if element.tag == "resume":
-                    self._resume(element)
-                else:
-                    # XEP-0198 §3: enable only after binding a resource.
-                    self.transport.send_element(sm_failed("unexpected-request"))
-                return
-            if element.tag in STANZA_KINDS and element.ns == ns.CLIENT:
-                raise StreamError("not-authorized", "bind a resource first")
-            if await self.server.events.fire(
-                f"c2s/element/{element.ns}:{element.tag}", (self, element)
-            ):
-                return
-            raise StreamError("unsupported-stanza-type", f"unexpected {element.tag}")
-        raise StreamError("bad-format", "unexpected element")
-
-    async def _starttls(self) -> None:
-        if not self.transport.can_starttls or self.transport.secure:
-            self.transport.send_element(Element("failure", ns.TLS))
+        if self.state in ("bound", "hibernating"):
             self.close()
             return
-        self.transport.send_element(Element("proceed", ns.TLS))
-        # Anything the client pipelined after <starttls/> in clear text is discarded
-        # (it could be an injection, CVE-2011-0411 style).
-        self._queue.clear()
-        self.transport.reset_stream()
-        self.state = "wait-restart"
-        try:
-            await self.transport.starttls()
-        except Exception as exc:
-            log.info("TLS handshake with %s failed: %s", self.transport.peer_address, exc)
-            self.state = "closed"
-            self.transport.close()
+        await self._drive(self.negotiation.stream_closed())
 
-    async def _sasl_element(self, element: Element) -> None:
-        """RFC 6120 §6.4."""
-        if self.server.config.tls.required and not self.transport.secure:
-            # RFC 6120 §5.3.1: TLS is mandatory-to-negotiate before SASL here.
-            self.transport.send_element(_sasl_failure("encryption-required", "use STARTTLS"))
-            return
-        if element.tag == "auth":
-            if self._sasl is not None:
-                raise StreamError("policy-violation", "authentication already in progress")
-            config = self.server.config
-            assert self.domain is not None
-            domain = self.domain
-            storage = self.server.storage
+    async def _negotiation_element(self, element: Element) -> None:
+        await self._drive(self.negotiation.element(element))
 
-            async def lookup(local: str, hash_name: str):  # type: ignore[no-untyped-def]
-                return await storage.accounts.get_credentials(local, domain, hash_name)
+    async def _drive(self, actions: list[neg.Action]) -> None:
+        """Carry out the machine's actions in order; a request's answer is fed back and
+        its actions carried out in turn, until the machine waits for input again."""
+        pending = deque(actions)
+        while pending and self.state != "closed":
+            action = pending.popleft()
+            more = await self._carry_out(action)
+            if more is not None:
+                assert not pending, "a request is the last action of its list"
+                pending.extend(more)
+            machine_state = self.negotiation.state
+            if self.state in _PRE_BIND_STATES and machine_state in _PRE_BIND_STATES:
+                self.state = machine_state
 
-            self._sasl = sasl.SaslNegotiation(
-                domain,
-                lookup,
-                secure=self.transport.secure,
-                channel_bindings=self.transport.channel_bindings(),
-                allow_plain=config.auth.allow_plain,
-                iterations=config.auth.scram_iterations,
-            )
-            mechanism = element.get("mechanism") or ""
-            text = element.text.strip()
-            initial = None if text == "" else self._b64decode(text)
-            if isinstance(initial, sasl.Failure):
-                await self._sasl_result(initial)
-                return
-            await self._sasl_result(await self._sasl.start(mechanism, initial))
-        elif element.tag == "response":
-            if self._sasl is None:
-                raise StreamError("policy-violation", "no authentication in progress")
-            data = self._b64decode(element.text.strip())
-            if isinstance(data, sasl.Failure):
-                await self._sasl_result(data)
-                return
-            await self._sasl_result(await self._sasl.respond(data))
-        elif element.tag == "abort":
-            self._sasl = None
-            self.transport.send_element(_sasl_failure("aborted"))
-        else:
-            raise StreamError("unsupported-stanza-type", f"unexpected SASL element {element.tag}")
-
-    @staticmethod
-    def _b64decode(text: str) -> bytes | sasl.Failure:
-        if text == "=":
-            return b""
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            return sasl.Failure("incorrect-encoding")
-
-    async def _sasl_result(self, result: sasl.SaslStep) -> None:
-        if isinstance(result, sasl.Challenge):
-            self.transport.send_element(
-                Element("challenge", ns.SASL, text=_b64(result.data) if result.data else "=")
-            )
-            return
-        negotiation, self._sasl = self._sasl, None
-        throttle = self.server.auth_throttle
-        peer = self.transport.peer_address
-        user = negotiation.attempted_user if negotiation is not None else None
-        if user is not None:
-            # The account's failure budget, across addresses: the answer, right or wrong,
-            # waits its turn; past the queue it is not-authorized whatever the password.
-            accounts = self.server.account_throttle
-            admission = accounts.admit(user, peer)
-            if admission.wait:
-                await asyncio.sleep(admission.wait)
-            if self.state == "closed":
-                return
-            if isinstance(result, sasl.Success) and not admission.admitted:
-                result = sasl.Failure("not-authorized")
-            if isinstance(result, sasl.Success):
-                accounts.succeeded(user, peer, admission)
-            else:
-                accounts.failed(user, admission)
-                assert self.domain is not None and negotiation is not None
-                sasl.log_failure(user, self.domain, peer, negotiation.mechanism or "?")
-        if isinstance(result, sasl.Success):
-            throttle.succeeded(peer)
-            self.local = result.local
-            # RFC 6120 §6.4.6: restart the stream; the new parser must be in place
-            # before the client can react to <success/>.
-            self.transport.reset_stream()
-            self.state = "wait-restart"
-            self.transport.send_element(
-                Element("success", ns.SASL, text=_b64(result.data) if result.data else None)
-            )
-            log.info("%s@%s authenticated from %s", result.local, self.domain, peer)
-            return
-        delay = throttle.failed(peer)
-        if delay:
-            await asyncio.sleep(delay)
-        if self.state == "closed":
-            return
-        self.transport.send_element(_sasl_failure(result.condition, result.text))
-        self._sasl_failures += 1
-        if self._sasl_failures >= MAX_SASL_ATTEMPTS:
-            raise StreamError("policy-violation", "too many failed authentication attempts")
-
-    # ---- resource binding (RFC 6120 §7) -----------------------------------------------
-    async def _pre_bind_iq(self, iq: Element) -> None:
-        payload = next(iq.elements, None)
-        iq_id = iq.get("id")
-        if (
-            iq.get("type") == "set"
-            and payload is not None
-            and payload.ns == ns.BIND
-            and payload.tag == "bind"
-        ):
-            self._bind(iq, payload)
-            return
-        if iq.get("type") == "set" and payload is not None and payload.ns == ns.SESSION:
-            self.transport.send_element(
-                Element("iq", ns.CLIENT, {"type": "result", "id": iq_id or ""})
-            )
-            return
-        if iq.get("type") in ("get", "set"):
-            self.transport.send_element(
-                error_reply(iq, StanzaError("not-authorized", "bind a resource first"))
-            )
-
-    def _bind(self, iq: Element, bind: Element) -> None:
-        assert self.local is not None and self.domain is not None
-        requested = bind.find_text("resource", ns.BIND)
-        if requested is not None and requested.strip():
-            try:
-                resource = prepare_resource(requested.strip())
-            except InvalidJID:
-                # RFC 6120 §7.7.2.1
-                self.transport.send_element(
-                    error_reply(iq, StanzaError("bad-request", "invalid resource"))
+    async def _carry_out(self, action: neg.Action) -> list[neg.Action] | None:
+        """One action; for a request, the machine's actions after its answer (None if the
+        stream closed meanwhile)."""
+        machine = self.negotiation
+        transport = self.transport
+        match action:
+            case neg.Send(element):
+                transport.send_element(element)
+            case neg.SendHeader(attrs):
+                transport.send_header(attrs)
+                self._header_sent = True
+            case neg.ResetStream():
+                transport.reset_stream()
+            case neg.StartTLS():
+                # Clear-text input pipelined after <starttls/> is dropped (CVE-2011-0411).
+                self._queue.clear()
+                try:
+                    await transport.starttls()
+                except Exception as exc:
+                    log.info("TLS handshake with %s failed: %s", transport.peer_address, exc)
+                    return machine.tls_failed()
+                return machine.tls_started(transport.channel_bindings())
+            case neg.LookupCredentials(local, domain, hash_name):
+                creds = await self.server.storage.accounts.get_credentials(local, domain, hash_name)
+                return None if self.state == "closed" else machine.credentials(creds)
+            case neg.VerifyPassword(password, credentials):
+                # PBKDF2 is CPU work: off the event loop (DESIGN: asyncio all the way).
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    None, verify_password, password, credentials
                 )
-                return
-        else:
-            resource = secrets.token_hex(8)
-        jid = JID(self.local, self.domain, resource)
+                return None if self.state == "closed" else machine.password_checked(ok)
+            case neg.Delay(seconds):
+                await asyncio.sleep(seconds)
+                return None if self.state == "closed" else machine.delay_over()
+            case neg.Authenticated(local):
+                log.info("%s@%s authenticated from %s", local, self.domain, transport.peer_address)
+            case neg.Bind(jid):
+                return machine.bind_result(self._bind_session(jid))
+            case neg.Bound(jid):
+                session = self.session
+                assert session is not None and session.jid == jid
+                self.attach_session(session)
+                log.info("bound %s", jid)
+                self.server.spawn(self.server.events.fire_all("session/bound", session))
+            case neg.Resume(element):
+                self._resume(element)
+                return machine.resume_result(self.state == "bound")
+            case neg.UnauthenticatedIQ(iq):
+                # XEP-0077 in-band registration: `c2s/unauthenticated-iq/{ns}:{tag}`.
+                payload = next(iq.elements)
+                taken = await self.server.events.fire(
+                    f"c2s/unauthenticated-iq/{payload.ns}:{payload.tag}", (self, iq)
+                )
+                return None if self.state == "closed" else machine.handler_result(bool(taken))
+            case neg.OfferElement(element):
+                taken = await self.server.events.fire(
+                    f"c2s/element/{element.ns}:{element.tag}", (self, element)
+                )
+                return None if self.state == "closed" else machine.handler_result(bool(taken))
+            case neg.StreamError(condition, text):
+                self._stream_error(StreamError(condition, text))
+            case neg.Close(graceful):
+                if graceful:
+                    self.close()
+                else:
+                    self.state = "closed"
+                    transport.close()
+        return None
+
+    def _bind_session(self, jid: JID) -> StanzaError | None:
+        """Bind `jid` in the session manager (RFC 6120 §7): None once bound, else the
+        error for the client."""
         max_resources = self.server.config.limits.max_resources
         sessions = self.server.sessions
         if (
@@ -388,23 +242,14 @@ class C2SStream(StreamBase):
             and len(sessions.resources(jid.bare)) >= max_resources
         ):
             # RFC 6120 §7.6.2.1: the account has as many resources as it may.
-            self.transport.send_element(
-                error_reply(
-                    iq, StanzaError("resource-constraint", "too many resources for this account")
-                )
-            )
-            return
+            return StanzaError("resource-constraint", "too many resources for this account")
         session = ClientSession(self.server, self, jid)
         replaced = sessions.bind(session, jid)
         if replaced is not None:
             # Policy: the new session takes over the resource (RFC 6120 §7.7.2.2).
             replaced.close("conflict", "replaced by a new connection with the same resource")
-        self.attach_session(session)
-        result = Element("iq", ns.CLIENT, {"type": "result", "id": iq.get("id") or ""})
-        result.add("bind", ns.BIND).add("jid", text=str(jid))
-        self.transport.send_element(result)
-        log.info("bound %s", jid)
-        self.server.spawn(self.server.events.fire_all("session/bound", session))
+        self.session = session  # carried from the `Bound` action on
+        return None
 
     def attach_session(self, session: ClientSession) -> None:
         """From now on this connection carries `session` (bound, or resumed)."""
@@ -452,29 +297,3 @@ class C2SStream(StreamBase):
             self.transport.send_element(sm_failed("unexpected-request"))
             return
         old.resume(self, previd)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _sasl_failure(condition: str, text: str = "") -> Element:
-    failure = Element("failure", ns.SASL)
-    failure.add(condition)
-    if text:
-        failure.add("text", attrs={XML_LANG: "en"}, text=text)
-    return failure
-
-
-#: RFC 7622 §3.1: three parts of at most 1023 bytes each, and two separators.
-_MAX_JID_LENGTH = 3 * 1023 + 2
-
-
-def _is_jid(text: str) -> bool:
-    if len(text) > _MAX_JID_LENGTH:
-        return False
-    try:
-        JID.parse(text)
-    except InvalidJID:
-        return False
-    return True

@@ -1,23 +1,28 @@
 """SASL for client streams (RFC 6120 §6): SCRAM-SHA-1, SCRAM-SHA-256 and their -PLUS
 variants with channel binding (RFC 5802, RFC 7677, RFC 5929), and PLAIN (RFC 4616) over
-TLS only. SCRAM is done by `scramp`; this module picks the mechanism, looks up the stored
-keys and turns the outcome into RFC 6120 §6.5 conditions. No I/O of its own.
+TLS only. SCRAM is done by `scramp`; this module picks the mechanism, asks for the stored
+keys and turns the outcome into RFC 6120 §6.5 conditions.
+
+Sans-IO: every step is synchronous. Where the exchange needs something from outside it
+returns a request instead of an answer: `NeedCredentials` (an account's stored keys,
+answered by `SaslNegotiation.credentials`) and `NeedPasswordCheck` (PLAIN's PBKDF2, CPU
+work the caller runs off the event loop, answered by `SaslNegotiation.password_checked`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import scramp
 
 from dovecote.jid import InvalidJID, prepare_local
-from dovecote.storage.credentials import ScramCredentials, verify_password
+from dovecote.storage.credentials import ScramCredentials
 
 #: Hash name of the stored credentials each SCRAM family uses.
 SCRAM_HASHES = {"SCRAM-SHA-256": "SHA-256", "SCRAM-SHA-1": "SHA-1"}
@@ -34,8 +39,6 @@ MECHANISM_ORDER = (
 auth_log = logging.getLogger("dovecote.auth")
 #: The longest user name written to the log (characters).
 LOGGED_NAME_LENGTH = 64
-
-CredentialsLookup = Callable[[str, str], Awaitable[ScramCredentials | None]]
 
 # A per-process secret so that unknown users get a stable but meaningless salt: the
 # exchange then fails only at the proof, like a wrong password (no account probing).
@@ -76,7 +79,26 @@ class Failure:
     text: str = ""
 
 
-SaslStep = Challenge | Success | Failure
+@dataclass(frozen=True, slots=True)
+class NeedCredentials:
+    """A request: the stored credentials of `local` (on the exchange's domain) for
+    `hash_name`; answered by `SaslNegotiation.credentials` (None: no such account)."""
+
+    local: str
+    hash_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedPasswordCheck:
+    """A request: does `password` match `credentials` (`verify_password`: PBKDF2, CPU
+    work to run off the event loop)? Answered by `SaslNegotiation.password_checked`."""
+
+    password: str = field(repr=False)
+    credentials: ScramCredentials = field(repr=False)
+
+
+#: What one step of the exchange gives: an answer for the client, or a request.
+SaslStep = Challenge | Success | Failure | NeedCredentials | NeedPasswordCheck
 
 
 def offered_mechanisms(
@@ -124,12 +146,16 @@ def _unescape(value: str) -> str:
 
 
 class SaslNegotiation:
-    """One authentication exchange on one stream."""
+    """One authentication exchange on one stream (sans-IO, see the module docstring).
+
+    `start` and `respond` take the client's messages; a `NeedCredentials` or
+    `NeedPasswordCheck` they return is answered with `credentials` or `password_checked`,
+    which go on with the exchange. Nothing else may be fed while a request is unanswered.
+    """
 
     def __init__(
         self,
         domain: str,
-        lookup: CredentialsLookup,
         *,
         secure: bool,
         channel_bindings: dict[str, bytes],
@@ -137,7 +163,6 @@ class SaslNegotiation:
         iterations: int = 4096,
     ) -> None:
         self.domain = domain
-        self.lookup = lookup
         self.secure = secure
         self.channel_bindings = channel_bindings
         self.allow_plain = allow_plain
@@ -147,13 +172,21 @@ class SaslNegotiation:
         self._scram: scramp.core.ScramServer | None = None
         self._local: str | None = None
         self._state = "start"
+        #: The request waiting for its answer: its kind and what goes on with the answer.
+        self._pending: tuple[str, Callable[[Any], SaslStep]] | None = None
         #: The account name the client tried (prepared when valid, as sent otherwise),
         #: known once the first message is in: what failures are counted and logged by.
         self.attempted_user: str | None = None
 
-    async def start(self, mechanism: str, initial: bytes | None) -> SaslStep:
+    @property
+    def waiting(self) -> bool:
+        """A request (`NeedCredentials`, `NeedPasswordCheck`) is unanswered."""
+        return self._pending is not None
+
+    def start(self, mechanism: str, initial: bytes | None) -> SaslStep:
         """`<auth mechanism=...>`; `initial` is None when the client sent no initial
         response (RFC 6120 §6.4.2), b'' for the '=' empty response."""
+        self._check_not_waiting()
         if mechanism not in self.mechanisms:
             if not self.secure and (mechanism == "PLAIN" or mechanism.endswith("-PLUS")):
                 return Failure("encryption-required", f"{mechanism} is offered only over TLS")
@@ -162,26 +195,43 @@ class SaslNegotiation:
         if initial is None:
             self._state = "wait-initial"
             return Challenge(b"")
-        return await self._first(initial)
+        return self._first(initial)
 
-    async def respond(self, data: bytes) -> SaslStep:
+    def respond(self, data: bytes) -> SaslStep:
         """`<response>` from the client."""
+        self._check_not_waiting()
         if self._state == "wait-initial":
-            return await self._first(data)
+            return self._first(data)
         if self._state == "wait-final" and self._scram is not None:
             return self._scram_final(data)
-        if self._state == "wait-empty" and self._local is not None:
-            # The client acknowledged server-final data sent in a challenge.
-            return Success(self._local)
         return Failure("malformed-request", "unexpected response")
 
-    async def _first(self, data: bytes) -> SaslStep:
+    def credentials(self, creds: ScramCredentials | None) -> SaslStep:
+        """The answer to `NeedCredentials`: the account's stored keys, None if unknown."""
+        return self._answer("credentials", creds)
+
+    def password_checked(self, ok: bool) -> SaslStep:
+        """The answer to `NeedPasswordCheck`: whether the password matched."""
+        return self._answer("password", ok)
+
+    def _answer(self, kind: str, value: object) -> SaslStep:
+        pending = self._pending
+        if pending is None or pending[0] != kind:
+            raise RuntimeError(f"no {kind} were asked for")
+        self._pending = None
+        return pending[1](value)
+
+    def _check_not_waiting(self) -> None:
+        if self._pending is not None:
+            raise RuntimeError("a SASL request is unanswered")
+
+    def _first(self, data: bytes) -> SaslStep:
         if self.mechanism == "PLAIN":
-            return await self._plain(data)
-        return await self._scram_first(data)
+            return self._plain(data)
+        return self._scram_first(data)
 
     # ---- PLAIN -------------------------------------------------------------------
-    async def _plain(self, data: bytes) -> SaslStep:
+    def _plain(self, data: bytes) -> SaslStep:
         try:
             authzid, authcid, password = data.decode("utf-8").split("\0")
         except (UnicodeDecodeError, ValueError):
@@ -194,21 +244,27 @@ class SaslNegotiation:
         self.attempted_user = local
         if authzid and not self._authzid_ok(authzid, local):
             return Failure("invalid-authzid")
+
         # One lookup, real account or not (every account has SHA-256 keys): an unknown
         # user costs the same query and the same PBKDF2, against a decoy record, as a
         # wrong password does (no account probing by timing).
-        creds = await self.lookup(local, "SHA-256")
-        checked = creds if creds is not None else self.decoy_credentials(authcid)
-        # PBKDF2 is CPU work: keep it off the event loop (DESIGN: asyncio all the way).
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, verify_password, password, checked
-        )
-        if not ok or creds is None:
-            return Failure("not-authorized")
-        return Success(local)
+        def credentials_answered(creds: ScramCredentials | None) -> SaslStep:
+            checked = creds if creds is not None else self.decoy_credentials(authcid)
+
+            def password_answered(ok: bool) -> SaslStep:
+                self._state = "done"
+                if not ok or creds is None:
+                    return Failure("not-authorized")
+                return Success(local)
+
+            self._pending = ("password", password_answered)
+            return NeedPasswordCheck(password, checked)
+
+        self._pending = ("credentials", credentials_answered)
+        return NeedCredentials(local, "SHA-256")
 
     # ---- SCRAM -------------------------------------------------------------------
-    async def _scram_first(self, data: bytes) -> SaslStep:
+    def _scram_first(self, data: bytes) -> SaslStep:
         assert self.mechanism is not None
         try:
             message = data.decode("utf-8")
@@ -227,7 +283,26 @@ class SaslNegotiation:
                 return Failure("invalid-authzid")
             return Failure("invalid-authzid", "omit the authzid with SCRAM")
         family = self.mechanism.removesuffix("-PLUS")
-        creds = await self.lookup(local, SCRAM_HASHES[family]) if local else None
+
+        def credentials_answered(creds: ScramCredentials | None) -> SaslStep:
+            return self._scram_server_first(message, username, local, cb_name, creds)
+
+        if local is None:
+            # Not a valid name, so no account: straight to the decoy exchange.
+            return credentials_answered(None)
+        self._pending = ("credentials", credentials_answered)
+        return NeedCredentials(local, SCRAM_HASHES[family])
+
+    def _scram_server_first(
+        self,
+        message: str,
+        username: str,
+        local: str | None,
+        cb_name: str | None,
+        creds: ScramCredentials | None,
+    ) -> SaslStep:
+        assert self.mechanism is not None
+        family = self.mechanism.removesuffix("-PLUS")
         auth_info = (
             (creds.salt, creds.stored_key, creds.server_key, creds.iterations)
             if creds is not None
@@ -245,7 +320,8 @@ class SaslNegotiation:
         except scramp.ScramException as exc:
             return Failure("not-authorized", str(exc.args[0]) if exc.args else "")
         self._scram = server
-        self._local = local
+        # A decoy exchange (no such account) keeps no local: it cannot succeed.
+        self._local = local if creds is not None else None
         self._state = "wait-final"
         return Challenge(server_first.encode())
 
