@@ -33,6 +33,8 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Any:
         "server": {"domains": [DOMAIN, "other.example"], "data_dir": str(data_dir)},
         "listen": {"c2s": "127.0.0.1:0", "c2s_tls": "127.0.0.1:0", "s2s": "", "http": ""},
         "logging": {"level": "debug"},
+        # Generous for loaded CI machines; the tests of a busy database set their own.
+        "storage": {"busy_timeout": 10},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

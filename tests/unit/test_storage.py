@@ -69,7 +69,9 @@ class Backend:
     engine_options: dict[str, Any] = field(default_factory=dict)
 
     async def open(self) -> SQLStorage:
-        return await open_storage(self.url, **self.engine_options)
+        # Generous: these tests are about what is stored, not about how long a writer
+        # waits on a loaded machine (the busy tests open their own storage).
+        return await open_storage(self.url, busy_timeout=30, **self.engine_options)
 
 
 async def _postgres_backend() -> AsyncIterator[Backend]:

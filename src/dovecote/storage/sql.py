@@ -154,6 +154,9 @@ def _upgrade(connection: Connection) -> None:
         # two openers must not be inside it at once.
         connection.exec_driver_sql("SELECT 1")
     elif dialect == "postgresql":
+        # Another node may be migrating: wait for it as long as a migration may take,
+        # not the short lock_timeout of ordinary writes (reset at the commit).
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {_MIGRATION_BUSY_TIMEOUT_MS}")
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
