@@ -20,7 +20,7 @@ ACCESS_MODELS = ("authorize", "open", "presence", "roster", "whitelist")
 _INSIDERS = frozenset(("owner", "publisher", "member"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Asker:
     """Who asks, as the caller knows them: `jid` (a bare JID), whether that is an owner of
     the service (an account's PEP service: the account, XEP-0163 §1), whether it receives
@@ -33,6 +33,34 @@ class Asker:
     roster_groups: Iterable[str] = ()
 
 
+def allows(
+    access_model: str,
+    allowed_groups: Iterable[str],
+    asker: Asker,
+    affiliation: str | None = None,
+    subscription: str | None = None,
+) -> bool:
+    """May `asker` retrieve a node's items and receive its notifications (XEP-0060 §4.5)?
+    `subscription`: the asker's explicit subscription state ('subscribed', 'pending' or
+    None), which matters to 'authorize'. (On the fan-out path: builds nothing.)"""
+    if asker.is_owner:
+        return True
+    if affiliation is not None:
+        if affiliation in _INSIDERS:
+            return True
+        if affiliation == "outcast":
+            return False
+    if access_model == "presence":
+        return asker.presence_subscription
+    if access_model == "open":
+        return True
+    if access_model == "roster":
+        return not set(asker.roster_groups).isdisjoint(allowed_groups)
+    if access_model == "authorize":
+        return subscription == "subscribed"
+    return False  # whitelist (and anything unknown: closed)
+
+
 def denial(
     access_model: str,
     allowed_groups: Iterable[str],
@@ -41,38 +69,18 @@ def denial(
     subscription: str | None = None,
 ) -> errors.PubSubError | None:
     """The error refusing `asker` a node's items and notifications (XEP-0060 §6.5.9,
-    §6.1.3), or None when it may see them. `subscription`: the asker's explicit
-    subscription state ('subscribed', 'pending' or None), which matters to 'authorize'."""
-    if asker.is_owner or affiliation in _INSIDERS:
+    §6.1.3), or None when `allows` lets it in."""
+    if allows(access_model, allowed_groups, asker, affiliation, subscription):
         return None
     if affiliation == "outcast":
         return errors.Forbidden("blocked from the node")  # §6.1.3.8, §6.5.9.12
-    if access_model == "open":
-        return None
     if access_model == "presence":
-        if asker.presence_subscription:
-            return None
         return errors.PresenceSubscriptionRequired()
     if access_model == "roster":
-        if set(asker.roster_groups) & set(allowed_groups):
-            return None
         return errors.NotInRosterGroup()
     if access_model == "authorize":
-        if subscription == "subscribed":
-            return None
         return errors.NotSubscribedToRetrieve()
-    return errors.ClosedNode()  # whitelist (and anything unknown: closed)
-
-
-def allows(
-    access_model: str,
-    allowed_groups: Iterable[str],
-    asker: Asker,
-    affiliation: str | None = None,
-    subscription: str | None = None,
-) -> bool:
-    """May `asker` retrieve a node's items and receive its notifications?"""
-    return denial(access_model, allowed_groups, asker, affiliation, subscription) is None
+    return errors.ClosedNode()
 
 
 def subscription_state(

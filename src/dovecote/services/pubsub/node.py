@@ -294,11 +294,12 @@ class Node:
 
     def allows(self, asker: Asker) -> bool:
         """May `asker` see this node (items, notifications, disco)? (XEP-0060 §4.5)"""
-        affiliation = self.affiliations.get(asker.jid)
+        model = self.config["pubsub#access_model"]
         subscription = None
-        if self.access_model == "authorize" and not asker.is_owner:
+        if model == "authorize" and not asker.is_owner:
             subscription = self.subscription_of(asker.jid)
-        return allows(self.access_model, self.roster_groups, asker, affiliation, subscription)
+        groups = self.roster_groups if model == "roster" else ()
+        return allows(str(model), groups, asker, self.affiliations.get(asker.jid), subscription)
 
     def denial(self, asker: Asker) -> PubSubError | None:
         """The XEP-0060 §6.1.3 / §6.5.9 error refusing `asker`, or None."""
