@@ -1089,3 +1089,54 @@ async def test_deleted_account_leaves_no_cached_items(
     again = await login(server, resources, "alice", "new")
     result = await get_items(again, ALICE, TUNE)
     assert_error(result, "cancel", "item-not-found")
+
+
+async def test_explicit_subscribers_get_the_delete_notification(
+    server: Server, resources: list[Resource]
+) -> None:
+    """XEP-0060 §8.4.2: deleting a node notifies its subscribers, the explicit ones too
+    (not only the contacts reached through presence)."""
+    alice = await login(server, resources, "alice")
+    await publish(alice, TUNE, tune("one"), "current", options_xml(access_model="open"))
+    carol = await login(server, resources, "carol")
+    await carol.available()
+    result = await carol.request(
+        f"<pubsub xmlns='{PUBSUB}'><subscribe node='{TUNE}' jid='{CAROL}'/></pubsub>",
+        "set",
+        to=ALICE,
+    )
+    assert result.get("type") == "result", ET.tostring(result)
+    await carol.take(is_event(TUNE, ALICE))  # the last item (§6.1.7)
+    deleted = await alice.request(
+        f"<pubsub xmlns='{OWNER}'><delete node='{TUNE}'/></pubsub>", "set"
+    )
+    assert deleted.get("type") == "result", ET.tostring(deleted)
+    message = await carol.take(is_event(TUNE, ALICE))
+    event = message.find(q(EVENT, "event"))
+    assert event is not None and [child.tag for child in event] == [q(EVENT, "delete")]
+
+
+async def test_no_notifications_from_a_node_that_delivers_none(
+    server: Server, resources: list[Resource]
+) -> None:
+    """XEP-0060 §16.4.4 pubsub#deliver_notifications off: nobody is notified, explicit
+    subscribers neither."""
+    alice = await login(server, resources, "alice")
+    options = options_xml(access_model="open", deliver_notifications="0")
+    await publish(alice, TUNE, tune("one"), "current", options)
+    carol = await login(server, resources, "carol")
+    await carol.available()
+    result = await carol.request(
+        f"<pubsub xmlns='{PUBSUB}'><subscribe node='{TUNE}' jid='{CAROL}'/></pubsub>",
+        "set",
+        to=ALICE,
+    )
+    assert result.get("type") == "result", ET.tostring(result)
+    published = await publish(alice, TUNE, tune("two"), "current", options)
+    assert published.get("type") == "result", ET.tostring(published)
+    await carol.assert_none(is_event(TUNE))
+    # The item is there for whoever asks (§6.5).
+    items = await carol.request(
+        f"<pubsub xmlns='{PUBSUB}'><items node='{TUNE}'/></pubsub>", to=ALICE
+    )
+    assert item_ids(items) == ["current"]

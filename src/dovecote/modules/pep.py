@@ -2,7 +2,10 @@
 owner publishes and whose contacts are notified according to their presence subscription
 and the interests their clients announce with entity capabilities (XEP-0115, caps.py).
 
-What is implemented (XEP-0163 §5, XEP-0060):
+This module is the PEP front end: it reads the stanzas, fills in who is asking (the
+owner's roster), calls the XEP-0060 engine (`services/pubsub`, one `PubSubService` per
+account, cached) and turns its results into answers and notifications. What is
+implemented (XEP-0163 §5, XEP-0060):
 
 - publish (§7.1) with auto-create (XEP-0163 §3), generated item ids, publish-options as
   preconditions (§7.1.5: a node that exists with other settings answers conflict +
@@ -17,10 +20,12 @@ What is implemented (XEP-0163 §5, XEP-0060):
 - notifications (XEP-0163 §4): `<message type='headline'>` from the owner's bare JID to
   each available resource of the owner and of each contact the access model allows whose
   verified caps contain NODE+notify (§4.2 filtered notifications, §4.3.1 addressing), one
-  serialization for all of them; explicit subscribers get one more;
+  serialization for all of them; explicit subscribers get one more; none at all for a
+  node with pubsub#deliver_notifications off (XEP-0060 §16.4.4);
 - the last published item (§4.3.3) of each node a resource is interested in, when it
   sends initial presence, when it announces new caps (caps/updated), and when a contact's
   presence first reaches it (a subscription approved during the session);
+- nothing between an owner and a contact either of them blocks (XEP-0191 §3.3);
 - disco (XEP-0163 §6, XEP-0060 §5): the account's identity pubsub/pep with the features,
   its nodes as items (those the asker may see), each node's info.
 - limits: `[pep] max_nodes_per_user` (one more node: policy-violation with
@@ -35,23 +40,35 @@ fan-out of a publication touches storage only to write the item.
 from __future__ import annotations
 
 import asyncio
-import datetime
+import functools
 import logging
-import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from dovecote.jid import JID, InvalidJID
 from dovecote.modules import caps
+from dovecote.services.pubsub import requests
+from dovecote.services.pubsub.access import Asker
+from dovecote.services.pubsub.engine import (
+    PubSubService,
+    last_item_message,
+    notification_message,
+)
+from dovecote.services.pubsub.errors import InvalidJid, PubSubError, Unsupported, to_stanza_error
+from dovecote.services.pubsub.node import (
+    Node,
+    NodePolicy,
+    publish_options,
+    submitted_config,
+)
+from dovecote.services.pubsub.ns import META_DATA, PUBSUB, PUBSUB_OWNER
 from dovecote.storage.base import Roster
-from dovecote.storage.pubsub import NodeConfig, PubSubItem
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
-from dovecote.xml.element import Element, escape_attr, serialize
-from dovecote.xml.forms import Field, Form, FormError, find_form, parse_form, submitted_values
-from dovecote.xml.parser import parse_stored
+from dovecote.xml.element import Element, escape_attr
+from dovecote.xml.forms import Field, Form
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -59,14 +76,6 @@ if TYPE_CHECKING:
     from dovecote.storage.base import RosterItem
 
 log = logging.getLogger(__name__)
-
-PUBSUB = "http://jabber.org/protocol/pubsub"
-PUBSUB_EVENT = f"{PUBSUB}#event"
-PUBSUB_OWNER = f"{PUBSUB}#owner"
-PUBSUB_ERRORS = f"{PUBSUB}#errors"
-NODE_CONFIG = f"{PUBSUB}#node_config"
-PUBLISH_OPTIONS = f"{PUBSUB}#publish-options"
-META_DATA = f"{PUBSUB}#meta-data"
 
 #: XEP-0060 §10 features this service implements (XEP-0163 §6.1 lists them on the account).
 _FEATURE_NAMES = (
@@ -104,257 +113,28 @@ ACCOUNT_FEATURES = list(FEATURES)
 #: Anyone may ask an account's PEP service; each node's access model decides (§4.2.2).
 PUBLIC_ACCOUNT_IQS = [f"get/{PUBSUB}:pubsub", f"set/{PUBSUB}:pubsub"]
 
-#: "max" items (XEP-0060 §16.4.4): the most a node keeps, unless `[pep] max_items_per_node`
-#: says otherwise.
-MAX_ITEMS = 1000
-#: The longest NodeID and ItemID kept (the storage's bound, XEP-0060 §12.13 sets none).
-MAX_NAME_BYTES = 1023
+#: The access models a PEP node may have (XEP-0163 §5 lists presence, open, roster and
+#: whitelist; 'authorize' needs owner approval flows PEP does not have).
+ACCESS_MODELS = ("open", "presence", "roster", "whitelist")
+#: XEP-0163 §5 defaults over XEP-0060's: presence access, last item sent on presence.
+DEFAULTS: dict[str, str | list[str]] = {
+    "pubsub#access_model": "presence",
+    "pubsub#send_last_published_item": "on_sub_and_presence",
+}
 #: Owners whose service (nodes, settings, last items) stays in memory, least recently
 #: used dropped.
 CACHE_SIZE = 1000
 #: session.data key: what the session was sent last items for (see `Interest`).
 INTEREST = "pep_interest"
-AFFILIATIONS = ("owner", "member", "outcast", "none")
-ACTIONS = frozenset(
-    """publish retract create subscribe unsubscribe items subscriptions affiliations default
-    configure delete purge""".split()
-)
+#: The affiliations an owner may set on a PEP node (§8.9.2.4: the owner is implicit).
+AFFILIATIONS = ("member", "outcast", "none")
 
 
-# ---- node configuration (XEP-0060 §16.4.4 pubsub#node_config) ------------------------------
-class Option:
-    """One node configuration field: its data form type, default and allowed values."""
-
-    __slots__ = ("choices", "default", "label", "type", "var")
-
-    def __init__(
-        self,
-        var: str,
-        type: str,
-        default: str | list[str],
-        label: str,
-        choices: tuple[str, ...] = (),
-    ) -> None:
-        self.var = var
-        self.type = type
-        self.default = default
-        self.label = label
-        self.choices = choices
-
-    def normalize(self, values: list[str], item_cap: int = MAX_ITEMS) -> str | list[str]:
-        """The canonical stored form of submitted values; ValueError when invalid
-        (pubsub#max_items beyond `item_cap`, the service's limit, too)."""
-        if self.type == "list-multi":
-            return [v.strip() for v in values if v.strip()]
-        if len(values) > 1:
-            raise ValueError(f"{self.var} takes one value")
-        value = values[0].strip() if values else ""
-        if self.type == "boolean":
-            if value in ("1", "true"):
-                return "true"
-            if value in ("0", "false"):
-                return "false"
-            raise ValueError(f"{self.var} must be a boolean")
-        if self.choices and value not in self.choices:
-            raise ValueError(f"{self.var} must be one of {', '.join(self.choices)}")
-        if self.var == "pubsub#max_items" and value != "max":
-            if not value.isdigit() or not 1 <= int(value) <= item_cap:
-                raise ValueError(f"pubsub#max_items must be 'max' or 1 to {item_cap}")
-            return str(int(value))
-        return value
-
-
-# XEP-0163 §5 defaults: presence access, last item sent on presence, notifications with
-# payloads; one item kept unless asked for more.
-OPTIONS = {
-    option.var: option
-    for option in (
-        Option("pubsub#title", "text-single", "", "A friendly name for the node"),
-        Option("pubsub#description", "text-single", "", "A description of the node"),
-        Option("pubsub#type", "text-single", "", "The type of the payloads"),
-        Option(
-            "pubsub#access_model",
-            "list-single",
-            "presence",
-            "Who may subscribe and retrieve items",
-            ("open", "presence", "roster", "whitelist"),
-        ),
-        Option(
-            "pubsub#roster_groups_allowed",
-            "list-multi",
-            [],
-            "The roster group(s) allowed to subscribe and retrieve items",
-        ),
-        Option(
-            "pubsub#publish_model", "list-single", "publishers", "Who may publish", ("publishers",)
-        ),
-        Option("pubsub#persist_items", "boolean", "true", "Whether to persist items"),
-        Option(
-            "pubsub#max_items",
-            "text-single",
-            "1",
-            "The maximum number of items to keep ('max': the service's limit)",
-        ),
-        Option(
-            "pubsub#send_last_published_item",
-            "list-single",
-            "on_sub_and_presence",
-            "When to send the last published item",
-            ("never", "on_sub", "on_sub_and_presence"),
-        ),
-        Option("pubsub#deliver_notifications", "boolean", "true", "Whether to notify"),
-        Option("pubsub#deliver_payloads", "boolean", "true", "Whether to include payloads"),
-        Option("pubsub#notify_retract", "boolean", "true", "Notify when items are removed"),
-        Option("pubsub#notify_delete", "boolean", "true", "Notify when the node is deleted"),
-        Option("pubsub#notify_config", "boolean", "false", "Notify when settings change"),
-        Option(
-            "pubsub#notification_type",
-            "list-single",
-            "headline",
-            "The message type of notifications",
-            ("headline", "normal"),
-        ),
-        Option(
-            "pubsub#itemreply",
-            "list-single",
-            "owner",
-            "Whether notifications name the owner or the item's publisher",
-            ("owner", "publisher"),
-        ),
+def policy(max_nodes: int, item_cap: int) -> NodePolicy:
+    """What PEP nodes may be: XEP-0163 §5 defaults, its access models, the `[pep]` limits."""
+    return NodePolicy(
+        defaults=DEFAULTS, access_models=ACCESS_MODELS, item_cap=item_cap, max_nodes=max_nodes
     )
-}
-
-
-def default_config() -> NodeConfig:
-    return {
-        var: list(o.default) if isinstance(o.default, list) else o.default
-        for var, o in OPTIONS.items()
-    }
-
-
-def apply_options(
-    config: NodeConfig, values: dict[str, list[str]], item_cap: int = MAX_ITEMS
-) -> NodeConfig:
-    """`config` with submitted values applied; ValueError for unknown fields or values."""
-    changed = dict(config)
-    for var, submitted in values.items():
-        option = OPTIONS.get(var)
-        if option is None:
-            raise ValueError(f"unsupported option {var}")
-        changed[var] = option.normalize(submitted, item_cap)
-    return changed
-
-
-def config_form(config: NodeConfig, form_type: str = "form") -> Element:
-    fields = []
-    for var, option in OPTIONS.items():
-        value = config.get(var, option.default)
-        values = list(value) if isinstance(value, list) else [value]
-        fields.append(
-            Field(
-                var,
-                option.type,
-                values,
-                label=option.label,
-                options=[(None, choice) for choice in option.choices],
-            )
-        )
-    return Form.with_type(NODE_CONFIG, fields, type=form_type).to_element()
-
-
-def pubsub_error(
-    condition: str, pubsub_condition: str | None = None, feature: str | None = None, text: str = ""
-) -> StanzaError:
-    """A stanza error with a XEP-0060 §14 application condition."""
-    app = None
-    if pubsub_condition is not None:
-        app = Element(pubsub_condition, PUBSUB_ERRORS, {"feature": feature} if feature else {})
-    return StanzaError(condition, text, app_condition=app)
-
-
-def timestamp(moment: datetime.datetime) -> str:
-    """XEP-0082 DateTime in UTC."""
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---- in-memory state ------------------------------------------------------------------------
-class Node:
-    """A node of a PEP service as kept in memory: settings, affiliations, explicit
-    subscriptions and the last published item."""
-
-    __slots__ = ("affiliations", "config", "last", "last_payload", "name", "subscriptions")
-
-    def __init__(self, name: str, config: NodeConfig) -> None:
-        self.name = name
-        self.config = {**default_config(), **config}
-        #: bare JID -> affiliation (the owner is implicit).
-        self.affiliations: dict[str, str] = {}
-        #: subscribed JID (bare or full) -> subid.
-        self.subscriptions: dict[str, str] = {}
-        self.last: PubSubItem | None = None
-        self.last_payload: Element | None = None
-
-    def flag(self, var: str) -> bool:
-        return self.config.get(var) == "true"
-
-    @property
-    def access_model(self) -> str:
-        return str(self.config["pubsub#access_model"])
-
-    def item_limit(self, cap: int) -> int:
-        """Items the node keeps: its pubsub#max_items, at most the service's `cap`."""
-        value = self.config["pubsub#max_items"]
-        return cap if value == "max" else min(cap, int(str(value)))
-
-    @property
-    def roster_groups(self) -> list[str]:
-        groups = self.config.get("pubsub#roster_groups_allowed", [])
-        return list(groups) if isinstance(groups, list) else [groups]
-
-    def payload_of_last(self) -> Element | None:
-        if self.last is None or self.last.payload is None:
-            return None
-        if self.last_payload is None:
-            self.last_payload = _parse_payload(self.last.payload, self.last.id, self.name)
-        return self.last_payload
-
-    def allows(self, who: str, subscribed: bool, groups: Iterable[str]) -> bool:
-        """May `who` (a bare JID, not the owner) see this node? `subscribed`: has a
-        presence subscription to the owner; `groups`: its groups in the owner's roster."""
-        affiliation = self.affiliations.get(who)
-        if affiliation == "outcast":
-            return False
-        if affiliation in ("owner", "member", "publisher"):
-            return True
-        model = self.access_model
-        if model == "open":
-            return True
-        if model == "presence":
-            return subscribed
-        if model == "roster":
-            return bool(set(groups) & set(self.roster_groups))
-        return False  # whitelist
-
-    def denial(self, who: str) -> StanzaError:
-        """The XEP-0060 §6.1.3 / §6.5.9 error for someone `allows` refused."""
-        if self.affiliations.get(who) == "outcast":
-            return StanzaError("forbidden")
-        model = self.access_model
-        if model == "presence":
-            return pubsub_error("not-authorized", "presence-subscription-required")
-        if model == "roster":
-            return pubsub_error("not-authorized", "not-in-roster-group")
-        return pubsub_error("not-allowed", "closed-node")
-
-
-class Service:
-    """One account's PEP service: its nodes by NodeID."""
-
-    __slots__ = ("nodes", "owner")
-
-    def __init__(self, owner: JID) -> None:
-        self.owner = owner
-        self.nodes: dict[str, Node] = {}
 
 
 class Interest:
@@ -368,14 +148,24 @@ class Interest:
         self.owners: set[JID] = set()
 
 
-def _parse_payload(text: str, item_id: str, node: str) -> Element | None:
-    """A stored payload; None (logged) when unreadable: the item is served without it."""
-    return parse_stored(text, f"payload of pubsub item {item_id!r} of node {node!r}")
-
-
 def interests(features: Iterable[str]) -> set[str]:
     """XEP-0163 §4.2 / XEP-0060 §9.2: the nodes named by NODE+notify features."""
     return {f[:-7] for f in features if f.endswith("+notify") and len(f) > 7}
+
+
+def answers_pubsub_errors(
+    handler: Callable[[StanzaEvent], Awaitable[bool]],
+) -> Callable[[StanzaEvent], Awaitable[bool]]:
+    """The engine's XEP-0060 errors as stanza errors (RFC 6120 §8.3) for the router."""
+
+    @functools.wraps(handler)
+    async def wrapper(event: StanzaEvent) -> bool:
+        try:
+            return await handler(event)
+        except PubSubError as exc:
+            raise to_stanza_error(exc) from None
+
+    return wrapper
 
 
 def setup(server: Server) -> None:
@@ -383,9 +173,12 @@ def setup(server: Server) -> None:
     events = server.events
     sessions = server.sessions
     store = server.storage.pubsub
-    max_nodes = server.config.pep.max_nodes_per_user
-    item_cap = server.config.pep.max_items_per_node
-    services: OrderedDict[JID, Service] = OrderedDict()
+    node_policy = policy(server.config.pep.max_nodes_per_user, server.config.pep.max_items_per_node)
+    #: The services recently used (strong references, LRU) ...
+    services: OrderedDict[JID, PubSubService] = OrderedDict()
+    #: ... and every service still in use (an evicted one a request holds): never two
+    #: objects for one account.
+    live: weakref.WeakValueDictionary[JID, PubSubService] = weakref.WeakValueDictionary()
     locks: weakref.WeakValueDictionary[JID, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # ---- services in memory ------------------------------------------------------------
@@ -395,48 +188,33 @@ def setup(server: Server) -> None:
             found = locks[owner] = asyncio.Lock()
         return found
 
+    def forget(owner: JID) -> None:
+        services.pop(owner, None)
+        live.pop(owner, None)
+
     @events.on("account/deleted")
     def forget_service(owner: JID) -> None:
         # Its nodes are gone from storage: contacts must not get them from the cache.
-        services.pop(owner, None)
+        forget(owner)
 
-    def remember(service: Service) -> Service:
-        services[service.owner] = service
-        services.move_to_end(service.owner)
+    def remember(service: PubSubService, owner: JID) -> None:
+        services[owner] = service
+        services.move_to_end(owner)
         while len(services) > CACHE_SIZE:
             services.popitem(last=False)
+
+    async def service_of(owner: JID) -> PubSubService:
+        """The owner's service, loaded (XEP-0163 §1: every account is one)."""
+        service = services.get(owner) or live.get(owner)
+        if service is None:
+            service = PubSubService(
+                store, owner.local or "", owner.domain, node_policy, owner=str(owner),
+                lock=lock(owner),
+            )  # fmt: skip
+            live[owner] = service
+        remember(service, owner)
+        await service.load()
         return service
-
-    async def load(owner: JID) -> Service:
-        """The owner's service from storage (call with the owner's lock held)."""
-        cached = services.get(owner)
-        if cached is not None:
-            return remember(cached)
-        local, domain = owner.local or "", owner.domain
-        service = Service(owner)
-        stored = await store.list_nodes(local, domain)
-        if stored:
-            for stored_node in stored:
-                service.nodes[stored_node.name] = Node(stored_node.name, stored_node.config)
-            for name, item in (await store.last_items(local, domain)).items():
-                if name in service.nodes:
-                    service.nodes[name].last = item
-            for name, jid, affiliation in await store.get_affiliations(local, domain):
-                if name in service.nodes:
-                    service.nodes[name].affiliations[jid] = affiliation
-            for subscription in await store.get_subscriptions(local, domain):
-                node = service.nodes.get(subscription.node)
-                if node is not None and subscription.state == "subscribed":
-                    node.subscriptions[subscription.jid] = subscription.subid
-        return remember(service)
-
-    async def service_of(owner: JID) -> Service:
-        cached = services.get(owner)
-        if cached is not None:
-            services.move_to_end(owner)
-            return cached
-        async with lock(owner):
-            return await load(owner)
 
     async def roster_of(owner: JID) -> Roster:
         rosters = getattr(server, "rosters", None)  # roster.py's cache (a default module)
@@ -444,15 +222,18 @@ def setup(server: Server) -> None:
             return Roster()  # no rosters: nobody has a presence subscription
         return await rosters.get(owner)  # type: ignore[no-any-return]
 
-    async def check_access(service: Service, node: Node, requester: JID) -> None:
-        """Raise the XEP-0060 error when `requester` may not see `node`."""
+    async def asker(owner: JID, requester: JID) -> Asker:
+        """Who asks, for the access models (XEP-0060 §4.5): the owner, or a JID with its
+        presence subscription and groups in the owner's roster."""
         who = requester.bare
-        if who == service.owner:
-            return
-        key = str(who)
-        item = (await roster_of(service.owner)).items.get(key)
-        if not node.allows(key, _subscribed_from(item), item.groups if item else ()):
-            raise node.denial(key)
+        if who == owner:
+            return Asker(str(who), is_owner=True)
+        item = (await roster_of(owner)).items.get(str(who))
+        return Asker(
+            str(who),
+            presence_subscription=_subscribed_from(item),
+            roster_groups=item.groups if item else (),
+        )
 
     # ---- the request ---------------------------------------------------------------------
     def owner_of(event: StanzaEvent) -> JID:
@@ -462,47 +243,15 @@ def setup(server: Server) -> None:
             raise StanzaError("forbidden", "only the account owner may do this")
         return owner
 
-    def action_of(pubsub: Element) -> Element:
-        """The request's action; <publish-options/>, <options/> and (in the pubsub
-        namespace) <configure/> only accompany one (XEP-0060 §7.1.5, §6.3.7, §8.1.3)."""
-        children = list(pubsub.elements)
-        for child in children:
-            if child.tag in ACTIONS and not (child.tag == "configure" and pubsub.ns == PUBSUB):
-                return child
-        if children:
-            return children[0]
-        raise StanzaError("bad-request", "no pubsub action")
-
-    def node_name(action: Element) -> str:
-        name = action.get("node")
-        if not name:
-            raise pubsub_error("bad-request", "nodeid-required")
-        if len(name.encode()) > MAX_NAME_BYTES:
-            raise StanzaError("not-acceptable", f"NodeIDs are limited to {MAX_NAME_BYTES} bytes")
-        return name
-
-    def check_node_count(service: Service) -> None:
-        """`[pep] max_nodes_per_user`: XEP-0060 names no error for "too many nodes"; as for
-        too many subscriptions (§6.1.3.9, a matter of local service policy), policy-violation
-        with the pubsub#errors schema's <max-nodes-exceeded/>."""
-        if len(service.nodes) >= max_nodes:
-            raise pubsub_error(
-                "policy-violation",
-                "max-nodes-exceeded",
-                text=f"at most {max_nodes} nodes per account",
-            )
-
-    def find_node(service: Service, name: str) -> Node:
-        node = service.nodes.get(name)
-        if node is None:
-            raise StanzaError("item-not-found", f"no node {name!r}")
-        return node
+    def owner_asker(owner: JID) -> Asker:
+        return Asker(str(owner), is_owner=True)
 
     @events.on(f"iq/bare/set/{PUBSUB}:pubsub")
+    @answers_pubsub_errors
     async def pubsub_set(event: StanzaEvent) -> bool:
         pubsub = event.payload
         assert pubsub is not None
-        action = action_of(pubsub)
+        action = requests.action_of(pubsub)
         handler = {
             "publish": publish,
             "retract": retract,
@@ -512,16 +261,17 @@ def setup(server: Server) -> None:
         }.get(action.tag)
         if handler is None:
             if action.tag == "options":
-                raise pubsub_error("feature-not-implemented", "unsupported", "subscription-options")
+                raise Unsupported(feature="subscription-options")
             raise StanzaError("feature-not-implemented", f"unsupported pubsub {action.tag}")
         await handler(event, pubsub, action)
         return True
 
     @events.on(f"iq/bare/get/{PUBSUB}:pubsub")
+    @answers_pubsub_errors
     async def pubsub_get(event: StanzaEvent) -> bool:
         pubsub = event.payload
         assert pubsub is not None
-        action = action_of(pubsub)
+        action = requests.action_of(pubsub)
         if action.tag == "items":
             await get_items(event, action)
         elif action.tag == "subscriptions":
@@ -530,309 +280,125 @@ def setup(server: Server) -> None:
             await own_affiliations(event, action)
         elif action.tag in ("options", "default"):
             feature = "subscription-options" if action.tag == "options" else "retrieve-default-sub"
-            raise pubsub_error("feature-not-implemented", "unsupported", feature)
+            raise Unsupported(feature=feature)
         else:
             raise StanzaError("feature-not-implemented", f"unsupported pubsub {action.tag}")
         return True
 
     @events.on(f"iq/bare/get/{PUBSUB_OWNER}:pubsub")
+    @answers_pubsub_errors
     async def owner_get(event: StanzaEvent) -> bool:
         owner = owner_of(event)
         pubsub = event.payload
         assert pubsub is not None
-        action = action_of(pubsub)
+        action = requests.action_of(pubsub)
         if action.tag == "default":  # XEP-0060 §8.3
-            answer = Element("default", PUBSUB_OWNER, {}, [config_form(default_config())])
+            form = node_policy.config_form(node_policy.default_config())
+            answer = Element("default", PUBSUB_OWNER, {}, [form])
         elif action.tag == "configure":  # §8.2
-            node = find_node(await service_of(owner), node_name(action))
-            form = config_form(node.config)
+            node = (await service_of(owner)).node(requests.node_name(action))
+            form = node_policy.config_form(node.config)
             answer = Element("configure", PUBSUB_OWNER, {"node": node.name}, [form])
         elif action.tag == "affiliations":  # §8.9.1
-            node = find_node(await service_of(owner), node_name(action))
-            answer = Element("affiliations", PUBSUB_OWNER, {"node": node.name})
-            answer.add("affiliation", attrs={"jid": str(owner), "affiliation": "owner"})
-            for jid, affiliation in sorted(node.affiliations.items()):
+            name = requests.node_name(action)
+            service = await service_of(owner)
+            answer = Element("affiliations", PUBSUB_OWNER, {"node": name})
+            for jid, affiliation in service.node_affiliations(name, owner_asker(owner)):
                 answer.add("affiliation", attrs={"jid": jid, "affiliation": affiliation})
         elif action.tag == "subscriptions":
-            raise pubsub_error("feature-not-implemented", "unsupported", "manage-subscriptions")
+            raise Unsupported(feature="manage-subscriptions")
         else:
             raise StanzaError("feature-not-implemented", f"unsupported pubsub {action.tag}")
         event.reply(Element("pubsub", PUBSUB_OWNER, {}, [answer]))
         return True
 
     @events.on(f"iq/bare/set/{PUBSUB_OWNER}:pubsub")
+    @answers_pubsub_errors
     async def owner_set(event: StanzaEvent) -> bool:
         owner = owner_of(event)
         pubsub = event.payload
         assert pubsub is not None
-        action = action_of(pubsub)
-        if action.tag == "configure":
-            await configure(event, owner, action)
-        elif action.tag == "delete":
-            await delete_node(event, owner, action)
-        elif action.tag == "purge":
-            await purge(event, owner, action)
-        elif action.tag == "affiliations":
+        action = requests.action_of(pubsub)
+        if action.tag == "configure":  # XEP-0060 §8.2
+            name = requests.node_name(action)
+            values = submitted_config(action)
+            service = await service_of(owner)
+            outcome = await service.configure_node(name, owner_asker(owner), values)
+        elif action.tag == "delete":  # §8.4
+            service = await service_of(owner)
+            outcome = await service.delete_node(requests.node_name(action), owner_asker(owner))
+        elif action.tag == "purge":  # §8.5
+            service = await service_of(owner)
+            outcome = await service.purge_node(requests.node_name(action), owner_asker(owner))
+        elif action.tag == "affiliations":  # §8.9.2
             await set_affiliations(event, owner, action)
+            return True
         elif action.tag == "subscriptions":
-            raise pubsub_error("feature-not-implemented", "unsupported", "manage-subscriptions")
+            raise Unsupported(feature="manage-subscriptions")
         else:
             raise StanzaError("feature-not-implemented", f"unsupported pubsub {action.tag}")
+        event.reply()
+        if outcome.event is not None:
+            await notify(owner, outcome.node, outcome.event)
         return True
 
-    # ---- publish (XEP-0060 §7.1) -----------------------------------------------------------
-    def publish_options(pubsub: Element) -> dict[str, list[str]] | None:
-        element = pubsub.find("publish-options", PUBSUB)
-        if element is None:
-            return None
-        x = find_form(element)
-        if x is None:
-            return None  # an empty <publish-options/>: no preconditions
-        try:
-            form = parse_form(x)
-            if form.form_type != PUBLISH_OPTIONS:
-                raise FormError("the FORM_TYPE must be " + PUBLISH_OPTIONS)
-            return submitted_values(x, PUBLISH_OPTIONS)
-        except FormError as exc:
-            raise StanzaError("bad-request", str(exc)) from None
-
-    def precondition_not_met(text: str) -> StanzaError:
-        return pubsub_error("conflict", "precondition-not-met", text=text)
-
+    # ---- publish and retract (XEP-0060 §7) ---------------------------------------------------
     async def publish(event: StanzaEvent, pubsub: Element, action: Element) -> None:
         owner = owner_of(event)
-        name = node_name(action)
-        items = action.find_all("item", PUBSUB)
-        if len(items) > 1:
-            raise pubsub_error("bad-request", "invalid-payload", text="one item per publish")
-        if not items:
-            raise pubsub_error("bad-request", "item-required")
-        item_el = items[0]
-        payloads = list(item_el.elements)
-        if len(payloads) > 1:
-            raise pubsub_error("bad-request", "invalid-payload", text="one payload per item")
-        item_id = item_el.get("id") or uuid.uuid4().hex
-        if len(item_id.encode()) > MAX_NAME_BYTES:
-            raise StanzaError("not-acceptable", f"ItemIDs are limited to {MAX_NAME_BYTES} bytes")
-        payload = payloads[0] if payloads else None
-        options = publish_options(pubsub)
-        async with lock(owner):
-            service = await load(owner)
-            node = service.nodes.get(name)
-            created = node is None
-            if node is None:
-                # XEP-0163 §3 auto-create; XEP-0060 §7.1.5: with the preconditions applied.
-                try:
-                    node = Node(name, apply_options(default_config(), options or {}, item_cap))
-                except ValueError as exc:
-                    raise precondition_not_met(str(exc)) from None
-            elif options:
-                try:
-                    wanted = apply_options(node.config, options, item_cap)
-                except ValueError as exc:
-                    raise precondition_not_met(str(exc)) from None
-                if wanted != node.config:
-                    differing = sorted(k for k in wanted if wanted[k] != node.config.get(k))
-                    raise precondition_not_met(f"the node differs in {', '.join(differing)}")
-            if payload is None and node.flag("pubsub#deliver_payloads"):
-                raise pubsub_error("bad-request", "payload-required")  # §7.1.3.6
-            if created:
-                check_node_count(service)
-                await store.create_node(owner.local or "", owner.domain, name, node.config)
-                service.nodes[name] = node
-            item = PubSubItem(
-                item_id,
-                serialize(payload) if payload is not None else None,
-                str(event.sender),
-                datetime.datetime.now(datetime.UTC),
-            )
-            if node.flag("pubsub#persist_items"):
-                await store.publish(
-                    owner.local or "", owner.domain, name, item, node.item_limit(item_cap)
-                )
-            node.last = item
-            node.last_payload = payload
-            remember(service)
-        result = Element("publish", PUBSUB, {"node": name})
-        result.add("item", attrs={"id": item_id})
-        event.reply(Element("pubsub", PUBSUB, {}, [result]))
-        await notify(service, node, items_event(node, item, payload))
-
-    def item_element(node: Node, item: PubSubItem, payload: Element | None) -> Element:
-        el = Element("item", PUBSUB_EVENT, {"id": item.id})
-        if node.config.get("pubsub#itemreply") == "publisher":
-            el.attrs["publisher"] = item.publisher
-        if payload is not None and node.flag("pubsub#deliver_payloads"):
-            el.append(payload)
-        return el
-
-    def items_event(node: Node, item: PubSubItem, payload: Element | None) -> Element:
-        return Element(
-            "items", PUBSUB_EVENT, {"node": node.name}, [item_element(node, item, payload)]
+        name = requests.node_name(action)
+        item_id, payload = requests.publish_item(action)
+        options = publish_options(pubsub.find("publish-options", PUBSUB))
+        service = await service_of(owner)
+        outcome = await service.publish(
+            name,
+            owner_asker(owner),
+            item_id,
+            payload,
+            publisher=str(event.sender),
+            options=options,
         )
+        assert outcome.item is not None
+        result = Element("publish", PUBSUB, {"node": name})
+        result.add("item", attrs={"id": outcome.item.id})
+        event.reply(Element("pubsub", PUBSUB, {}, [result]))
+        if outcome.event is not None:
+            await notify(owner, outcome.node, outcome.event)
 
-    # ---- retract (XEP-0060 §7.2) ------------------------------------------------------------
     async def retract(event: StanzaEvent, pubsub: Element, action: Element) -> None:
         owner = owner_of(event)
-        name = node_name(action)
-        item_el = action.find("item", PUBSUB)
-        item_id = item_el.get("id") if item_el is not None else None
-        if not item_id:
-            raise pubsub_error("bad-request", "item-required")
-        notify_attr = action.get("notify")
-        async with lock(owner):
-            service = await load(owner)
-            node = find_node(service, name)
-            local, domain = owner.local or "", owner.domain
-            if node.flag("pubsub#persist_items"):
-                if not await store.retract(local, domain, name, item_id):
-                    raise StanzaError("item-not-found", f"no item {item_id!r}")
-                if node.last is not None and node.last.id == item_id:
-                    newest = await store.get_items(local, domain, name, max_items=1)
-                    node.last = newest[0] if newest else None
-                    node.last_payload = None
-            elif node.last is not None and node.last.id == item_id:
-                node.last = node.last_payload = None
-            else:
-                raise StanzaError("item-not-found", f"no item {item_id!r}")
-            remember(service)
+        name = requests.node_name(action)
+        item_id = requests.retract_item(action)
+        service = await service_of(owner)
+        outcome = await service.retract(
+            name, owner_asker(owner), item_id, requests.notify_flag(action)
+        )
         event.reply()
-        if notify_attr in ("1", "true") or (
-            notify_attr is None and node.flag("pubsub#notify_retract")
-        ):
-            retraction = Element("items", PUBSUB_EVENT, {"node": name})
-            retraction.add("retract", attrs={"id": item_id})
-            await notify(service, node, retraction)
+        if outcome.event is not None:
+            await notify(owner, outcome.node, outcome.event)
 
-    # ---- create, configure, delete, purge (XEP-0060 §8) -------------------------------------
-    def submitted_config(parent: Element | None) -> dict[str, list[str]] | None:
-        if parent is None:
-            return None
-        x = find_form(parent)
-        if x is None:
-            return None
-        try:
-            if parse_form(x).type == "cancel":
-                return None
-            return submitted_values(x, NODE_CONFIG)
-        except FormError as exc:
-            raise StanzaError("bad-request", str(exc)) from None
-
+    # ---- create (XEP-0060 §8.1) ----------------------------------------------------------------
     async def create(event: StanzaEvent, pubsub: Element, action: Element) -> None:
         owner = owner_of(event)
-        name = action.get("node")
-        if not name:
-            # XEP-0060 §8.1.2.3: instant nodes are not supported.
-            raise pubsub_error("not-acceptable", "nodeid-required")
-        values = submitted_config(pubsub.find("configure", PUBSUB)) or {}
-        try:
-            config = apply_options(default_config(), values, item_cap)
-        except ValueError as exc:
-            raise StanzaError("not-acceptable", str(exc)) from None
-        async with lock(owner):
-            service = await load(owner)
-            if name in service.nodes:
-                raise StanzaError("conflict", f"the node {name!r} exists")
-            check_node_count(service)
-            await store.create_node(owner.local or "", owner.domain, name, config)
-            service.nodes[name] = Node(name, config)
-            remember(service)
+        values = submitted_config(pubsub.find("configure", PUBSUB))
+        service = await service_of(owner)
+        await service.create_node(action.get("node"), owner_asker(owner), values)
         event.reply()
-
-    async def configure(event: StanzaEvent, owner: JID, action: Element) -> None:
-        name = node_name(action)
-        values = submitted_config(action)
-        async with lock(owner):
-            service = await load(owner)
-            node = find_node(service, name)
-            if values is None:
-                event.reply()  # XEP-0060 §8.2.5: a cancelled form changes nothing
-                return
-            try:
-                config = apply_options(node.config, values, item_cap)
-            except ValueError as exc:
-                raise StanzaError("not-acceptable", str(exc)) from None
-            local, domain = owner.local or "", owner.domain
-            await store.configure_node(local, domain, name, config)
-            shrunk = config["pubsub#max_items"] != node.config["pubsub#max_items"]
-            node.config = config
-            if shrunk and node.flag("pubsub#persist_items"):
-                # Keep only the newest max_items now (XEP-0060 §7.1.2 "node is full").
-                kept = await store.get_items(local, domain, name)
-                for old in kept[: max(0, len(kept) - node.item_limit(item_cap))]:
-                    await store.retract(local, domain, name, old.id)
-            remember(service)
-        event.reply()
-        if node.flag("pubsub#notify_config"):
-            await notify(service, node, Element("configuration", PUBSUB_EVENT, {"node": name}))
-
-    async def delete_node(event: StanzaEvent, owner: JID, action: Element) -> None:
-        name = node_name(action)
-        async with lock(owner):
-            service = await load(owner)
-            node = find_node(service, name)
-            # Recipients are worked out before the node (and its settings) go.
-            targets = await recipients(service, node) if node.flag("pubsub#notify_delete") else []
-            await store.delete_node(owner.local or "", owner.domain, name)
-            del service.nodes[name]
-            remember(service)
-        event.reply()
-        if targets:
-            deliver(
-                targets,
-                notification(service.owner, node, Element("delete", PUBSUB_EVENT, {"node": name})),
-            )
-
-    async def purge(event: StanzaEvent, owner: JID, action: Element) -> None:
-        name = node_name(action)
-        async with lock(owner):
-            service = await load(owner)
-            node = find_node(service, name)
-            await store.purge(owner.local or "", owner.domain, name)
-            node.last = node.last_payload = None
-            remember(service)
-        event.reply()
-        if node.flag("pubsub#notify_retract"):
-            await notify(service, node, Element("purge", PUBSUB_EVENT, {"node": name}))
 
     # ---- retrieve items (XEP-0060 §6.5) ----------------------------------------------------
     async def get_items(event: StanzaEvent, action: Element) -> None:
         owner = event.to.bare
-        name = node_name(action)
+        name = requests.node_name(action)
         service = await service_of(owner)
-        node = find_node(service, name)
-        await check_access(service, node, event.sender)
-        max_text = action.get("max_items")
-        max_items = None
-        if max_text is not None:
-            if not max_text.isdigit() or int(max_text) < 1:
-                raise StanzaError("bad-request", "max_items must be a positive integer")
-            max_items = int(max_text)
-        wanted = [el.get("id") or "" for el in action.find_all("item", PUBSUB)]
-        if any(not item_id for item_id in wanted):
-            raise pubsub_error("bad-request", "item-required")
-        if node.flag("pubsub#persist_items"):
-            found = await store.get_items(
-                owner.local or "",
-                owner.domain,
-                name,
-                item_ids=wanted or None,
-                max_items=None if wanted else max_items,
-            )
-            pairs = [(item, None) for item in found]
-        elif node.last is not None and (not wanted or node.last.id in wanted):
-            pairs = [(node.last, node.payload_of_last())]
-        else:
-            pairs = []
-        if wanted and not pairs:
-            raise StanzaError("item-not-found", "no such item")
+        who = await asker(owner, event.sender)
+        service.check_access(service.node(name), who)
+        max_items, wanted = requests.items_request(action)
+        found = await service.get_items(name, who, max_items=max_items, item_ids=wanted)
+        node = service.node(name)
         result = Element("items", PUBSUB, {"node": name})
-        for item, payload in pairs:
+        for item, payload in found:
             el = Element("item", PUBSUB, {"id": item.id})
             if node.config.get("pubsub#itemreply") == "publisher":
                 el.attrs["publisher"] = item.publisher
-            if payload is None and item.payload is not None:
-                payload = _parse_payload(item.payload, item.id, name)
             if payload is not None:
                 el.append(payload)
             result.append(el)
@@ -847,142 +413,80 @@ def setup(server: Server) -> None:
             jid = None
         if jid is None or jid.bare != event.sender.bare:
             # §6.1.3.1: the JID must be the subscriber's own (bare or full).
-            raise pubsub_error("bad-request", "invalid-jid")
+            raise InvalidJid()
         return jid
 
     async def subscribe(event: StanzaEvent, pubsub: Element, action: Element) -> None:
         owner = event.to.bare
-        name = node_name(action)
+        name = requests.node_name(action)
         jid = subscriber_jid(event, action)
-        async with lock(owner):
-            service = await load(owner)
-            node = find_node(service, name)
-            await check_access(service, node, jid)
-            key = str(jid)
-            subid = node.subscriptions.get(key) or uuid.uuid4().hex
-            if key not in node.subscriptions:
-                await store.set_subscription(
-                    owner.local or "", owner.domain, name, key, "subscribed", subid
-                )
-                node.subscriptions[key] = subid
-            remember(service)
-        attrs = {"node": name, "jid": key, "subid": subid, "subscription": "subscribed"}
+        service = await service_of(owner)
+        outcome = await service.subscribe(name, await asker(owner, jid), str(jid))
+        subscription = outcome.subscription
+        assert subscription is not None
+        attrs = {
+            "node": name,
+            "jid": subscription.jid,
+            "subid": subscription.subid,
+            "subscription": subscription.state,
+        }
         event.reply(Element("pubsub", PUBSUB, {}, [Element("subscription", PUBSUB, attrs)]))
-        # §6.1.7: the last published item on subscription.
-        if (
-            node.last is not None
-            and node.config["pubsub#send_last_published_item"] in ("on_sub", "on_sub_and_presence")
-            and node.flag("pubsub#deliver_notifications")
-        ):
-            message = last_item_message(service.owner, node)
-            message.attrs["to"] = key
+        if outcome.event is not None:  # §6.1.7: the last published item on subscription.
+            message = last_item_message(str(owner), outcome.node)
+            message.attrs["to"] = subscription.jid
             await server.router.route(message)
 
     async def unsubscribe(event: StanzaEvent, pubsub: Element, action: Element) -> None:
         owner = event.to.bare
-        name = node_name(action)
+        name = requests.node_name(action)
         jid = subscriber_jid(event, action)
-        async with lock(owner):
-            service = await load(owner)
-            node = find_node(service, name)
-            key = str(jid)
-            if key not in node.subscriptions:
-                raise pubsub_error("unexpected-request", "not-subscribed")
-            subid = action.get("subid")
-            if subid and subid != node.subscriptions[key]:
-                raise pubsub_error("not-acceptable", "invalid-subid")
-            await store.set_subscription(owner.local or "", owner.domain, name, key, None)
-            del node.subscriptions[key]
-            remember(service)
+        service = await service_of(owner)
+        await service.unsubscribe(
+            name, Asker(str(jid.bare), is_owner=jid.bare == owner), str(jid), action.get("subid")
+        )
         event.reply()
 
     async def own_subscriptions(event: StanzaEvent, action: Element) -> None:
         service = await service_of(event.to.bare)
-        who = event.sender.bare
         only = action.get("node")
         listing = Element("subscriptions", PUBSUB, {"node": only} if only else {})
-        for node in sorted(service.nodes.values(), key=lambda n: n.name):
-            if only and node.name != only:
-                continue
-            for jid, subid in sorted(node.subscriptions.items()):
-                if JID.parse(jid).bare == who:
-                    listing.add("subscription", attrs={
-                        "node": node.name, "jid": jid, "subid": subid,
-                        "subscription": "subscribed",
-                    })  # fmt: skip
+        for subscription in service.subscriptions_of(str(event.sender.bare), only):
+            listing.add("subscription", attrs={
+                "node": subscription.node, "jid": subscription.jid,
+                "subid": subscription.subid, "subscription": subscription.state,
+            })  # fmt: skip
         event.reply(Element("pubsub", PUBSUB, {}, [listing]))
 
     async def own_affiliations(event: StanzaEvent, action: Element) -> None:
-        owner = event.to.bare
-        service = await service_of(owner)
-        who = event.sender.bare
+        service = await service_of(event.to.bare)
         only = action.get("node")
         listing = Element("affiliations", PUBSUB, {"node": only} if only else {})
-        for node in sorted(service.nodes.values(), key=lambda n: n.name):
-            if only and node.name != only:
-                continue
-            affiliation = "owner" if who == owner else node.affiliations.get(str(who))
-            if affiliation:
-                listing.add("affiliation", attrs={"node": node.name, "affiliation": affiliation})
+        for name, affiliation in service.affiliations_of(str(event.sender.bare), only):
+            listing.add("affiliation", attrs={"node": name, "affiliation": affiliation})
         event.reply(Element("pubsub", PUBSUB, {}, [listing]))
 
     async def set_affiliations(event: StanzaEvent, owner: JID, action: Element) -> None:
-        name = node_name(action)
+        name = requests.node_name(action)
         changes: list[tuple[str, str]] = []
         for el in action.find_all("affiliation", PUBSUB_OWNER):
-            affiliation = el.get("affiliation")
+            affiliation = el.get("affiliation") or ""
             try:
                 jid = JID.parse(el.get("jid") or "").bare
             except InvalidJID:
                 raise StanzaError("jid-malformed", "invalid affiliation jid") from None
-            if affiliation not in AFFILIATIONS or affiliation == "owner" or jid == owner:
+            if affiliation not in AFFILIATIONS or jid == owner:
                 # §8.9.2.4: PEP has one owner; only member, outcast and none are set.
                 raise StanzaError("not-acceptable", f"cannot set {affiliation!r} for {jid}")
             changes.append((str(jid), affiliation))
-        async with lock(owner):
-            service = await load(owner)
-            node = find_node(service, name)
-            for jid_text, affiliation in changes:
-                await store.set_affiliation(
-                    owner.local or "", owner.domain, name, jid_text, affiliation
-                )
-                if affiliation == "none":
-                    node.affiliations.pop(jid_text, None)
-                else:
-                    node.affiliations[jid_text] = affiliation
-            remember(service)
+        service = await service_of(owner)
+        await service.set_affiliations(name, owner_asker(owner), changes)
         event.reply()
 
     # ---- notifications (XEP-0163 §4) --------------------------------------------------------
-    def notification(owner: JID, node: Node, child: Element) -> Element:
-        """XEP-0163 §4.3.1: from the owner's bare JID, a headline by default."""
-        return Element(
-            "message",
-            ns.CLIENT,
-            {
-                "from": str(owner),
-                "type": str(node.config.get("pubsub#notification_type", "headline")),
-                "id": uuid.uuid4().hex,
-            },
-            [Element("event", PUBSUB_EVENT, {}, [child])],
-        )
-
-    def last_item_message(owner: JID, node: Node) -> Element:
-        """XEP-0163 §4.3.3: the last item, with the time it was published."""
-        assert node.last is not None
-        message = notification(owner, node, items_event(node, node.last, node.payload_of_last()))
-        message.add(
-            "delay", ns.DELAY, {"from": str(owner), "stamp": timestamp(node.last.published_at)}
-        )
-        return message
-
-    async def recipients(service: Service, node: Node) -> list[Any]:
+    async def recipients(owner: JID, node: Node) -> list[Any]:
         """The available sessions to notify (XEP-0163 §4.1): the owner's and those of the
         contacts the access model lets in, each with NODE+notify in its caps (§4.2)."""
-        if not node.flag("pubsub#deliver_notifications"):
-            return []
         feature = f"{node.name}+notify"
-        owner = service.owner
         targets = [s for s in sessions.available(owner, None) if feature in caps.features_of(s)]
         roster = await roster_of(owner)
         for contact, item in roster.items.items():
@@ -993,7 +497,9 @@ def setup(server: Server) -> None:
             except InvalidJID:
                 continue
             available = sessions.available(contact_jid, None)
-            if not available or not node.allows(contact, True, item.groups):
+            if not available or not node.allows(
+                Asker(contact, presence_subscription=True, roster_groups=item.groups)
+            ):
                 continue
             if await blocked(owner, contact_jid):
                 continue
@@ -1005,16 +511,21 @@ def setup(server: Server) -> None:
         check = getattr(server, "blocked_either_way", None)
         return check is not None and await check(owner, contact)
 
-    async def notify(service: Service, node: Node, child: Element) -> None:
-        targets = await recipients(service, node)
-        message = notification(service.owner, node, child)
+    async def notify(owner: JID, node: Node, child: Element) -> None:
+        """Send a notification payload the engine produced (XEP-0163 §4, XEP-0060 §7.1.2.1)
+        to the contacts' interested sessions, then to explicit subscribers."""
+        if not node.flag("pubsub#deliver_notifications"):
+            return  # XEP-0060 §16.4.4: nobody is notified
+        targets = await recipients(owner, node)
+        message = notification_message(str(owner), node, child)
         deliver(targets, message)
-        if not node.subscriptions:
+        subscribers = node.subscribers()
+        if not subscribers:
             return
         # Explicit subscribers (XEP-0060 §6.1) not reached through presence already.
-        reached = {s.jid.bare for s in targets} | {service.owner}
-        roster = await roster_of(service.owner)
-        for jid_text in list(node.subscriptions):
+        reached = {s.jid.bare for s in targets} | {owner}
+        roster = await roster_of(owner)
+        for jid_text in subscribers:
             try:
                 jid = JID.parse(jid_text)
             except InvalidJID:
@@ -1022,8 +533,14 @@ def setup(server: Server) -> None:
             bare = str(jid.bare)
             item = roster.items.get(bare)
             if jid.bare in reached or not node.allows(
-                bare, _subscribed_from(item), item.groups if item else ()
+                Asker(
+                    bare,
+                    presence_subscription=_subscribed_from(item),
+                    roster_groups=item.groups if item else (),
+                )
             ):
+                continue
+            if await blocked(owner, jid.bare):
                 continue
             copy = message.shallow_copy()
             copy.attrs["to"] = jid_text
@@ -1065,11 +582,7 @@ def setup(server: Server) -> None:
             service = await service_of(owner)
             for name in nodes & service.nodes.keys():
                 node = service.nodes[name]
-                if (
-                    node.last is None
-                    or node.config["pubsub#send_last_published_item"] != "on_sub_and_presence"
-                    or not node.flag("pubsub#deliver_notifications")
-                ):
+                if not node.sends_last_on("presence"):
                     continue
                 if owner != user:
                     groups: Iterable[str] = ()
@@ -1077,9 +590,12 @@ def setup(server: Server) -> None:
                         owner_item = (await roster_of(owner)).items.get(str(user))
                         groups = owner_item.groups if owner_item else ()
                     item = roster.items.get(str(owner)) if roster is not None else None
-                    if not node.allows(str(user), _subscribed_to(item), groups):
+                    who = Asker(
+                        str(user), presence_subscription=_subscribed_to(item), roster_groups=groups
+                    )
+                    if not node.allows(who):
                         continue
-                message = last_item_message(owner, node)
+                message = last_item_message(str(owner), node)
                 message.attrs["to"] = str(session.jid)
                 session.send(message)
 
@@ -1163,7 +679,7 @@ def setup(server: Server) -> None:
         # owner was online leaves nothing behind in memory).
         owner = session.jid.bare
         if not sessions.is_online(owner):
-            services.pop(owner, None)
+            forget(owner)
 
     @events.on("presence/outgoing")
     def outgoing(args: tuple[Any, Element]) -> None:
@@ -1176,6 +692,7 @@ def setup(server: Server) -> None:
     server.account_identities.append(("pubsub", "pep", None))
 
     @events.on(f"iq/bare/get/{ns.DISCO_INFO}:query", 10)
+    @answers_pubsub_errors
     async def disco_info(event: StanzaEvent) -> bool:
         query = event.payload
         assert query is not None
@@ -1184,8 +701,8 @@ def setup(server: Server) -> None:
         if not name:
             return False  # the account itself: disco.py, with our identity added below
         service = await service_of(owner)
-        node = find_node(service, name)
-        await check_access(service, node, event.sender)
+        node = service.node(name)
+        service.check_access(node, await asker(owner, event.sender))
         # XEP-0060 §5.3: a leaf node, with its metadata (§5.4).
         result = Element("query", ns.DISCO_INFO, {"node": name})
         result.add("identity", attrs={"category": "pubsub", "type": "leaf"})
@@ -1202,6 +719,7 @@ def setup(server: Server) -> None:
         return True
 
     @events.on(f"iq/bare/get/{ns.DISCO_ITEMS}:query", 10)
+    @answers_pubsub_errors
     async def disco_items(event: StanzaEvent) -> bool:
         query = event.payload
         assert query is not None
@@ -1211,27 +729,12 @@ def setup(server: Server) -> None:
         result = Element("query", ns.DISCO_ITEMS, {"node": name} if name else {})
         if name:
             # XEP-0060 §5.5: the items of a node, by id.
-            node = find_node(service, name)
-            await check_access(service, node, event.sender)
-            if node.flag("pubsub#persist_items"):
-                found = await store.get_items(owner.local or "", owner.domain, name)
-            else:
-                found = [node.last] if node.last is not None else []
-            for item in found:
-                result.add("item", attrs={"jid": str(owner), "name": item.id})
-        else:
+            for item_id in await service.item_ids(name, await asker(owner, event.sender)):
+                result.add("item", attrs={"jid": str(owner), "name": item_id})
+        elif service.nodes:
             # XEP-0163 §6.2: only the nodes the asker may subscribe to or retrieve from.
-            roster_item: RosterItem | None = None
-            asker = event.sender.bare
-            if asker != owner and service.nodes:
-                roster_item = (await roster_of(owner)).items.get(str(asker))
-            for node in sorted(service.nodes.values(), key=lambda n: n.name):
-                if asker == owner or node.allows(
-                    str(asker),
-                    _subscribed_from(roster_item),
-                    roster_item.groups if roster_item else (),
-                ):
-                    result.add("item", attrs={"jid": str(owner), "node": node.name})
+            for node in service.visible_nodes(await asker(owner, event.sender)):
+                result.add("item", attrs={"jid": str(owner), "node": node.name})
         event.reply(result)
         return True
 

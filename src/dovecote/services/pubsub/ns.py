@@ -1,0 +1,12 @@
+"""The namespaces of XEP-0060 (§17.1 .. §17.6) and its data forms (§16.4)."""
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+PUBSUB_EVENT = f"{PUBSUB}#event"
+PUBSUB_OWNER = f"{PUBSUB}#owner"
+PUBSUB_ERRORS = f"{PUBSUB}#errors"
+#: FORM_TYPE of node configuration forms (§16.4.4).
+NODE_CONFIG = f"{PUBSUB}#node_config"
+#: FORM_TYPE of publish-options (§7.1.5, §16.4.5).
+PUBLISH_OPTIONS = f"{PUBSUB}#publish-options"
+#: FORM_TYPE of node metadata in disco#info (§5.4, §16.4.3).
+META_DATA = f"{PUBSUB}#meta-data"
