@@ -47,6 +47,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.slots import SessionSlot
 from dovecote.jid import JID, InvalidJID
 from dovecote.modules import caps
 from dovecote.services.pubsub import requests
@@ -124,8 +125,8 @@ DEFAULTS: dict[str, str | list[str]] = {
 #: Owners whose service (nodes, settings, last items) stays in memory, least recently
 #: used dropped.
 CACHE_SIZE = 1000
-#: session.data key: what the session was sent last items for (see `Interest`).
-INTEREST = "pep_interest"
+#: Per session: what it was sent last items for (see `Interest`).
+INTEREST = SessionSlot["Interest"]("pep.interest")
 #: The affiliations an owner may set on a PEP node (§8.9.2.4: the owner is implicit).
 AFFILIATIONS = ("member", "outcast", "none")
 
@@ -616,7 +617,7 @@ def setup(server: Server) -> None:
     @events.on("presence/initial")
     async def initial_presence(session: Any) -> None:
         interest = Interest()
-        session.data[INTEREST] = interest
+        INTEREST.set(session, interest)
         interest.nodes = interests(caps.features_of(session))
         user = session.jid.bare
         roster = await roster_of(user)
@@ -627,7 +628,7 @@ def setup(server: Server) -> None:
 
     @events.on("caps/updated")
     async def caps_updated(session: Any) -> None:
-        interest = session.data.get(INTEREST)
+        interest = INTEREST.get(session)
         if interest is None or not session.available:
             return  # the initial presence sends what the caps then say
         new = interests(caps.features_of(session)) - interest.nodes
@@ -651,7 +652,7 @@ def setup(server: Server) -> None:
             one = sessions.get(event.to)
             targets = [one] if one is not None and one.available else []
         for session in targets:
-            interest = session.data.get(INTEREST)
+            interest = INTEREST.get(session)
             if interest is not None and sender not in interest.owners and interest.nodes:
                 server.spawn(first_presence_of(session, interest, sender))
         return False
@@ -685,7 +686,7 @@ def setup(server: Server) -> None:
     def outgoing(args: tuple[Any, Element]) -> None:
         session, stanza = args
         if stanza.attrs.get("type") == "unavailable":
-            session.data.pop(INTEREST, None)  # the next available presence is initial
+            INTEREST.pop(session)  # the next available presence is initial
 
     # ---- disco (XEP-0163 §6, XEP-0060 §5) ----------------------------------------------------
     # XEP-0163 §6.1: the account is a virtual pubsub service, identity pubsub/pep.
