@@ -463,8 +463,14 @@ class C2SStream(StreamBase):
         if self.state == "closed":
             return
         for send_filter in self.server.send_filters:
-            if send_filter(self, stanza):
-                return
+            try:
+                if send_filter(self, stanza):
+                    return
+            except Exception:
+                # A broken filter must not cost the stanza nor the connection: sent as is.
+                from dovecote.core.events import log_failure
+
+                log_failure("send filter", send_filter, (self, stanza))
         self.send_now(stanza, data)
 
     def send_now(self, stanza: Element, data: bytes | None = None) -> None:
