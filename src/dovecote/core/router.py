@@ -157,6 +157,8 @@ class Router:
         self.max_route_queue = server.config.limits.max_route_queue
         # bare 'from' -> stanzas waiting to be routed, in order (one task drains each)
         self._outbox: dict[str, deque[Element]] = {}
+        # Origins whose queue is full (logged once until it drains).
+        self._overflowing: set[str] = set()
 
     # ---- building answers -----------------------------------------------------------
     def make_error(
@@ -200,22 +202,30 @@ class Router:
         elif len(queue) < self.max_route_queue:
             queue.append(stanza)
         else:
-            log.warning(
-                "more than %d stanzas from %s wait to be routed; routing %s out of order",
-                self.max_route_queue,
-                key or "the server",
-                describe(stanza),
-            )
+            if key not in self._overflowing:  # once per backlog, not once per stanza
+                self._overflowing.add(key)
+                log.warning(
+                    "more than %d stanzas from %s wait to be routed; routing %s and the "
+                    "next ones out of order",
+                    self.max_route_queue,
+                    key or "the server",
+                    describe(stanza),
+                )
             self.server.spawn(self.route(stanza))
 
     async def _route_in_order(self, key: str, queue: deque[Element]) -> None:
         try:
             while queue:
-                await self.route(queue.popleft())
+                stanza = queue.popleft()
+                try:
+                    await self.route(stanza)
+                except Exception:  # route() logs its own failures; this is the last guard
+                    log.exception("routing %s failed", describe(stanza))
         finally:
             # No await between the last check and here: nothing can be appended unseen.
             if self._outbox.get(key) is queue:
                 del self._outbox[key]
+                self._overflowing.discard(key)
 
     async def route_fanout(
         self, stanza: Element, targets: Iterable[str], origin: Session | None = None
