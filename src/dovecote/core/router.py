@@ -147,14 +147,11 @@ class Fanout:
 
 
 class Router:
-    #: Stanzas the server sends from one account (or domain) kept in order before
-    #: routing (`route_soon`); set from `[limits] max_route_queue`.
-    max_route_queue = 1000
-
     def __init__(self, server: Server) -> None:
         self.server = server
         self.events = server.events
-        self.max_route_queue = server.config.limits.max_route_queue
+        #: Stanzas from one account (or the server) waiting in `route_soon`'s queue.
+        self.max_route_queue: int = server.config.limits.max_route_queue
         # bare 'from' -> stanzas waiting to be routed, in order (one task drains each)
         self._outbox: dict[str, deque[Element]] = {}
         # Origins whose queue is full (logged once until it drains).
