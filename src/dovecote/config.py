@@ -194,6 +194,9 @@ class LimitsSection(_Section):
     #: Addresses one session may send directed presence to (RFC 6121 §4.6), all told
     #: unavailable when it ends; beyond, the presence is refused with resource-constraint.
     max_directed_presence: int = Field(default=1000, ge=1)
+    #: Stanzas the server sends on behalf of one account (or itself) kept waiting to be
+    #: routed in order (RFC 6120 §10.1); beyond, one is routed at once, out of order.
+    max_route_queue: int = Field(default=1000, ge=1)
 
 
 class StreamManagementSection(_Section):

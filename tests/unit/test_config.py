@@ -352,6 +352,7 @@ def test_quota_defaults() -> None:
     assert (config.pep.max_nodes_per_user, config.pep.max_items_per_node) == (256, 1000)
     assert (config.private.max_namespaces, config.private.max_bytes) == (100, 1024 * 1024)
     assert config.blocking.max_items == 5000
+    assert config.limits.max_route_queue == 1000
 
 
 def test_archive_quota_policy_is_validated() -> None:
@@ -372,6 +373,7 @@ def test_archive_quota_policy_is_validated() -> None:
         ("private", "max_namespaces", 0),
         ("private", "max_bytes", 10),
         ("blocking", "max_items", 0),
+        ("limits", "max_route_queue", 0),
     ],
 )
 def test_limits_out_of_range(section: str, key: str, value: int) -> None:

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from dovecote.core.events import EventBus
 from dovecote.core.sessions import SessionManager
 from dovecote.jid import JID
@@ -336,3 +338,56 @@ def test_iteration_is_safe_while_unbinding() -> None:
     for session in manager:
         manager.unbind(session)
     assert len(manager) == 0
+
+
+# ---- failures -----------------------------------------------------------------------
+async def test_fire_all_runs_the_others_when_one_raises(caplog: Any) -> None:
+    """A failing notification handler is logged (event, handler, stanza id, session) and
+    the handlers after it still run."""
+    from dovecote.xml.element import Element
+
+    bus = EventBus()
+    calls: list[str] = []
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("boom")
+
+    async def broken_async(event: Any) -> None:
+        await asyncio.sleep(0)
+        raise ValueError("boom")
+
+    bus.add("presence/outgoing", broken, priority=2)
+    bus.add("presence/outgoing", broken_async, priority=1)
+    bus.add("presence/outgoing", recorder(calls, "after"))
+    session = FakeSession("s", jid=JULIET.with_resource("balcony"))
+    stanza = Element("presence", "jabber:client", {"id": "p1", "from": "juliet@example.com"})
+    with caplog.at_level("ERROR", "dovecote.core.events"):
+        await bus.fire_all("presence/outgoing", (session, stanza))
+    assert calls == ["after"]
+    failures = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(failures) == 2
+    message = failures[0].getMessage()
+    assert "presence/outgoing" in message
+    assert "test_fire_all_runs_the_others_when_one_raises.<locals>.broken" in message
+    assert "id='p1'" in message
+    assert "juliet@example.com/balcony" in message
+    assert failures[0].exc_info is not None
+
+
+async def test_fire_lets_exceptions_propagate_and_stop_the_chain() -> None:
+    """`fire` is a decision chain: a raising handler (StanzaError: its answer; anything
+    else: a bug the router answers with internal-server-error) stops it, so a lower
+    handler never runs in place of a check that failed."""
+    from dovecote.stream.errors import StanzaError
+
+    bus = EventBus()
+    calls: list[str] = []
+
+    def refuse(event: Any) -> bool:
+        raise StanzaError("forbidden")
+
+    bus.add("e", refuse, priority=1)
+    bus.add("e", recorder(calls, "never", True))
+    with pytest.raises(StanzaError):
+        await bus.fire("e", None)
+    assert calls == []

@@ -80,7 +80,7 @@ def setup(server: Server) -> None:
     async def presence_to_full(event: StanzaEvent) -> bool:
         session = sessions.get(event.to)
         if session is not None:
-            session.send(event.stanza)
+            router.deliver_event(event, [session])
             return True
         # RFC 6121 §8.5.3.2.2: subscription-related presence is treated as to the bare JID.
         if event.type in ("subscribe", "subscribed", "unsubscribe", "unsubscribed"):
@@ -90,7 +90,7 @@ def setup(server: Server) -> None:
     @events.on("presence/bare", LAST)
     async def presence_to_bare(event: StanzaEvent) -> bool:
         # RFC 6121 §8.5.2.1.3: presence goes to all available resources.
-        router.deliver(sessions.available(event.to.bare, None), event.stanza)
+        router.deliver_event(event, sessions.available(event.to.bare, None))
         return True
 
     @events.on("presence/host", LAST)

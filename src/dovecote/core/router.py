@@ -21,13 +21,16 @@ The hot path (a message between two online users) touches no storage and no thre
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.events import describe, log_failure
 from dovecote.jid import JID, InvalidJID
 from dovecote.storage.base import StorageUnavailable
 from dovecote.stream.errors import StanzaError, error_reply, excerpt
 from dovecote.xml import ns
-from dovecote.xml.element import Element
+from dovecote.xml.element import Element, escape_attr
 
 if TYPE_CHECKING:
     from dovecote.core.sessions import Session
@@ -39,10 +42,16 @@ log = logging.getLogger(__name__)
 class StanzaEvent:
     """One stanza on its way, as handlers see it."""
 
-    __slots__ = ("archive_id", "origin", "sender", "server", "stanza", "to")
+    __slots__ = ("archive_id", "fanout", "origin", "sender", "server", "stanza", "to")
 
     def __init__(
-        self, server: Server, stanza: Element, sender: JID, to: JID, origin: Session | None
+        self,
+        server: Server,
+        stanza: Element,
+        sender: JID,
+        to: JID,
+        origin: Session | None,
+        fanout: Fanout | None = None,
     ) -> None:
         self.server = server
         self.stanza = stanza
@@ -54,6 +63,9 @@ class StanzaEvent:
         self.origin = origin
         #: The id the sender's archive gave an outgoing message (XEP-0313), for copies.
         self.archive_id: str | None = None
+        #: Set when the stanza is one copy of a fan-out (`Router.route_fanout`): local
+        #: deliveries reuse its serialization (`Router.deliver_event`).
+        self.fanout = fanout
 
     @property
     def type(self) -> str | None:
@@ -86,10 +98,64 @@ class StanzaEvent:
             self.server.router.route_soon(stanza)
 
 
+class Fanout:
+    """One stanza sent to many addresses where only 'to' differs (presence broadcast,
+    RFC 6121 §4.2.2): serialized once per transport kind without 'to', and each copy
+    written as those bytes with its own 'to' spliced in."""
+
+    __slots__ = ("_head", "_templates", "stanza")
+
+    def __init__(self, stanza: Element) -> None:
+        self.stanza = stanza.shallow_copy()
+        self.stanza.attrs.pop("to", None)
+        self._head = f"<{stanza.tag}".encode()
+        # transport kind -> serialization without 'to' (None: cannot be spliced)
+        self._templates: dict[type, bytes | None] = {}
+
+    def is_copy(self, stanza: Element) -> bool:
+        """`stanza` is a copy of the template that differs at most in 'to' (a handler on
+        the way may have changed it: then it is serialized on its own)."""
+        template = self.stanza
+        if stanza.tag != template.tag or stanza.ns != template.ns:
+            return False
+        attrs = stanza.attrs
+        if len(attrs) - ("to" in attrs) != len(template.attrs):
+            return False
+        for key, value in template.attrs.items():
+            if attrs.get(key) != value:
+                return False
+        children, originals = stanza.children, template.children
+        return len(children) == len(originals) and all(
+            a is b for a, b in zip(children, originals, strict=True)
+        )
+
+    def data_for(self, session: Any, to: str | None) -> bytes | None:
+        """The bytes of the template addressed to `to`, for `session`'s transport."""
+        kind = type(getattr(session, "transport", session))
+        template = self._templates.get(kind, b"")
+        if template == b"":
+            data = session.serialize(self.stanza)
+            head = self._head
+            template = data if data[len(head) : len(head) + 1] == b" " else None
+            self._templates[kind] = template
+        if template is None:
+            return None
+        if to is None:
+            return template
+        head = self._head
+        return head + b" to='" + escape_attr(to).encode() + b"'" + template[len(head) :]
+
+
 class Router:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.events = server.events
+        #: Stanzas from one account (or the server) waiting in `route_soon`'s queue.
+        self.max_route_queue: int = server.config.limits.max_route_queue
+        # bare 'from' -> stanzas waiting to be routed, in order (one task drains each)
+        self._outbox: dict[str, deque[Element]] = {}
+        # Origins whose queue is full (logged once until it drains).
+        self._overflowing: set[str] = set()
 
     # ---- building answers -----------------------------------------------------------
     def make_error(
@@ -117,11 +183,76 @@ class Router:
 
     # ---- routing ----------------------------------------------------------------------
     def route_soon(self, stanza: Element) -> None:
-        """Route from synchronous code (a reply to a non-local sender, ...)."""
-        self.server.spawn(self.route(stanza))
+        """Route from synchronous code (a reply to a non-local sender, ...).
 
-    async def route(self, stanza: Element, origin: Session | None = None) -> None:
-        """Route a stanza whose 'from' is already trustworthy."""
+        RFC 6120 §10.1: stanzas are routed in the order they were sent. Stanzas from the
+        same account (the bare JID of 'from': the user's 'unsubscribe' then 'unsubscribed',
+        a 'subscribed' then the presence of each resource) wait in one queue, routed one
+        after the other by one task. Beyond `max_route_queue` waiting, a stanza is routed
+        at once (out of order, logged) rather than kept: memory stays bounded."""
+        sender = stanza.attrs.get("from") or ""
+        key = sender.partition("/")[0]
+        queue = self._outbox.get(key)
+        if queue is None:
+            queue = self._outbox[key] = deque((stanza,))
+            self.server.spawn(self._route_in_order(key, queue))
+        elif len(queue) < self.max_route_queue:
+            queue.append(stanza)
+        else:
+            if key not in self._overflowing:  # once per backlog, not once per stanza
+                self._overflowing.add(key)
+                log.warning(
+                    "more than %d stanzas from %s wait to be routed; routing %s and the "
+                    "next ones out of order",
+                    self.max_route_queue,
+                    key or "the server",
+                    describe(stanza),
+                )
+            self.server.spawn(self.route(stanza))
+
+    async def _route_in_order(self, key: str, queue: deque[Element]) -> None:
+        try:
+            while queue:
+                stanza = queue.popleft()
+                try:
+                    await self.route(stanza)
+                except Exception:  # route() logs its own failures; this is the last guard
+                    log.exception("routing %s failed", describe(stanza))
+        finally:
+            # No await between the last check and here: nothing can be appended unseen.
+            if self._outbox.get(key) is queue:
+                del self._outbox[key]
+                self._overflowing.discard(key)
+
+    async def route_fanout(
+        self, stanza: Element, targets: Iterable[str], origin: Session | None = None
+    ) -> None:
+        """Route `stanza` to each of `targets`, a copy each with its own 'to'.
+
+        Every copy goes through the whole chain of events, so modules' per-recipient
+        checks (XEP-0191 blocking, ...) apply to each target; the local deliveries at
+        the end (`deliver_event`) share one serialization of the stanza."""
+        fanout = Fanout(stanza)
+        for target in targets:
+            copy = stanza.shallow_copy()
+            copy.attrs["to"] = target
+            await self.route(copy, origin, fanout=fanout)
+
+    async def route(
+        self, stanza: Element, origin: Session | None = None, *, fanout: Fanout | None = None
+    ) -> None:
+        """Route a stanza whose 'from' is already trustworthy.
+
+        Never raises: a failing handler answers this stanza with internal-server-error
+        (RFC 6120 §8.3.3.9), logged with the stanza; the connection and the other
+        stanzas go on."""
+        try:
+            await self._route(stanza, origin, fanout)
+        except Exception:
+            # The bounce itself failed (a broken send path): the stanza is lost, say so.
+            log.exception("could not route or bounce %s", describe(stanza))
+
+    async def _route(self, stanza: Element, origin: Session | None, fanout: Fanout | None) -> None:
         sender_text = stanza.attrs.get("from")
         try:
             sender = JID.parse(sender_text) if sender_text else JID(None, self.server.default_host)
@@ -141,7 +272,7 @@ class Router:
                 )
                 return
         event = StanzaEvent(
-            self.server, stanza, sender, to if to is not None else sender.bare, origin
+            self.server, stanza, sender, to if to is not None else sender.bare, origin, fanout
         )
         try:
             await self._dispatch(event, addressed=to is not None)
@@ -153,7 +284,7 @@ class Router:
             log.debug("storage unavailable while handling %s: %s", stanza.tag, exc)
             self.bounce(event, StanzaError("resource-constraint", "storage busy, retry later"))
         except Exception:
-            log.exception("error while handling %s", stanza)
+            log.exception("error while handling %s", describe(stanza))
             self.bounce(event, StanzaError("internal-server-error"))
 
     async def _dispatch(self, event: StanzaEvent, addressed: bool) -> None:
@@ -249,7 +380,8 @@ class Router:
 
     # ---- delivery helpers used by the core and modules ---------------------------------
     def deliver(self, sessions: list[Any], stanza: Element) -> None:
-        """Write the same stanza to several sessions, serialized once."""
+        """Write the same stanza to several sessions, serialized once. One session that
+        fails to take it (logged) does not keep it from the others."""
         if not sessions:
             return
         if len(sessions) == 1:
@@ -257,4 +389,22 @@ class Router:
             return
         data = sessions[0].serialize(stanza)
         for session in sessions:
-            session.send(stanza, data)
+            try:
+                session.send(stanza, data)
+            except Exception:
+                log_failure("deliver", session.send, (session, stanza))
+
+    def deliver_event(self, event: StanzaEvent, sessions: list[Any]) -> None:
+        """`deliver` the event's stanza; a copy of a fan-out (`route_fanout`) reuses the
+        fan-out's serialization with its own 'to'."""
+        fanout = event.fanout
+        stanza = event.stanza
+        if fanout is None or not sessions or not fanout.is_copy(stanza):
+            self.deliver(sessions, stanza)
+            return
+        to = stanza.attrs.get("to")
+        for session in sessions:
+            try:
+                session.send(stanza, fanout.data_for(session, to))
+            except Exception:
+                log_failure("deliver", session.send, (session, stanza))

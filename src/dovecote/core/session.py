@@ -20,6 +20,7 @@ import secrets
 from collections import deque
 from typing import TYPE_CHECKING
 
+from dovecote.core.events import log_failure
 from dovecote.core.slots import SlotStore
 from dovecote.jid import JID, InvalidJID
 from dovecote.stream import sm
@@ -148,8 +149,12 @@ class ClientSession:
         if self.state == "closed":
             return
         for send_filter in self.server.send_filters:
-            if send_filter(self, stanza):
-                return
+            try:
+                if send_filter(self, stanza):
+                    return
+            except Exception:
+                # A broken filter must not cost the stanza nor the connection: sent as is.
+                log_failure("send filter", send_filter, (self, stanza))
         self.send_now(stanza, data)
 
     def send_now(self, stanza: Element, data: bytes | None = None) -> None:

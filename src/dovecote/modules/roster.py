@@ -463,11 +463,12 @@ def setup(server: Server) -> None:
             directed: set[str] = session.data.pop("directed", set())
             subscribers = set(targets)
             targets += [jid for jid in directed if str(JID.parse(jid).bare) not in subscribers]
-        for target in targets:
-            copy = stanza.shallow_copy()
-            copy.attrs["from"] = str(session.jid)
-            copy.attrs["to"] = target
-            await router.route(copy)
+        if not targets:
+            return
+        outgoing = stanza.shallow_copy()
+        outgoing.attrs["from"] = str(session.jid)
+        # One serialization for all contacts; each still passes blocking and the like.
+        await router.route_fanout(outgoing, targets)
 
     @events.on("presence/audience")
     async def audience(args: tuple[Any, set[JID]]) -> None:
