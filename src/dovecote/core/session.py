@@ -107,7 +107,16 @@ class ClientSession:
     async def _stanza(self, stanza: Element) -> None:
         kind = stanza.tag
         if stanza.ns != ns.CLIENT or kind not in STANZA_KINDS:
-            if await self.server.events.fire(f"c2s/element/{stanza.ns}:{kind}", (self, stanza)):
+            name = f"c2s/element/{stanza.ns}:{kind}"
+            try:
+                taken = await self.server.events.fire(name, (self, stanza))
+            except StreamError:
+                raise
+            except Exception:
+                # A failing module (CSI, ...) costs this element, not the connection.
+                log_failure(name, self.server.events.fire, (self, stanza))
+                return
+            if taken:
                 return
             raise StreamError("unsupported-stanza-type", f"unsupported element {kind}")
         if kind == "iq" and stanza.attrs.get("type") == "set":
