@@ -184,8 +184,15 @@ def serve(config_path: str | None) -> None:
 def check_config(config_path: str | None) -> None:
     """Validate the configuration and show what it serves."""
     config = _config(config_path)
+    from dovecote.core.modules import ModuleError, module_names
+
+    try:
+        modules = module_names(config.modules.enabled, config.modules.disabled)
+    except ModuleError as exc:
+        fail(str(exc))
     click.echo(f"config OK: {config.source or 'built-in defaults'}")
     click.echo(f"domains: {', '.join(config.server.domains)}")
+    click.echo(f"modules: {' '.join(modules)}")
 
 
 @main.group()
