@@ -120,6 +120,11 @@ class Server:
         from dovecote.storage.sql import open_storage
 
         config = self.config
+        try:
+            # First: a configuration that cannot work creates no files.
+            names = module_names(config.modules.enabled, config.modules.disabled)
+        except ModuleError as exc:
+            raise StartupError(str(exc)) from None
         data_dir = config.data_path
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +141,6 @@ class Server:
             raise StartupError(f"cannot open storage: {exc}") from None
         delivery.setup(self)
         try:
-            names = module_names(config.modules.enabled, config.modules.disabled)
             self.modules = load_modules(self, names)
         except ModuleError as exc:
             raise StartupError(str(exc)) from None
