@@ -58,6 +58,16 @@ def _config(path: str | None) -> Config:
         fail(str(exc))
 
 
+def _modules(config: Config) -> list[str]:
+    """The modules the server would load, dependencies resolved (core/modules.py)."""
+    from dovecote.core.modules import ModuleError, module_names
+
+    try:
+        return module_names(config.modules.enabled, config.modules.disabled)
+    except ModuleError as exc:
+        fail(str(exc))
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run storage work; storage failures become one-line errors."""
     try:
@@ -171,6 +181,7 @@ def main() -> None:
 def serve(config_path: str | None) -> None:
     """Run the server until SIGINT or SIGTERM."""
     config = _config(config_path)
+    _modules(config)  # before anything starts: a missing dependency is a config error
     from dovecote import server
 
     try:
@@ -184,8 +195,10 @@ def serve(config_path: str | None) -> None:
 def check_config(config_path: str | None) -> None:
     """Validate the configuration and show what it serves."""
     config = _config(config_path)
+    modules = _modules(config)
     click.echo(f"config OK: {config.source or 'built-in defaults'}")
     click.echo(f"domains: {', '.join(config.server.domains)}")
+    click.echo(f"modules: {' '.join(modules)}")
 
 
 @main.group()

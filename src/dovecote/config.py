@@ -164,6 +164,7 @@ class AuthSection(_Section):
 
 
 class RegistrationSection(_Section):
+    #: XEP-0077: anyone may create an account in-band; false: `dovecote user add` only.
     open: bool = False
     #: XEP-0077 §11: new accounts allowed per client IP address per `period` (0: no limit).
     max_per_ip: int = Field(default=5, ge=0)
@@ -306,6 +307,19 @@ class ModulesSection(_Section):
     enabled: list[str] = Field(default_factory=list)
     #: Default modules to leave out.
     disabled: list[str] = Field(default_factory=list)
+
+    @field_validator("enabled", "disabled")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        """A name that is no module is a typo, in either list."""
+        from dovecote.core.modules import available_modules
+
+        for name in names:
+            if name not in available_modules():
+                raise ValueError(
+                    f"unknown module {name!r} (one of {', '.join(available_modules())})"
+                )
+        return names
 
 
 class LoggingSection(_Section):

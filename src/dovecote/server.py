@@ -16,8 +16,10 @@ from typing import Any
 from dovecote import __version__
 from dovecote.config import Config, parse_listen
 from dovecote.core import delivery
+from dovecote.core.blocking import BlockingService
 from dovecote.core.events import EventBus
-from dovecote.core.modules import DEFAULT_MODULES, ModuleError, load_modules
+from dovecote.core.modules import ModuleError, load_modules, module_names
+from dovecote.core.rosters import RosterService
 from dovecote.core.router import Router
 from dovecote.core.sessions import SessionManager
 from dovecote.core.throttle import AccountThrottle, AuthThrottle
@@ -40,6 +42,10 @@ class Server:
         self.events = EventBus()
         self.sessions = SessionManager()
         self.router = Router(self)
+        #: Core services modules share (rosters and subscriptions, blocklists); they
+        #: exist whichever modules are loaded.
+        self.rosters = RosterService(self)
+        self.blocking = BlockingService(self)
         #: Service domains (MUC, pubsub, ...) -> component with `async receive(event)`.
         self.components: dict[str, Any] = {}
         #: disco#info features of the server and of each account (filled by modules).
@@ -114,6 +120,11 @@ class Server:
         from dovecote.storage.sql import open_storage
 
         config = self.config
+        try:
+            # First: a configuration that cannot work creates no files.
+            names = module_names(config.modules.enabled, config.modules.disabled)
+        except ModuleError as exc:
+            raise StartupError(str(exc)) from None
         data_dir = config.data_path
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,8 +140,6 @@ class Server:
         except Exception as exc:
             raise StartupError(f"cannot open storage: {exc}") from None
         delivery.setup(self)
-        names = [m for m in DEFAULT_MODULES if m not in config.modules.disabled]
-        names += [m for m in config.modules.enabled if m not in names]
         try:
             self.modules = load_modules(self, names)
         except ModuleError as exc:

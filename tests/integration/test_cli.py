@@ -27,6 +27,7 @@ from dovecote.control import (
     control_socket_path,
     notify_server,
 )
+from dovecote.core.modules import module_names
 from dovecote.storage import open_storage, verify_password
 
 PYTHON_M = [sys.executable, "-m", "dovecote"]
@@ -224,6 +225,7 @@ def test_check_config_ok(setup: Setup) -> None:
     assert out.splitlines() == [
         f"config OK: {setup.config}",
         "domains: example.org, other.example",
+        f"modules: {' '.join(module_names([], []))}",
     ]
 
 
@@ -232,7 +234,7 @@ def test_check_config_defaults_and_env(setup: Setup) -> None:
     empty.mkdir()
     result = setup.run("check-config", config=False, cwd=empty)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["config OK: built-in defaults", "domains: localhost"]
+    assert result.stdout.splitlines()[:2] == ["config OK: built-in defaults", "domains: localhost"]
     env = _env() | {"DOVECOTE_CONFIG": str(setup.config)}
     result = setup.run("check-config", config=False, cwd=empty, env=env)
     assert result.stdout.splitlines()[0] == f"config OK: {setup.config}"
@@ -246,12 +248,23 @@ def test_check_config_defaults_and_env(setup: Setup) -> None:
         ("[auth]\nscram_iterations = 100\n", "'auth.scram_iterations'"),
         ('[server]\ndomains = ["bad domain"]\n', "'server.domains"),
         ("[server\n", "not valid TOML"),
+        ('[modules]\ndisabled = ["mma"]\n', "'modules.disabled': unknown module 'mma'"),
     ],
 )
 def test_invalid_config(setup: Setup, toml: str, message: str) -> None:
     setup.config.write_text(toml)
     for args in (["check-config"], ["user", "list", "example.org"], ["serve"]):
         assert_error(setup.run(*args), message)
+
+
+def test_disabled_dependency(setup: Setup) -> None:
+    """A module whose dependency is disabled: check-config and serve name both."""
+    write_config(setup.config, setup.data_dir, '[modules]\ndisabled = ["caps"]\n')
+    for args in (["check-config"], ["serve"]):
+        assert_error(setup.run(*args), "module 'pep' needs 'caps', which is disabled")
+    write_config(setup.config, setup.data_dir, '[modules]\ndisabled = ["caps", "pep"]\n')
+    modules = setup.ok("check-config").splitlines()[2].split()
+    assert "caps" not in modules and "pep" not in modules and "roster" in modules
 
 
 def test_unreachable_storage(setup: Setup) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dovecote.jid import JID
+from dovecote.modules import roster
 from dovecote.transport.tcp import address_key
 from tests.helpers import (
     BIND,
@@ -114,7 +115,7 @@ async def test_directed_presence_is_capped(tmp_path: Path) -> None:
         assert error_condition(error) == ("wait", "resource-constraint")
         session = server.sessions.get(JID.parse(jid))
         assert session is not None
-        assert session.data["directed"] == {f"b{i}@example.org" for i in (1, 2, 3)}  # type: ignore[attr-defined]
+        assert roster.DIRECTED.get(session) == {f"b{i}@example.org" for i in (1, 2, 3)}
         # Unavailable to one frees its place.
         raw.send("<presence to='b2@example.org' type='unavailable'/>")
         raw.send("<presence to='b4@example.org' id='b4-again'/>")
@@ -126,7 +127,7 @@ async def test_directed_presence_is_capped(tmp_path: Path) -> None:
             if el.get("id") == "sync":
                 break
         assert not [e for e in got if e.get("id") == "b4-again"]
-        assert session.data["directed"] == {f"b{i}@example.org" for i in (1, 3, 4)}  # type: ignore[attr-defined]
+        assert roster.DIRECTED.get(session) == {f"b{i}@example.org" for i in (1, 3, 4)}
         await raw.close()
     finally:
         await server.stop()

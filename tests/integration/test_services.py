@@ -98,7 +98,7 @@ async def test_server_disco_info(server: Server, alice: Asker, host: str) -> Non
     assert query.get("node") is None
     # XEP-0030 §3.1: at least one identity; a server is category 'server', type 'im'.
     assert identities(query) == [("server", "im")]
-    declared = set().union(*(getattr(m, "FEATURES", ()) for m in server.modules.values()))
+    declared = set().union(*(m.MODULE.features for m in server.modules.values()))
     offered = features(query)
     assert len(offered) == len(set(offered)), "a feature is listed twice"
     assert set(offered) == server.features == declared

@@ -366,11 +366,7 @@ class Router:
             return True
         if asker.local is None and asker.domain in self.server.hosts:
             return True
-        rosters = getattr(self.server, "rosters", None)
-        if rosters is None:
-            return False
-        item = (await rosters.get(account.bare)).items.get(str(asker.bare))
-        return item is not None and item.subscription in ("from", "both")
+        return await self.server.rosters.presence_allowed(account.bare, asker)
 
     async def account_exists(self, bare: JID) -> bool:
         """Online users exist; otherwise ask storage (RFC 6121 §8.5.1)."""

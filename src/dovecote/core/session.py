@@ -62,8 +62,6 @@ class ClientSession:
         self.sm: sm.StreamManagement | None = None
         #: Per-module state, each module in its own declared slot.
         self.slots: SlotStore = SlotStore()
-        #: Untyped per-module state of the modules not yet moved to slots.
-        self.data: dict[str, object] = {}
         self._ack_timer: asyncio.TimerHandle | None = None
         self._hibernation_timer: asyncio.TimerHandle | None = None
         #: Coroutines waiting for the client to read or acknowledge (`wait_writable`).

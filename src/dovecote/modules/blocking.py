@@ -1,8 +1,8 @@
 """XEP-0191: Blocking Command — a user's list of JIDs they exchange no stanzas with.
 
-The list is kept in the account's key/value store ("blocklist", a JSON list of JIDs) and,
-for users with a session online, in memory, so that checking a stanza between two online
-users touches no storage. The checks run at a high priority, before delivery and before
+The lists are the core service `server.blocking` (core/blocking.py: storage, the cache of
+online users' lists, the XEP-0191 §6 matching), which this module switches on; without this
+module nothing is blocked. The checks run at a high priority, before delivery and before
 other modules:
 
   inbound   a stanza to a user from a JID they block (XEP-0191 §3.3): presence is dropped
@@ -29,15 +29,13 @@ resource-constraint (RFC 6120 §8.3.3.18; XEP-0191 names no error for it).
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import secrets
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.blocking import EMPTY, is_blocked
+from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.jid import JID, InvalidJID
 from dovecote.stream.errors import StanzaError
@@ -49,31 +47,18 @@ if TYPE_CHECKING:
     from dovecote.core.sessions import Session
     from dovecote.server import Server
 
-log = logging.getLogger(__name__)
-
 BLOCKING = "urn:xmpp:blocking"
 BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
-FEATURES = [BLOCKING]
-STORAGE_KEY = "blocklist"
+MODULE = ModuleInfo(
+    name="blocking",
+    summary="Blocking command (XEP-0191): the protocol and its enforcement on stanzas",
+    features=[BLOCKING],
+    config="blocking",
+)
 #: Before delivery (lowest priority) and before the modules that store or copy stanzas.
 PRIORITY = 100
 #: Per session: it asked for the list, so it gets pushes (§3.3, §3.4).
 REQUESTED = SessionSlot[bool]("blocking.requested")
-_EMPTY: frozenset[JID] = frozenset()
-
-
-def is_blocked(blocked: AbstractSet[JID], jid: JID) -> bool:
-    """XEP-0191 §6 (the order of XEP-0016): an item user@domain/resource matches only that
-    resource, user@domain any of its resources, domain/resource that resource of any user
-    of the domain, and domain everything at the domain."""
-    if not blocked:
-        return False
-    return (
-        jid in blocked
-        or jid.bare in blocked
-        or JID(None, jid.domain, jid.resource) in blocked
-        or JID(None, jid.domain) in blocked
-    )
 
 
 def parse_items(command: Element) -> list[JID]:
@@ -101,58 +86,18 @@ def setup(server: Server) -> None:
     events = server.events
     sessions = server.sessions
     max_items = server.config.blocking.max_items
-    #: bare JID of a user with a session online -> the JIDs they block.
-    cache: dict[JID, set[JID]] = {}
-    #: One change at a time per user (two resources may send commands together).
-    locks: weakref.WeakValueDictionary[JID, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    # ---- the list ---------------------------------------------------------------------
-    async def load(user: JID) -> set[JID]:
-        text = await server.storage.kv.get(user.local or "", user.domain, STORAGE_KEY)
-        if not text:
-            return set()
-        blocked = set()
-        for item in json.loads(text):
-            try:
-                blocked.add(JID.parse(item))
-            except InvalidJID:
-                log.warning("ignoring invalid JID %r in the blocklist of %s", item, user)
-        return blocked
-
-    async def get_blocklist(user: JID) -> set[JID]:
-        """The user's list; the cached set itself while the user is online."""
-        cached = cache.get(user)
-        if cached is not None:
-            return cached
-        blocked = await load(user)
-        cached = cache.get(user)  # loaded by someone else meanwhile
-        if cached is not None:
-            return cached
-        if sessions.is_online(user):
-            cache[user] = blocked
-        return blocked
-
-    async def blocked_either_way(user: JID, other: JID) -> bool:
-        """Does `user` block `other`, or a local `other` block `user`? For modules that
-        send on a user's behalf without routing (PEP notifications, XEP-0191 §3.3)."""
-        if is_blocked(await get_blocklist(user), other):
-            return True
-        if other.local is not None and other.domain in server.hosts:
-            return is_blocked(await get_blocklist(other.bare), user)
-        return False
-
-    server.blocked_either_way = blocked_either_way  # type: ignore[attr-defined]
-
-    async def store(user: JID, blocked: set[JID]) -> None:
-        value = json.dumps(sorted(str(j) for j in blocked)) if blocked else None
-        await server.storage.kv.set(user.local or "", user.domain, STORAGE_KEY, value)
+    service = server.blocking
+    service.activate()
+    get_blocklist = service.blocklist
+    store = service.store
+    lock = service.lock
 
     def with_blocklist(
         user: JID, check: Callable[[StanzaEvent, AbstractSet[JID]], bool], event: StanzaEvent
     ) -> bool | Awaitable[bool]:
         """Run `check` with the user's list: right away when cached (the hot path
         allocates no coroutine), after loading it otherwise."""
-        blocked = cache.get(user)
+        blocked = service.cached(user)
         if blocked is not None:
             return check(event, blocked)
         return _loaded_then(user, check, event)
@@ -165,14 +110,6 @@ def setup(server: Server) -> None:
     @events.on("session/bound")
     async def session_bound(session: Session) -> None:
         await get_blocklist(session.jid.bare)
-
-    # After presence's own session/ended handler (-1000), which still routes presence
-    # from the user and so needs the list.
-    @events.on("session/ended", -2000)
-    def session_ended(session: Session) -> None:
-        user = session.jid.bare
-        if not sessions.resources(user):
-            cache.pop(user, None)
 
     # ---- the protocol: §3.2 retrieve, §3.3 block, §3.4 unblock, §3.5 unblock all -------
     def owner(event: StanzaEvent) -> JID:
@@ -218,12 +155,6 @@ def setup(server: Server) -> None:
                 stanza.attrs["from"] = str(session.jid)
                 stanza.attrs["to"] = str(contact)
                 await server.router.route(stanza)
-
-    def lock(user: JID) -> asyncio.Lock:
-        user_lock = locks.get(user)
-        if user_lock is None:
-            user_lock = locks[user] = asyncio.Lock()
-        return user_lock
 
     @events.on(f"iq/bare/get/{BLOCKING}:blocklist")
     async def get_list(event: StanzaEvent) -> bool:
@@ -333,11 +264,11 @@ def setup(server: Server) -> None:
         user = to.bare
         if sender.bare == user:
             return False
-        recipient_list = cache.get(user)
+        recipient_list = service.cached(user)
         if recipient_list is None and event.type in (None, "unavailable"):
             if not sessions.is_online(user):
-                recipient_list = _EMPTY  # delivered to no one anyway: skip the storage
-        sender_list = cache.get(sender.bare) if sends_for_local_user(sender) else _EMPTY
+                recipient_list = EMPTY  # delivered to no one anyway: skip the storage
+        sender_list = service.cached(sender.bare) if sends_for_local_user(sender) else EMPTY
         if recipient_list is not None and sender_list is not None:
             return is_blocked(recipient_list, sender) or is_blocked(sender_list, to)
         return _presence_loaded(event)

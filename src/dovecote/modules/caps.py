@@ -31,6 +31,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from dovecote.core import iq
+from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
@@ -42,7 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CAPS = "http://jabber.org/protocol/caps"
-FEATURES: list[str] = []
+MODULE = ModuleInfo(
+    name="caps",
+    summary="Entity capabilities (XEP-0115): each session's verified features",
+)
 #: IANA hash function textual names (XEP-0115 §5.1, §8.1) -> hashlib names. MD5 is left
 #: out on purpose: a weak hash is believed per session only, never cached for all.
 HASHES = {
@@ -120,7 +124,7 @@ def verification_string(query: Element, hash_name: str) -> str | None:
 
 
 def setup(server: Server) -> None:
-    """Install caps tracking (idempotent: modules that need it call this too)."""
+    """Install caps tracking (idempotent; PEP depends on this module)."""
     if server in _installed:
         return
     _installed.add(server)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
@@ -48,7 +49,11 @@ IM_PAYLOADS = frozenset(
     ("urn:xmpp:receipts", "http://jabber.org/protocol/chatstates", "urn:xmpp:chat-markers:0")
 )
 
-FEATURES = [CARBONS, CARBONS_RULES]
+MODULE = ModuleInfo(
+    name="carbons",
+    summary="Message carbons (XEP-0280)",
+    features=[CARBONS, CARBONS_RULES],
+)
 #: Per session: True while it has carbons enabled.
 ENABLED = SessionSlot[bool]("carbons.enabled")
 #: After the modules that may refuse an outgoing message (blocking: 100, roster: 50), so

@@ -26,6 +26,7 @@ import itertools
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.xml import ns
 from dovecote.xml.element import Element
@@ -33,6 +34,11 @@ from dovecote.xml.forward import FORWARD, forwarded_stanza
 
 if TYPE_CHECKING:
     from dovecote.server import Server
+
+MODULE = ModuleInfo(
+    name="csi",
+    summary="Client state indication (XEP-0352): unimportant traffic held while inactive",
+)
 
 CSI = "urn:xmpp:csi:0"
 CHAT_STATES = "http://jabber.org/protocol/chatstates"

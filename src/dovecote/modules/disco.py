@@ -1,13 +1,14 @@
 """XEP-0030: Service Discovery for the server and for accounts.
 
-Each module declares its features (FEATURES for the server, ACCOUNT_FEATURES for
-accounts); this module lists exactly those.
+Each module declares its features (`MODULE = ModuleInfo(features=..., account_features=...)`,
+core/modules.py); this module lists exactly those.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element
@@ -17,11 +18,16 @@ if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
 
-FEATURES = [ns.DISCO_INFO, ns.DISCO_ITEMS]
-#: The router lets strangers' disco of accounts through: PEP nodes answer by their access
-#: model (XEP-0163 §6); the account itself answers only the owner and contacts
-#: (`account_guard`).
-PUBLIC_ACCOUNT_IQS = [f"get/{ns.DISCO_INFO}:query", f"get/{ns.DISCO_ITEMS}:query"]
+MODULE = ModuleInfo(
+    name="disco",
+    summary="Service discovery (XEP-0030) of the server and of accounts, contact addresses "
+    "(XEP-0157)",
+    features=[ns.DISCO_INFO, ns.DISCO_ITEMS],
+    # The router lets strangers' disco of accounts through: PEP nodes answer by their
+    # access model (XEP-0163 §6); the account itself answers only the owner and contacts
+    # (`account_guard`).
+    public_account_iqs=[f"get/{ns.DISCO_INFO}:query", f"get/{ns.DISCO_ITEMS}:query"],
+)
 SERVER_INFO = "http://jabber.org/network/serverinfo"
 
 
@@ -95,7 +101,9 @@ def setup(server: Server) -> None:
         # XEP-0030: an account (category 'account', type 'registered') and whatever
         # modules add (PEP: pubsub/pep).
         event.reply(
-            info_query(None, server.account_identities, server.account_features | set(FEATURES))
+            info_query(
+                None, server.account_identities, server.account_features | set(MODULE.features)
+            )
         )
         return True
 

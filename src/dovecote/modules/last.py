@@ -15,6 +15,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.storage.base import StorageError
 from dovecote.stream.errors import StanzaError
@@ -25,8 +26,12 @@ if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
 
-FEATURES = [ns.LAST]
-ACCOUNT_FEATURES = [ns.LAST]
+MODULE = ModuleInfo(
+    name="last",
+    summary="Last activity (XEP-0012): server uptime, when an account was last online",
+    features=[ns.LAST],
+    account_features=[ns.LAST],
+)
 STORAGE_KEY = "last-activity"
 
 

@@ -30,6 +30,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.jid import JID, InvalidJID
 from dovecote.storage.archive import (
     ArchivedMessage,
@@ -66,8 +67,14 @@ MAM_EXTENDED = "urn:xmpp:mam:2#extended"
 SID = "urn:xmpp:sid:0"
 HINTS = "urn:xmpp:hints"
 
-FEATURES = [SID]  # XEP-0359 §5: the server follows its business rules
-ACCOUNT_FEATURES = [MAM, MAM_EXTENDED]  # XEP-0313 §7
+MODULE = ModuleInfo(
+    name="mam",
+    summary="Message archive management (XEP-0313) of accounts, stanza ids (XEP-0359), "
+    "preferences (XEP-0441)",
+    features=[SID],  # XEP-0359 §5: the server follows its business rules
+    account_features=[MAM, MAM_EXTENDED],  # XEP-0313 §7
+    config="mam",
+)
 
 #: Incoming: after blocking (100), before delivery and offline storage (lowest).
 INCOMING_PRIORITY = 50
@@ -403,11 +410,7 @@ def setup(server: Server) -> None:
             return False
         if peer.bare == user:
             return True  # 'roster': one's own account counts as a contact
-        rosters = getattr(server, "rosters", None)
-        if rosters is None:
-            return False
-        roster = await rosters.get(user)
-        return str(peer.bare) in roster.items
+        return await server.rosters.in_roster(user, peer)
 
     def archive(user: JID, peer: JID, stanza: Element) -> str:
         """Queue `stanza` for `user`'s archive and return its id at once: the write is a

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.stream.errors import StanzaError
 from dovecote.stream.sm import STORING
@@ -36,7 +37,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEATURES = ["msgoffline"]  # XEP-0160 §... service discovery
+MODULE = ModuleInfo(
+    name="offline",
+    summary="Offline messages (XEP-0160): stored, then delivered at the next available presence",
+    features=["msgoffline"],
+    depends=["presence"],
+    config="offline",
+)
 HINTS = "urn:xmpp:hints"
 CHAT_STATES = "http://jabber.org/protocol/chatstates"
 #: Payloads of messages that belong to one session only and are never stored for later

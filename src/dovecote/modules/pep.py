@@ -47,6 +47,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.jid import JID, InvalidJID
 from dovecote.modules import caps
@@ -113,6 +114,16 @@ FEATURES = [PUBSUB, *(f"{PUBSUB}#{name}" for name in _FEATURE_NAMES)]
 ACCOUNT_FEATURES = list(FEATURES)
 #: Anyone may ask an account's PEP service; each node's access model decides (§4.2.2).
 PUBLIC_ACCOUNT_IQS = [f"get/{PUBSUB}:pubsub", f"set/{PUBSUB}:pubsub"]
+MODULE = ModuleInfo(
+    name="pep",
+    summary="Personal eventing (XEP-0163): each account's pubsub service (XEP-0060)",
+    features=FEATURES,
+    account_features=ACCOUNT_FEATURES,
+    public_account_iqs=PUBLIC_ACCOUNT_IQS,
+    # Notifications follow presence and are filtered by verified caps (XEP-0163 §4).
+    depends=["presence", "caps"],
+    config="pep",
+)
 
 #: The access models a PEP node may have (XEP-0163 §5 lists presence, open, roster and
 #: whitelist; 'authorize' needs owner approval flows PEP does not have).
@@ -170,7 +181,6 @@ def answers_pubsub_errors(
 
 
 def setup(server: Server) -> None:
-    caps.setup(server)  # notifications are filtered by verified caps
     events = server.events
     sessions = server.sessions
     store = server.storage.pubsub
@@ -218,10 +228,7 @@ def setup(server: Server) -> None:
         return service
 
     async def roster_of(owner: JID) -> Roster:
-        rosters = getattr(server, "rosters", None)  # roster.py's cache (a default module)
-        if rosters is None:
-            return Roster()  # no rosters: nobody has a presence subscription
-        return await rosters.get(owner)  # type: ignore[no-any-return]
+        return await server.rosters.get(owner)
 
     async def asker(owner: JID, requester: JID) -> Asker:
         """Who asks, for the access models (XEP-0060 §4.5): the owner, or a JID with its
@@ -509,8 +516,7 @@ def setup(server: Server) -> None:
 
     async def blocked(owner: JID, contact: JID) -> bool:
         """XEP-0191 §3.3: nothing goes between a user and a JID either of them blocks."""
-        check = getattr(server, "blocked_either_way", None)
-        return check is not None and await check(owner, contact)
+        return await server.blocking.blocked_either_way(owner, contact)
 
     async def notify(owner: JID, node: Node, child: Element) -> None:
         """Send a notification payload the engine produced (XEP-0163 §4, XEP-0060 §7.1.2.1)
@@ -661,10 +667,7 @@ def setup(server: Server) -> None:
         user = session.jid.bare
         # The contact's presence may overtake the 'subscribed' that changes the user's
         # roster (both routed at once): read the roster after any change in progress.
-        rosters = getattr(server, "rosters", None)
-        if rosters is None:
-            return
-        async with rosters.lock(user):
+        async with server.rosters.lock(user):
             roster = await roster_of(user)
         if owner in interest.owners or not _subscribed_to(roster.items.get(str(owner))):
             return

@@ -2,9 +2,14 @@
 its owner and contacts only: the router gives strangers service-unavailable, the answer of
 a missing account, RFC 6121 §8.5.1)."""
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.xml import ns
 
-FEATURES = [ns.PING]
+MODULE = ModuleInfo(
+    name="ping",
+    summary="XMPP Ping (XEP-0199) of the server and of accounts",
+    features=[ns.PING],
+)
 
 
 def setup(server):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element
@@ -17,6 +18,13 @@ from dovecote.xml.element import Element
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
+
+
+MODULE = ModuleInfo(
+    name="presence",
+    summary="Presence of a user's own sessions (RFC 6121 §4): availability, priority, "
+    "unavailable presence when a session ends",
+)
 
 
 def parse_priority(stanza: Element) -> int:

@@ -17,6 +17,7 @@ import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element, serialize
@@ -27,7 +28,12 @@ if TYPE_CHECKING:
     from dovecote.server import Server
 
 PRIVATE = "jabber:iq:private"
-FEATURES = [PRIVATE]
+MODULE = ModuleInfo(
+    name="private",
+    summary="Private XML storage (XEP-0049)",
+    features=[PRIVATE],
+    config="private",
+)
 #: XEP-0049 §2.3: namespaces that cannot hold private data (answered with not-acceptable).
 RESERVED = frozenset((ns.CLIENT, ns.SERVER, ns.COMPONENT, PRIVATE, ""))
 

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.jid import JID, InvalidJID, prepare_local
 from dovecote.storage.base import AccountExists
 from dovecote.storage.credentials import (
@@ -35,7 +36,12 @@ log = logging.getLogger(__name__)
 
 REGISTER = "jabber:iq:register"
 REGISTER_FEATURE = "http://jabber.org/features/iq-register"
-FEATURES = [REGISTER]
+MODULE = ModuleInfo(
+    name="register",
+    summary="In-band registration (XEP-0077): sign-up, password change, account removal",
+    features=[REGISTER],
+    config="registration",
+)
 
 INSTRUCTIONS = "Choose a username and password for use with this server."
 REGISTERED_INSTRUCTIONS = (

@@ -1,9 +1,8 @@
 """Rosters and presence subscriptions (RFC 6121 §2, §3, §4), roster versioning (XEP-0237)
 and subscription pre-approval (RFC 6121 §3.4).
 
-The roster of a user with sessions online is cached in memory, so presence broadcast touches
-no storage; every change is written through to storage before it is pushed or routed. A lock
-per user serializes the read-modify-write of subscription states.
+This module speaks the protocol; the rosters themselves (cache, locks, writes, pushes) are
+the core service `server.rosters` (core/rosters.py), which other modules read too.
 
 Limits: a roster holds at most `[roster] max_items` items however they are made (a roster
 set beyond gets not-allowed; an outbound subscribe or subscribed that would add an item,
@@ -13,121 +12,48 @@ resource-constraint), and at most `max_pending` subscription requests wait for a
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.modules import ModuleInfo
+from dovecote.core.rosters import REQUESTED, ROSTER, item_element
+from dovecote.core.slots import SessionSlot
 from dovecote.jid import JID, InvalidJID
 from dovecote.storage.base import Roster, RosterItem
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
-from dovecote.xml.element import Element, serialize
+from dovecote.xml.element import Element
 from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
 
-ROSTER = "jabber:iq:roster"
 ROSTER_VER = "urn:xmpp:features:rosterver"
 PRE_APPROVAL = "urn:xmpp:features:pre-approval"
 SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
 #: RFC 6121 §2.3.3: the server may limit names and groups (not-acceptable beyond).
 MAX_NAME_LENGTH = 1023
 
-FEATURES: list[str] = []
+MODULE = ModuleInfo(
+    name="roster",
+    summary="Rosters, presence subscriptions and pre-approval (RFC 6121 §2-§4), roster "
+    "versioning (XEP-0237)",
+    depends=["presence"],
+    config="roster",
+)
 
 
-def item_element(item: RosterItem, removed: bool = False) -> Element:
-    """RFC 6121 §2.1.2: a roster item as sent to clients."""
-    el = Element("item", ROSTER, {"jid": item.jid})
-    if removed:
-        el.attrs["subscription"] = "remove"
-        return el
-    if item.name:
-        el.attrs["name"] = item.name
-    el.attrs["subscription"] = item.subscription
-    if item.ask:
-        el.attrs["ask"] = "subscribe"
-    if item.approved:
-        el.attrs["approved"] = "true"
-    for group in item.groups:
-        el.add("group", text=group)
-    return el
-
-
-class Rosters:
-    """Cached rosters of online users, loaded on demand, with a lock per user."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self._cache: dict[JID, Roster] = {}
-        self._locks: dict[JID, asyncio.Lock] = {}
-
-    def lock(self, user: JID) -> asyncio.Lock:
-        lock = self._locks.get(user)
-        if lock is None:
-            lock = self._locks[user] = asyncio.Lock()
-        return lock
-
-    async def get(self, user: JID) -> Roster:
-        roster = self._cache.get(user)
-        if roster is None:
-            roster = await self.server.storage.roster.load(user.local, user.domain)
-            if self.server.sessions.is_online(user):
-                roster = self._cache.setdefault(user, roster)
-        return roster
-
-    def cached_users(self) -> list[JID]:
-        """The users whose roster is in memory (those with sessions online)."""
-        return list(self._cache)
-
-    def forget(self, user: JID) -> None:
-        self._cache.pop(user, None)
-        lock = self._locks.get(user)
-        if lock is not None and not lock.locked():
-            del self._locks[user]
-
-    async def save(self, user: JID, roster: Roster, item: RosterItem) -> None:
-        roster.version = await self.server.storage.roster.put(user.local, user.domain, item)
-        roster.items[item.jid] = item
-        self.push(user, item_element(item), roster.version)
-
-    async def remove(self, user: JID, roster: Roster, contact: str) -> None:
-        item = roster.items.pop(contact, None)
-        roster.version = await self.server.storage.roster.remove(user.local, user.domain, contact)
-        if item is not None:
-            self.push(user, item_element(item, removed=True), roster.version)
-
-    async def add_pending(self, user: JID, roster: Roster, contact: str, stanza: Element) -> None:
-        text = serialize(stanza)
-        await self.server.storage.roster.add_pending(user.local, user.domain, contact, text)
-        roster.pending[contact] = text
-
-    async def remove_pending(self, user: JID, roster: Roster, contact: str) -> None:
-        if roster.pending.pop(contact, None) is not None:
-            await self.server.storage.roster.remove_pending(user.local, user.domain, contact)
-
-    def push(self, user: JID, item: Element, version: int) -> None:
-        """RFC 6121 §2.1.6: a roster push to every resource that asked for the roster."""
-        for session in self.server.sessions.resources(user):
-            if session.data.get("roster_requested"):
-                query = Element("query", ROSTER, {"ver": str(version)}, [item])
-                push = Element(
-                    "iq",
-                    ns.CLIENT,
-                    {"type": "set", "id": f"push{secrets.token_hex(6)}", "to": str(session.jid)},
-                    [query],
-                )
-                session.send(push)
+#: Per session: the addresses it sent directed presence to (RFC 6121 §4.6), told
+#: unavailable when it ends.
+DIRECTED = SessionSlot[set[str]]("roster.directed", set)
 
 
 def setup(server: Server) -> None:
     events = server.events
     sessions = server.sessions
     router = server.router
-    rosters = Rosters(server)
-    server.rosters = rosters  # type: ignore[attr-defined]
+    rosters = server.rosters
     max_directed = server.config.limits.max_directed_presence
     max_items = server.config.roster.max_items
     max_pending = server.config.roster.max_pending
@@ -147,7 +73,7 @@ def setup(server: Server) -> None:
         user = owner_only(event)
         roster = await rosters.get(user)
         if event.origin is not None:
-            event.origin.data["roster_requested"] = True
+            REQUESTED.set(event.origin, True)
         query = event.payload
         assert query is not None
         client_ver = query.get("ver")
@@ -359,7 +285,7 @@ def setup(server: Server) -> None:
         session = event.origin
         if session is None or (event.to.domain == event.sender.domain and event.to.local is None):
             return
-        directed: set[str] = session.data.setdefault("directed", set())  # type: ignore[assignment]
+        directed = DIRECTED.setdefault(session)
         target = str(event.to)
         if event.stanza.attrs.get("type") == "unavailable":
             directed.discard(target)
@@ -460,7 +386,7 @@ def setup(server: Server) -> None:
             jid for jid, item in roster.items.items() if item.subscription in ("from", "both")
         ]
         if stanza.attrs.get("type") == "unavailable":
-            directed: set[str] = session.data.pop("directed", set())
+            directed = DIRECTED.pop(session) or set()
             subscribers = set(targets)
             targets += [jid for jid in directed if str(JID.parse(jid).bare) not in subscribers]
         if not targets:
@@ -481,7 +407,7 @@ def setup(server: Server) -> None:
             for jid, item in roster.items.items()
             if item.subscription in ("from", "both")
         )
-        members.update(JID.parse(jid) for jid in session.data.get("directed", ()))
+        members.update(JID.parse(jid) for jid in DIRECTED.get(session) or ())
 
     @events.on("presence/initial")
     async def initial(session: Any) -> None:
@@ -509,41 +435,6 @@ def setup(server: Server) -> None:
                 )
                 await rosters.add_pending(user, roster, contact, request)
             session.send(request)
-
-    @events.on("account/deleted")
-    async def contact_deleted(account: JID) -> None:
-        """The account's storage deletion (`AccountStore.delete`, by the CLI in another
-        process or in-band) removed it from every local roster; tell the contacts online:
-        a roster push of the removal (RFC 6121 §2.1.6, at the new version) and, to those
-        who saw its presence, unavailable presence from it (RFC 6121 §3.3.3, §4.5)."""
-        gone = str(account.bare)
-        rosters.forget(account.bare)
-        for user in rosters.cached_users():
-            if user == account.bare:
-                continue
-            async with rosters.lock(user):
-                roster = await rosters.get(user)
-                if gone not in roster.items and gone not in roster.pending:
-                    continue
-                item = roster.items.get(gone)
-                stored = await server.storage.roster.load(user.local, user.domain)
-                # In place: handlers waiting for this lock hold the same object.
-                roster.items, roster.pending = stored.items, stored.pending
-                roster.version = stored.version
-            if item is None:
-                continue
-            rosters.push(user, item_element(item, removed=True), roster.version)
-            if item.subscription in ("to", "both"):
-                unavailable = Element(
-                    "presence", ns.CLIENT, {"type": "unavailable", "from": gone, "to": str(user)}
-                )
-                router.deliver(sessions.available(user, None), unavailable)
-
-    @events.on("session/ended", -2000)  # after the unavailable broadcast
-    def forget(session: Any) -> None:
-        user = session.jid.bare
-        if not sessions.is_online(user):
-            rosters.forget(user)
 
 
 def replace(item: RosterItem, **changes: Any) -> RosterItem:

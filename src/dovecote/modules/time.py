@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 
@@ -12,7 +13,11 @@ if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
 
-FEATURES = [ns.TIME]
+MODULE = ModuleInfo(
+    name="time",
+    summary="Entity Time (XEP-0202) of the server",
+    features=[ns.TIME],
+)
 
 
 def format_tzo(offset: datetime.timedelta | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.stream.errors import StanzaError
 from dovecote.xml.element import Element, serialize
 from dovecote.xml.parser import parse_stored
@@ -17,9 +18,14 @@ if TYPE_CHECKING:
     from dovecote.server import Server
 
 VCARD = "vcard-temp"
-FEATURES = [VCARD]  # XEP-0054 §4
-#: XEP-0054 §3.3: anyone may read a vCard.
-PUBLIC_ACCOUNT_IQS = [f"get/{VCARD}:vCard"]
+MODULE = ModuleInfo(
+    name="vcard",
+    summary="vcard-temp (XEP-0054): each account's vCard, readable by anyone",
+    features=[VCARD],  # XEP-0054 §4
+    # XEP-0054 §3.3: anyone may read a vCard.
+    public_account_iqs=[f"get/{VCARD}:vCard"],
+    config="vcard",
+)
 #: The largest vCard accepted, in bytes of serialized XML (avatars make vCards big).
 STORAGE_KEY = "vcard-temp"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from typing import TYPE_CHECKING
 
+from dovecote.core.modules import ModuleInfo
 from dovecote.xml import ns
 from dovecote.xml.element import Element
 
@@ -12,7 +13,11 @@ if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
 
-FEATURES = [ns.VERSION]
+MODULE = ModuleInfo(
+    name="version",
+    summary="Software Version (XEP-0092) of the server",
+    features=[ns.VERSION],
+)
 
 
 def setup(server: Server) -> None:
