@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from dovecote.core.router import StanzaEvent
+from dovecote.core.session import ClientSession
 from dovecote.server import Server
 from dovecote.storage.base import RosterItem
-from dovecote.stream.c2s import C2SStream
 from dovecote.xml.element import Element
 from tests.helpers import (
     CLIENT,
@@ -198,14 +198,14 @@ async def test_presence_broadcast_is_serialized_once_and_blocking_still_applies(
     """Alice's presence reaches each contact's resources as the same bytes with only 'to'
     changed; Carol, who blocks Alice (XEP-0191 §3.3), gets nothing."""
     sent: list[tuple[str, Element, bytes | None]] = []
-    original_send = C2SStream.send
+    original_send = ClientSession.send
 
-    def spy(self: C2SStream, stanza: Element, data: bytes | None = None) -> None:
+    def spy(self: ClientSession, stanza: Element, data: bytes | None = None) -> None:
         if stanza.tag == "presence" and stanza.find_text("status", CLIENT) == "fan-out":
             sent.append((str(self.jid), stanza, data))
         original_send(self, stanza, data)
 
-    monkeypatch.setattr(C2SStream, "send", spy)
+    monkeypatch.setattr(ClientSession, "send", spy)
     await befriend(server, ALICE, BOB, CAROL, DAVE)
     bob1 = await login_resource(server, "bob", "one", presence=True)
     bob2 = await login_resource(server, "bob", "two", presence=True)
