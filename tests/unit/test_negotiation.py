@@ -652,3 +652,18 @@ def test_stanza_before_bind_is_not_authorized() -> None:
     driver = authenticated_driver()
     presence = Element("presence", ns.CLIENT)
     assert stream_errors(driver.element(presence)) == ["not-authorized"]
+
+
+def test_unreadable_credentials_are_a_temporary_failure() -> None:
+    """Regression: a storage error while looking up credentials (a pool exhausted by a
+    burst of logins) closed the stream with internal-server-error; it is RFC 6120 §6.5.11
+    temporary-auth-failure, not counted as a failed attempt, and the client may retry."""
+    m = machine()
+    Driver(m).open()
+    (lookup,) = m.element(plain())
+    assert isinstance(lookup, LookupCredentials)
+    (failure,) = sent(m.credentials_unavailable())
+    assert sasl_condition(failure) == "temporary-auth-failure"
+    assert m.sasl_failures == 0 and m.state == "negotiating"
+    driver = Driver(m)
+    assert isinstance(driver.element(plain())[-1], Authenticated)

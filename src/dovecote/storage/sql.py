@@ -83,8 +83,13 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 log = logging.getLogger(__name__)
 
 #: Seconds a write waits for a lock held by another connection (SQLite busy_timeout,
-#: PostgreSQL lock_timeout) or for a free pooled connection before `StorageBusy`.
+#: PostgreSQL lock_timeout) before `StorageBusy`.
 DEFAULT_BUSY_TIMEOUT = 1.0
+
+#: Seconds a request may queue for a pooled connection. Longer than `busy_timeout`: a
+#: burst (50 logins at once) queues here, while a stalled lock frees each connection after
+#: busy_timeout, so nothing waits behind one stalled write for longer than that.
+POOL_TIMEOUT = 30.0
 
 #: `Connection` execution option marking read-only transactions (BEGIN DEFERRED on SQLite).
 _READ_ONLY = "dovecote_read_only"
@@ -359,10 +364,10 @@ class SQLStorage(Storage):
             else:
                 if not database.startswith("file:"):
                     _prepare_sqlite_file(database)
-                options.setdefault("pool_timeout", self.busy_timeout)
+                options.setdefault("pool_timeout", POOL_TIMEOUT)
         elif backend == "postgresql":
             options.setdefault("pool_pre_ping", True)
-            options.setdefault("pool_timeout", self.busy_timeout)
+            options.setdefault("pool_timeout", POOL_TIMEOUT)
             # A write waiting for another's row lock gives up (55P03) instead of holding
             # its stanza, and its connection, for as long as the other takes.
             connect_args = dict(options.get("connect_args", {}))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from dovecote.core.session import ClientSession, sm_failed
 from dovecote.jid import JID
+from dovecote.storage.base import StorageError
 from dovecote.storage.credentials import verify_password
 from dovecote.stream import negotiation as neg
 from dovecote.stream import sm
@@ -185,7 +186,12 @@ class C2SStream(StreamBase):
                     return machine.tls_failed()
                 return machine.tls_started(transport.channel_bindings())
             case neg.LookupCredentials(local, domain, hash_name):
-                creds = await self.server.storage.accounts.get_credentials(local, domain, hash_name)
+                accounts = self.server.storage.accounts
+                try:
+                    creds = await accounts.get_credentials(local, domain, hash_name)
+                except StorageError as exc:
+                    log.error("cannot read the credentials of %s@%s: %s", local, domain, exc)
+                    return None if self.state == "closed" else machine.credentials_unavailable()
                 return None if self.state == "closed" else machine.credentials(creds)
             case neg.VerifyPassword(password, credentials):
                 # PBKDF2 is CPU work: off the event loop (DESIGN: asyncio all the way).

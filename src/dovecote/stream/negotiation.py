@@ -354,6 +354,17 @@ class ClientNegotiation:
     def password_checked(self, ok: bool) -> list[Action]:
         return self._answer("password", ok)
 
+    def credentials_unavailable(self) -> list[Action]:
+        """The credentials of a `LookupCredentials` could not be read (storage busy or
+        down): RFC 6120 §6.5.11 temporary-auth-failure; the client may try again, and the
+        attempt counts against no failure budget."""
+        pending = self._pending
+        if pending is None or pending[0] != "credentials":
+            raise NegotiationMisuse(f"no credentials were asked for (waiting: {self.waiting})")
+        self._pending = None
+        self._sasl = None
+        return [Send(_sasl_failure("temporary-auth-failure", "try again later"))]
+
     def delay_over(self) -> list[Action]:
         return self._answer("delay", None)
 
