@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from dovecote.core.throttle import address_key
 from dovecote.jid import JID
 from dovecote.modules import roster
-from dovecote.transport.tcp import address_key
 from tests.helpers import (
     BIND,
     CLIENT,

@@ -52,7 +52,8 @@ KNOWN_ADDRESSES_PER_ACCOUNT = 8
 
 def address_key(address: str) -> str:
     """What identifies a client's network: the IPv4 address, or the IPv6 /64 (one host's
-    privacy addresses change within it, RFC 8981)."""
+    privacy addresses change within it, RFC 8981; an attacker rotates through it for
+    free). Login budgets and connection limits (`transport/tcp.py`) count by it."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.throttle import address_key
 from dovecote.stream.c2s import C2SStream
 from dovecote.xml import ns
 from dovecote.xml.element import Element, escape_attr, serialize
@@ -42,20 +42,6 @@ def _enable_keepalive(sock: Any) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     except OSError:
         pass
-
-
-def address_key(address: str) -> str:
-    """What connection limits count by: the IPv4 address, or the /64 network of an IPv6
-    address (one customer's allocation, which an attacker rotates through for free)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return address
 
 
 class XMLStreamProtocol(asyncio.Protocol):
