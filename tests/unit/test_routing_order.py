@@ -114,12 +114,21 @@ async def test_route_soon_goes_on_after_a_failure() -> None:
     assert routed == ["good", "later"]
 
 
+class TCPWire:
+    """Stands for a kind of connection (what `ClientSession.wire` names)."""
+
+
+class OtherWire:
+    """Another kind, serializing with an explicit namespace (as WebSocket framing does)."""
+
+
 class FakeSession:
-    def __init__(self) -> None:
-        self.transport = self
+    def __init__(self, wire: type = TCPWire) -> None:
+        self.wire = wire
 
     def serialize(self, stanza: Element) -> bytes:
-        return serialize(stanza, ns.CLIENT).encode()
+        default = ns.CLIENT if self.wire is TCPWire else ""
+        return serialize(stanza, default).encode()
 
 
 def test_fanout_splices_to_into_one_serialization() -> None:
@@ -146,3 +155,19 @@ def test_fanout_refuses_a_copy_a_handler_changed() -> None:
     extra = stanza.shallow_copy()
     extra.add("x", "urn:example")
     assert not fanout.is_copy(extra)
+
+
+def test_fanout_serializes_once_per_kind_of_connection() -> None:
+    """Sessions on different kinds of connection get their own serialization; sessions on
+    the same kind share one."""
+    stanza = Element("presence", ns.CLIENT, {"from": "alice@example.org/r"})
+    fanout = Fanout(stanza)
+    tcp = fanout.data_for(FakeSession(TCPWire), "bob@example.org")
+    other = fanout.data_for(FakeSession(OtherWire), "bob@example.org")
+    assert tcp == b"<presence to='bob@example.org' from='alice@example.org/r'/>"
+    assert other == (
+        b"<presence to='bob@example.org' xmlns='jabber:client' from='alice@example.org/r'/>"
+    )
+    assert len(fanout._templates) == 2
+    fanout.data_for(FakeSession(TCPWire), "carol@example.org")
+    assert len(fanout._templates) == 2

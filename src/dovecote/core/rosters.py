@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from dovecote.core.slots import SessionSlot
@@ -58,7 +59,9 @@ class RosterService:
     def __init__(self, server: Server) -> None:
         self.server = server
         self._cache: dict[JID, Roster] = {}
-        self._locks: dict[JID, asyncio.Lock] = {}
+        # A lock lives as long as someone holds or awaits it (as the blocking service's):
+        # locking the rosters of offline contacts leaves nothing behind.
+        self._locks: weakref.WeakValueDictionary[JID, asyncio.Lock] = weakref.WeakValueDictionary()
         # After the unavailable broadcasts (presence -1000), which still read the roster.
         server.events.add("session/ended", self._session_ended, -2000)
         server.events.add("account/deleted", self._account_deleted)
@@ -67,7 +70,8 @@ class RosterService:
     def lock(self, user: JID) -> asyncio.Lock:
         lock = self._locks.get(user)
         if lock is None:
-            lock = self._locks[user] = asyncio.Lock()
+            lock = asyncio.Lock()
+            self._locks[user] = lock
         return lock
 
     async def get(self, user: JID) -> Roster:
@@ -99,9 +103,6 @@ class RosterService:
 
     def forget(self, user: JID) -> None:
         self._cache.pop(user, None)
-        lock = self._locks.get(user)
-        if lock is not None and not lock.locked():
-            del self._locks[user]
 
     # ---- writing (callers hold the user's lock) ------------------------------------------
     async def save(self, user: JID, roster: Roster, item: RosterItem) -> None:

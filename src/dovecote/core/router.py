@@ -131,7 +131,8 @@ class Fanout:
 
     def data_for(self, session: Any, to: str | None) -> bytes | None:
         """The bytes of the template addressed to `to`, for `session`'s transport."""
-        kind = type(getattr(session, "transport", session))
+        # Sessions on different kinds of connection (TCP, WebSocket) serialize differently.
+        kind = getattr(session, "wire", None) or type(session)
         template = self._templates.get(kind, b"")
         if template == b"":
             data = session.serialize(self.stanza)

@@ -82,6 +82,11 @@ class ClientSession:
         return self.stream is not None and self.stream.transport.secure
 
     @property
+    def wire(self) -> type | None:
+        """The kind of connection carrying the session (how it serializes), if any."""
+        return type(self.stream.transport) if self.stream is not None else None
+
+    @property
     def peer_address(self) -> str:
         return self.stream.transport.peer_address if self.stream is not None else "-"
 
