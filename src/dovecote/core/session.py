@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STANZA_KINDS = frozenset(("message", "presence", "iq"))
-#: Payloads of messages that are not re-routed when a session ends with them unacked
-#: (XEP-0280 carbons copies, XEP-0313 archive results).
-_NOT_REROUTED = frozenset(("urn:xmpp:carbons:2", "urn:xmpp:mam:2"))
+#: Payloads of messages that belong to one session only: never re-routed nor stored for
+#: later (XEP-0280 carbons copies, XEP-0313 archive results).
+SESSION_ONLY = frozenset(("urn:xmpp:carbons:2", "urn:xmpp:mam:2"))
 
 
 class ClientSession:
@@ -423,7 +423,7 @@ class ClientSession:
                 continue
             if kind != "message" or stanza_type not in ("normal", "chat"):
                 continue
-            if any(c.ns in _NOT_REROUTED for c in stanza.elements):
+            if any(c.ns in SESSION_ONLY for c in stanza.elements):
                 continue  # copies and archive results belong to this session only
             copy = with_delay(stanza, self.jid.domain)
             targets = server.sessions.highest_priority(bare)

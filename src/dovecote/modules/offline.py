@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from dovecote.core.modules import ModuleInfo
+from dovecote.core.session import SESSION_ONLY
 from dovecote.core.slots import SessionSlot
 from dovecote.stream.errors import StanzaError
 from dovecote.stream.sm import STORING
@@ -46,9 +48,6 @@ MODULE = ModuleInfo(
 )
 HINTS = "urn:xmpp:hints"
 CHAT_STATES = "http://jabber.org/protocol/chatstates"
-#: Payloads of messages that belong to one session only and are never stored for later
-#: (XEP-0280 carbons copies, XEP-0313 archive results).
-SESSION_ONLY = frozenset(("urn:xmpp:carbons:2", "urn:xmpp:mam:2"))
 #: Per session: its offline delivery has not finished (goes on when it resumes).
 PENDING = SessionSlot[bool]("offline.pending")
 #: Per session: its backlog was delivered (at the first non-negative available presence).
@@ -80,8 +79,8 @@ def setup(server: Server) -> None:
     offline = server.storage.offline
     limit = server.config.offline.max_messages
     max_bytes = server.config.offline.max_bytes
-    #: Per user: a lock that keeps stores in order, and how many use it.
-    store_locks: dict[Any, list[Any]] = {}
+    #: Per user: a lock that keeps stores in order (alive while held or awaited).
+    store_locks: weakref.WeakValueDictionary[JID, asyncio.Lock] = weakref.WeakValueDictionary()
     #: Rows a live session has taken and not yet confirmed (sent, or acknowledged with
     #: XEP-0198): another resource's delivery passes over them.
     claimed: set[int] = set()
@@ -104,19 +103,14 @@ def setup(server: Server) -> None:
         user: JID, text: str, max_messages: int, max_stored_bytes: int | None
     ) -> int | None:
         """Store for `user`, in the order the calls were made (the lock is FIFO)."""
-        entry = store_locks.get(user)
-        if entry is None:
-            entry = store_locks[user] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                return await offline.store(
-                    user.local or "", user.domain, text, max_messages, max_stored_bytes
-                )
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del store_locks[user]
+        lock = store_locks.get(user)
+        if lock is None:
+            lock = asyncio.Lock()
+            store_locks[user] = lock
+        async with lock:
+            return await offline.store(
+                user.local or "", user.domain, text, max_messages, max_stored_bytes
+            )
 
     # ---- delivery at login (XEP-0160 §3) ---------------------------------------------
     @events.on("presence/outgoing")
