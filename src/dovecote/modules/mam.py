@@ -428,15 +428,17 @@ def setup(server: Server) -> None:
     def _log_failure(user: JID, archive_id: str, future: asyncio.Future[None]) -> None:
         if future.cancelled():
             return
-        if isinstance(future.exception(), ArchiveFull):
-            log.debug("message %s was not archived for %s: the archive is full", archive_id, user)
+        error = future.exception()
+        if error is None:
             return
-        if future.exception() is not None:
-            # The database failing, or the account deleted meanwhile: the message went on,
-            # but the archive has a gap that must not go unnoticed.
-            log.error(
-                "message %s was not archived for %s: %s", archive_id, user, future.exception()
-            )
+        if isinstance(error, ArchiveFull):
+            log.debug("message %s was not archived for %s: the archive is full", archive_id, user)
+        elif isinstance(error, StorageError):
+            # The storage layer logged the failed batch at ERROR, naming its archives.
+            log.debug("message %s was not archived for %s: %s", archive_id, user, error)
+        else:
+            # The message went on, but the archive has a gap that must not go unnoticed.
+            log.error("message %s was not archived for %s: %s", archive_id, user, error)
 
     server.storage.archive.set_quota(config.max_bytes_per_user, config.quota_policy)
     server.durability_barriers.append(server.storage.archive.flush)
