@@ -16,6 +16,7 @@ import pytest
 
 from dovecote.jid import JID
 from dovecote.server import Server
+from dovecote.storage.base import StorageBusy
 from dovecote.transport.tcp import XMLStreamProtocol
 from tests.helpers import (
     CLIENT,
@@ -399,3 +400,44 @@ async def _connect_and_close_many(server: Server) -> None:
         assert alive == []
     finally:
         gc.enable()
+
+
+async def test_a_held_copy_that_cannot_be_stored_is_not_counted_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: when storing the copy of a message for a hibernating session failed,
+    the session still counted on it: at expiry the message was neither stored nor
+    bounced. Now the session re-routes it like any unacknowledged message."""
+    server = await start_server(tmp_path, stream_management={"ack_delay": 30, "resume_timeout": 1})
+    try:
+        await add_user(server, "alice")
+        await add_user(server, "bob")
+        bob, sm_id = await login_sm(server.ports["c2s"], "bob", "b")
+        bob.send("<presence/>")
+        await asyncio.sleep(0.1)
+        bob.writer.transport.abort()
+        for _ in range(100):
+            if server.sessions.get(JID.parse("bob@example.org/b")).state == "hibernating":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.02)
+        store = server.storage.offline.store
+        failures: list[str] = []
+
+        async def failing_once(*args: object, **kwargs: object) -> int | None:
+            if not failures:
+                failures.append("once")
+                raise StorageBusy("database is locked")
+            return await store(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(server.storage.offline, "store", failing_once)
+        alice = await RawClient.open(server.ports["c2s"])
+        await alice.login("alice")
+        alice.send(chat("bob@example.org", "held"))
+        await wait_offline(server, "bob", 1)  # stored when the session expired
+        assert failures == ["once"] and sm_id not in server.sm_sessions
+        again = await RawClient.open(server.ports["c2s"])
+        await again.login("bob", resource="again")
+        again.send("<presence/>")
+        assert await message_ids(again, 1) == ["held"]
+    finally:
+        await server.stop()

@@ -24,8 +24,10 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from dovecote.core.modules import ModuleInfo
+from dovecote.core.router import StanzaEvent
 from dovecote.core.session import SESSION_ONLY
 from dovecote.core.slots import SessionSlot
+from dovecote.jid import JID, InvalidJID
 from dovecote.stream.errors import StanzaError
 from dovecote.stream.sm import STORING
 from dovecote.xml.delay import with_delay
@@ -33,8 +35,6 @@ from dovecote.xml.element import Element, serialize
 from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
-    from dovecote.core.router import StanzaEvent
-    from dovecote.jid import JID
     from dovecote.server import Server
 
 log = logging.getLogger(__name__)
@@ -191,11 +191,15 @@ def setup(server: Server) -> None:
             return
         user = session.jid.bare
         copy = with_delay(stanza, user.domain, "Offline Storage")
-        # Beyond the quota by at most the session's queue, which is capped itself: the
-        # sender was (or will be) told the message was handled.
-        row_id = await store_in_order(user, serialize(copy), limit + sm_state.max_queue, None)
+        try:
+            # Beyond the quota by at most the session's queue, which is capped itself: the
+            # sender was (or will be) told the message was handled.
+            row_id = await store_in_order(user, serialize(copy), limit + sm_state.max_queue, None)
+        except Exception:
+            log.exception("storing a message held for %s failed", session.jid)
+            row_id = None
         if row_id is None:
-            log.error("offline storage of %s refused a message held for %s", user, session.jid)
+            not_held(session, sm_state, stanza)
             return
         if sm_state.stored_rows.get(key) == STORING:
             sm_state.stored_rows[key] = row_id  # removed once acknowledged
@@ -204,6 +208,28 @@ def setup(server: Server) -> None:
             sm_state.acked_while_storing.discard(key)
             await offline.delete(user.local or "", user.domain, [row_id])
         # Otherwise the session ended meanwhile: an ordinary offline message now.
+
+    def not_held(session: Any, sm_state: Any, stanza: Element) -> None:
+        """The copy could not be stored: the message is still the session's to deliver,
+        re-route or bounce; if the session already ended counting on the copy, it is
+        bounced to its sender now (never dropped)."""
+        key = id(stanza)
+        if sm_state.stored_rows.get(key) == STORING:
+            del sm_state.stored_rows[key]  # the session handles it as any unacked stanza
+            return
+        if key in sm_state.acked_while_storing:
+            sm_state.acked_while_storing.discard(key)  # delivered meanwhile
+            return
+        sender = stanza.attrs.get("from")
+        if not sender:
+            return
+        try:
+            event = StanzaEvent(server, stanza, JID.parse(sender), session.jid.bare, None)
+        except InvalidJID:
+            return
+        server.router.bounce(
+            event, StanzaError("resource-constraint", "the recipient's storage failed")
+        )
 
     @events.on("sm/acknowledged-rows")
     async def acknowledged(args: tuple[Any, list[int]]) -> None:
