@@ -26,6 +26,7 @@ from dovecote.xml.parser import (
     parse_element,
     parse_stored,
 )
+from tests.unit.test_xml import _normalize
 
 XMLNS = "http://www.w3.org/2000/xmlns/"
 STREAM_PREFIXES = {ns.STREAMS: "stream"}
@@ -273,20 +274,6 @@ ATTR_NAMES = st.one_of(
     st.builds(lambda name: f"{{{ns.XML}}}{name}", NAMES),
     st.builds(lambda uri, name: f"{{{uri}}}{name}", URIS.filter(bool), NAMES),
 )
-
-
-def _normalize(children: list[Element | str]) -> list[Element | str]:
-    """What a parser gives back: adjacent text merged, no empty text."""
-    out: list[Element | str] = []
-    for child in children:
-        if isinstance(child, str):
-            if not child:
-                continue
-            if out and isinstance(out[-1], str):
-                out[-1] += child
-                continue
-        out.append(child)
-    return out
 
 
 def _element(children: st.SearchStrategy[list[Element | str]]) -> st.SearchStrategy[Element]:
