@@ -79,6 +79,9 @@ class Server:
         self.streams: set[Any] = set()
         #: Open client connections by address key (`limits.max_connections_per_ip`).
         self.connections_per_address: dict[str, int] = {}
+        #: Connections refused per address key since one of its connections last closed
+        #: (bounded by the keys with connections open).
+        self.refused_per_address: dict[str, int] = {}
         #: XEP-0198 resumable sessions by id, and the last h of recently ended ones.
         self.sm_sessions: dict[str, Any] = {}
         self.sm_expired: dict[str, int] = {}

@@ -25,9 +25,12 @@ from tests.helpers import (
 )
 
 
-async def test_connections_per_address_are_capped(tmp_path: Path) -> None:
+async def test_connections_per_address_are_capped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Regression: 21,000 unauthenticated connections from one address used every file
     descriptor, and real logins failed."""
+    caplog.set_level(logging.DEBUG, logger="dovecote.transport.tcp")
     server = await start_server(tmp_path, limits={"max_connections_per_ip": 3})
     try:
         await add_user(server, "alice")
@@ -38,6 +41,11 @@ async def test_connections_per_address_are_capped(tmp_path: Path) -> None:
         # Direct TLS counts towards the same address.
         extra_tls = await RawClient.open(server.ports["c2s_tls"], tls=True)
         assert await extra_tls.stream_error() == "policy-violation"
+        # One WARNING per flood, not one per refused connection (log flooding).
+        warnings = [
+            r for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.message
+        ]
+        assert len(warnings) == 1
         # Others are served as before, and a closed connection frees its place.
         await idle[0].close()
         for _ in range(50):

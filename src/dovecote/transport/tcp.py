@@ -90,7 +90,6 @@ class XMLStreamProtocol(asyncio.Protocol):
         _enable_keepalive(transport.get_extra_info("socket"))
         self.server.streams.add(self.stream)
         if not self._count_connection():
-            log.warning("too many connections from %s: refused", self.peer_address)
             self.stream.fail("policy-violation", "too many connections from your address")
             return
         timeout = self.server.config.limits.negotiation_timeout
@@ -119,6 +118,11 @@ class XMLStreamProtocol(asyncio.Protocol):
         counts = self.server.connections_per_address
         count = counts.get(key, 0)
         if count >= limit:
+            refused = self.server.refused_per_address
+            # One WARNING per flood (for fail2ban), not one per refused connection.
+            level = logging.DEBUG if key in refused else logging.WARNING
+            refused[key] = refused.get(key, 0) + 1
+            log.log(level, "too many connections from %s: refused", self.peer_address)
             return False
         counts[key] = count + 1
         self._counted_as = key
@@ -130,6 +134,9 @@ class XMLStreamProtocol(asyncio.Protocol):
             return
         self._counted_as = None
         counts = self.server.connections_per_address
+        refused = self.server.refused_per_address.pop(key, 0)
+        if refused > 1:
+            log.info("%d connections from %s were refused (too many)", refused, key)
         left = counts.get(key, 1) - 1
         if left > 0:
             counts[key] = left
