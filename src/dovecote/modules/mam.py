@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 
 MAM = "urn:xmpp:mam:2"
 MAM_EXTENDED = "urn:xmpp:mam:2#extended"
+#: §7: the 'include-groupchat' field is understood (user archives never hold groupchat
+#: messages: the room's archive has them, so 'groupchat-available' is not advertised).
+MAM_GROUPCHAT_FIELD = "urn:xmpp:mam:2#groupchat-field"
 SID = "urn:xmpp:sid:0"
 HINTS = "urn:xmpp:hints"
 
@@ -73,7 +76,7 @@ MODULE = ModuleInfo(
     summary="Message archive management (XEP-0313) of accounts, stanza ids (XEP-0359), "
     "preferences (XEP-0441)",
     features=[SID],  # XEP-0359 §5: the server follows its business rules
-    account_features=[MAM, MAM_EXTENDED],  # XEP-0313 §7
+    account_features=[MAM, MAM_EXTENDED, MAM_GROUPCHAT_FIELD],  # XEP-0313 §7
     config="mam",
 )
 
@@ -84,7 +87,9 @@ OUTGOING_PRIORITY = 20
 PREFS_KEY = "mam:prefs"
 DEFAULTS = ("always", "never", "roster")
 #: XEP-0313 §4.1: the fields a query form may carry.
-QUERY_FIELDS = frozenset(("with", "start", "end", "before-id", "after-id", "ids"))
+QUERY_FIELDS = frozenset(
+    ("with", "start", "end", "before-id", "after-id", "ids", "include-groupchat")
+)
 #: Most ids one query may name in the 'ids' field.
 MAX_IDS = 1000
 PURGE_INTERVAL = 3600.0
@@ -271,6 +276,7 @@ def query_form() -> Element:
             Field("before-id", "text-single"),
             Field("after-id", "text-single"),
             Field("ids", "list-multi", extra=[validate]),
+            Field("include-groupchat", "boolean"),
         ],
     ).to_element()
 
@@ -291,6 +297,9 @@ def parse_filter(query: Element) -> ArchiveFilter:
         end_text = single_value(values, "end")
         after_id = single_value(values, "after-id") or None
         before_id = single_value(values, "before-id") or None
+        groupchat = single_value(values, "include-groupchat")
+        if groupchat is not None and groupchat not in ("0", "1", "true", "false"):
+            raise FormError(f"'include-groupchat' must be a boolean, not {groupchat!r}")
     except FormError as exc:
         raise StanzaError("bad-request", str(exc)) from None
     with_jid = None
