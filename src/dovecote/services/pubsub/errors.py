@@ -195,3 +195,29 @@ class NotAcceptable(PubSubError):
 
 class BadRequest(PubSubError):
     """A malformed request: a broken data form, a bad max_items (RFC 6120 §8.3.3.1)."""
+
+
+class TooManySubscriptions(PubSubError):
+    """XEP-0060 §6.1.3.9: the node has as many subscriptions as the service allows."""
+
+    condition = "policy-violation"
+    pubsub_condition = "too-many-subscriptions"
+
+
+class PayloadTooBig(PubSubError):
+    """XEP-0060 §7.1.3.4: the payload exceeds the service's limit."""
+
+    condition = "not-acceptable"
+    pubsub_condition = "payload-too-big"
+
+
+class InvalidOptions(PubSubError):
+    """XEP-0060 §6.3.5: a subscription options form with unknown fields or values."""
+
+    pubsub_condition = "invalid-options"
+
+
+class JidRequired(PubSubError):
+    """XEP-0060 §6.3.4.3: an options request naming no subscriber JID."""
+
+    pubsub_condition = "jid-required"
