@@ -175,6 +175,10 @@ class PubSubService:
         if refused is not None:
             raise refused
 
+    def check_owner(self, node: Node | None, asker: Asker) -> None:
+        """Raise Forbidden unless `asker` owns `node` (XEP-0060 §8)."""
+        self._check_owner(node, asker)
+
     def _check_owner(self, node: Node | None, asker: Asker) -> None:
         """Owner-only requests (XEP-0060 §8): the service owner or an 'owner' affiliate."""
         if asker.is_owner or (node is not None and node.affiliations.get(asker.jid) == "owner"):
