@@ -4,7 +4,6 @@ view, and a restart on the same data_dir for persistence."""
 
 from __future__ import annotations
 
-import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,8 +18,6 @@ from tests.helpers import (
     DOMAIN,
     Resource,
     add_user,
-    connect,
-    disconnect,
     error_condition,
     login_resource,
     q,
@@ -246,3 +243,170 @@ async def test_disco_of_nodes_and_items(server: Server, resources: list[Resource
     assert_error(denied, "cancel", "not-allowed", "closed-node")
     missing = await bob.request(f"<query xmlns='{DISCO_INFO}' node='nope'/>", to=PS)
     assert_error(missing, "cancel", "item-not-found")
+
+
+# ---- node life cycle (§8) ---------------------------------------------------------------------
+async def test_create_configure_default_and_instant_nodes(
+    server: Server, resources: list[Resource]
+) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    ok(await create(alice, "plain"))
+    assert_error(await create(bob, "plain"), "cancel", "conflict")
+    # With a configuration form (§8.1.3).
+    ok(await create(alice, "configured", title="Hi", max_items="3", notify_retract="false"))
+    got = ok(await ps(alice, "<configure node='configured'/>", owner=True))
+    values = form_values(got.find(f"{q(OWNER, 'pubsub')}/{q(OWNER, 'configure')}/{q(DATA, 'x')}"))
+    assert values["pubsub#title"] == ["Hi"]
+    assert values["pubsub#max_items"] == ["3"]
+    assert values["pubsub#notify_retract"] == ["false"]
+    assert values["pubsub#access_model"] == ["open"]
+    # Round trip: submit, read back; a cancelled form changes nothing (§8.2.5).
+    submit = f"<configure node='configured'>{config_form(title='Changed', access_model='whitelist')}</configure>"
+    ok(await ps(alice, submit, "set", owner=True))
+    cancel = f"<configure node='configured'><x xmlns='{DATA}' type='cancel'/></configure>"
+    ok(await ps(alice, cancel, "set", owner=True))
+    got = ok(await ps(alice, "<configure node='configured'/>", owner=True))
+    values = form_values(got.find(f"{q(OWNER, 'pubsub')}/{q(OWNER, 'configure')}/{q(DATA, 'x')}"))
+    assert values["pubsub#title"] == ["Changed"]
+    assert values["pubsub#access_model"] == ["whitelist"]
+    # Only owners configure (§8.2.3.2).
+    assert_error(await ps(bob, "<configure node='configured'/>", owner=True), "auth", "forbidden")
+    # Default configuration (§8.3).
+    default = ok(await ps(bob, "<default/>", owner=True))
+    values = form_values(default.find(f"{q(OWNER, 'pubsub')}/{q(OWNER, 'default')}/{q(DATA, 'x')}"))
+    assert values["pubsub#access_model"] == ["open"]
+    assert values["pubsub#max_items"] == ["max"]
+    # Instant node (§8.1.2): the service makes up the NodeID and says it.
+    instant = ok(await ps(bob, "<create/>", "set"))
+    created = instant.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'create')}")
+    assert created is not None and created.get("node")
+    affs = ok(await ps(bob, "<affiliations/>"))
+    listed = [(a.get("node"), a.get("affiliation")) for a in affs.iter(q(PUBSUB, "affiliation"))]
+    assert listed == [(created.get("node"), "owner")]
+
+
+async def test_delete_with_redirect_and_purge_notify_subscribers(
+    server: Server, resources: list[Resource]
+) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    carol = await login(server, resources, "carol")
+    ok(await create(alice, "old"))
+    ok(await create(alice, "new"))
+    for res in (bob, carol):
+        ok(await subscribe(res, "old"))
+    ok(await publish(alice, "old", entry("a"), "a"))
+    for res in (bob, carol):
+        await res.take(is_event("old"))
+    # Purge (§8.5): items gone, subscribers told.
+    ok(await ps(alice, "<purge node='old'/>", "set", owner=True))
+    for res in (bob, carol):
+        purged = await res.take(is_event("old", "purge"))
+        assert purged.get("from") == PS
+    assert item_ids(ok(await items(bob, "old"))) == []
+    assert_error(await ps(bob, "<purge node='old'/>", "set", owner=True), "auth", "forbidden")
+    # Delete with redirect (§8.4.1).
+    assert_error(await ps(bob, "<delete node='old'/>", "set", owner=True), "auth", "forbidden")
+    uri = f"xmpp:{PS}?;node=new"
+    ok(await ps(alice, f"<delete node='old'><redirect uri='{uri}'/></delete>", "set", owner=True))
+    for res in (bob, carol):
+        deleted = await res.take(is_event("old", "delete"))
+        redirect = deleted.find(f"{q(EVENT, 'event')}/{q(EVENT, 'delete')}/{q(EVENT, 'redirect')}")
+        assert redirect is not None and redirect.get("uri") == uri
+    assert_error(await items(bob, "old"), "cancel", "item-not-found")
+    assert_error(
+        await ps(alice, "<delete node='old'/>", "set", owner=True), "cancel", "item-not-found"
+    )
+
+
+# ---- publish, notify, retract, items (§7, §6.5) ----------------------------------------------
+async def test_publish_notifies_every_subscriber(server: Server, resources: list[Resource]) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    bob2 = await login(server, resources, "bob", "second")
+    carol = await login(server, resources, "carol")
+    ok(await create(alice, "feed"))
+    sub = ok(await subscribe(bob, "feed", BOB))  # bare JID: every resource of bob
+    element = sub.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'subscription')}")
+    assert element is not None
+    assert (element.get("jid"), element.get("subscription")) == (BOB, "subscribed")
+    assert element.get("subid")
+    ok(await subscribe(carol, "feed"))  # full JID: that resource only
+    # With an ItemID.
+    result = ok(await publish(alice, "feed", entry("first"), "one"))
+    published = result.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'publish')}/{q(PUBSUB, 'item')}")
+    assert published is not None and published.get("id") == "one"
+    for res, to in ((bob, BOB), (bob2, BOB), (carol, carol.jid)):
+        message = await res.take(is_event("feed"))
+        assert message.get("from") == PS
+        assert message.get("to") == to
+        assert message.get("type") == "headline"
+        [item] = event_items(message)
+        assert item.get("id") == "one"
+        assert item.find(f"{q(ENTRY, 'entry')}").text == "first"  # type: ignore[union-attr]
+    await alice.assert_none(is_event("feed"))  # not subscribed
+    # Without: an ItemID is made up (§7.1.2).
+    result = ok(await publish(alice, "feed", entry("second")))
+    published = result.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'publish')}/{q(PUBSUB, 'item')}")
+    assert published is not None and published.get("id")
+    for res in (bob, bob2, carol):
+        message = await res.take(is_event("feed"))
+        assert event_items(message)[0].get("id") == published.get("id")
+    # Retract with notify (§7.2.2.1).
+    ok(await ps(alice, "<retract node='feed' notify='true'><item id='one'/></retract>", "set"))
+    for res in (bob, carol):
+        message = await res.take(is_event("feed"))
+        [retracted] = event_items(message)
+        assert retracted.tag == q(EVENT, "retract") and retracted.get("id") == "one"
+    assert item_ids(ok(await items(bob, "feed"))) == [published.get("id")]
+    retract_missing = await ps(alice, "<retract node='feed'><item id='one'/></retract>", "set")
+    assert_error(retract_missing, "cancel", "item-not-found")
+    not_publisher = await ps(
+        bob, f"<retract node='feed'><item id='{published.get('id')}'/></retract>", "set"
+    )
+    assert_error(not_publisher, "auth", "forbidden")
+    # Unsubscribe (§6.2): no more notifications.
+    ok(await ps(carol, f"<unsubscribe node='feed' jid='{carol.jid}'/>", "set"))
+    again = await ps(carol, f"<unsubscribe node='feed' jid='{carol.jid}'/>", "set")
+    assert_error(again, "cancel", "unexpected-request", "not-subscribed")
+    ok(await publish(alice, "feed", entry("third"), "three"))
+    await bob.take(is_event("feed"))
+    await carol.assert_none(is_event("feed"))
+
+
+async def test_notification_type_and_last_item_on_subscribe(
+    server: Server, resources: list[Resource]
+) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    ok(await create(alice, "chat", notification_type="normal"))
+    ok(await publish(alice, "chat", entry("before"), "b"))
+    ok(await subscribe(bob, "chat"))
+    last = await bob.take(is_event("chat"))  # §6.1.7
+    assert last.find(q(DELAY, "delay")) is not None
+    assert last.get("type") == "normal"
+    assert event_items(last)[0].get("id") == "b"
+    ok(await publish(alice, "chat", entry("after"), "a"))
+    message = await bob.take(is_event("chat"))
+    assert message.get("type") == "normal"
+    assert message.find(q(DELAY, "delay")) is None
+
+
+async def test_items_retrieval(server: Server, resources: list[Resource]) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    ok(await create(alice, "log"))
+    for n in range(5):
+        ok(await publish(alice, "log", entry(str(n)), f"i{n}"))
+    assert item_ids(ok(await items(bob, "log"))) == [f"i{n}" for n in range(5)]
+    assert item_ids(ok(await items(bob, "log", " max_items='2'"))) == ["i3", "i4"]
+    by_id = ok(await items(bob, "log", inside="<item id='i1'/><item id='i3'/>"))
+    assert item_ids(by_id) == ["i1", "i3"]
+    assert_error(await items(bob, "log", inside="<item id='zz'/>"), "cancel", "item-not-found")
+    assert_error(await items(bob, "log", " max_items='x'"), "modify", "bad-request")
+    assert_error(await items(bob, "nope"), "cancel", "item-not-found")
+    # pubsub#max_items keeps the newest (§7.1.2).
+    config = f"<configure node='log'>{config_form(max_items='2')}</configure>"
+    ok(await ps(alice, config, "set", owner=True))
+    assert item_ids(ok(await items(bob, "log"))) == ["i3", "i4"]

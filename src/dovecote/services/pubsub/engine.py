@@ -589,7 +589,7 @@ class PubSubService:
                 raise errors.Forbidden("not your subscription")
         existing = node.subscriptions.get(jid)
         if existing is None:
-            raise errors.NotSubscribed()
+            raise errors.NotSubscribed(error_type="modify")
         if subid and subid != existing.subid:
             raise errors.InvalidSubId()
         return existing

@@ -20,11 +20,17 @@ class PubSubError(Exception):
 
     condition = "bad-request"
     pubsub_condition: str | None = None
+    #: The error type XEP-0060's example shows, where it differs from RFC 6120's default.
+    error_type: str | None = None
 
-    def __init__(self, text: str = "", *, feature: str | None = None) -> None:
+    def __init__(
+        self, text: str = "", *, feature: str | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(text or self.pubsub_condition or self.condition)
         self.text = text
         self.feature = feature
+        if error_type is not None:
+            self.error_type = error_type
 
     def app_condition(self) -> Element | None:
         """The <pubsub_condition xmlns='...#errors'/> child, if any."""
@@ -36,7 +42,9 @@ class PubSubError(Exception):
 
 def to_stanza_error(error: PubSubError) -> StanzaError:
     """The stanza error (RFC 6120 §8.3) answering a request the engine refused."""
-    return StanzaError(error.condition, error.text, app_condition=error.app_condition())
+    return StanzaError(
+        error.condition, error.text, error.error_type, app_condition=error.app_condition()
+    )
 
 
 # ---- nodes and items --------------------------------------------------------------------
@@ -160,9 +168,11 @@ class NotSubscribedToRetrieve(PubSubError):
 
 
 class NotSubscribed(PubSubError):
-    """XEP-0060 §6.2.3.2: unsubscribing something that is not subscribed."""
+    """XEP-0060 §6.2.3.2: unsubscribing something that is not subscribed (type cancel;
+    §6.3.4.4, options of no subscription: type modify)."""
 
     condition = "unexpected-request"
+    error_type = "cancel"
     pubsub_condition = "not-subscribed"
 
 
