@@ -4,6 +4,7 @@ view, and a restart on the same data_dir for persistence."""
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -55,7 +56,7 @@ async def start(data_dir: Path, **pubsub: object) -> Server:
 
 @pytest.fixture
 async def server(data_dir: Path) -> AsyncIterator[Server]:
-    srv = await start(data_dir, max_payload_bytes=1024, max_nodes_per_user=3)
+    srv = await start(data_dir, max_payload_bytes=1024, max_nodes_per_user=5)
     for name in ("alice", "bob", "carol"):
         await add_user(srv, name)
     try:
@@ -262,7 +263,8 @@ async def test_create_configure_default_and_instant_nodes(
     assert values["pubsub#notify_retract"] == ["false"]
     assert values["pubsub#access_model"] == ["open"]
     # Round trip: submit, read back; a cancelled form changes nothing (§8.2.5).
-    submit = f"<configure node='configured'>{config_form(title='Changed', access_model='whitelist')}</configure>"
+    changes = config_form(title="Changed", access_model="whitelist")
+    submit = f"<configure node='configured'>{changes}</configure>"
     ok(await ps(alice, submit, "set", owner=True))
     cancel = f"<configure node='configured'><x xmlns='{DATA}' type='cancel'/></configure>"
     ok(await ps(alice, cancel, "set", owner=True))
@@ -410,3 +412,244 @@ async def test_items_retrieval(server: Server, resources: list[Resource]) -> Non
     config = f"<configure node='log'>{config_form(max_items='2')}</configure>"
     ok(await ps(alice, config, "set", owner=True))
     assert item_ids(ok(await items(bob, "log"))) == ["i3", "i4"]
+
+
+# ---- access models (§4.5) --------------------------------------------------------------------
+async def test_access_models_open_presence_roster_whitelist(
+    server: Server, resources: list[Resource]
+) -> None:
+    await befriend(server, ALICE, BOB, groups=("Friends",))
+    await befriend(server, ALICE, CAROL, groups=("Work",))
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    carol = await login(server, resources, "carol")
+    ok(await create(alice, "open"))
+    ok(await create(alice, "presence", access_model="presence"))
+    ok(await create(alice, "roster", access_model="roster", roster_groups_allowed="Friends"))
+    ok(await create(alice, "white", access_model="whitelist"))
+    for node in ("open", "presence", "roster", "white"):
+        ok(await publish(alice, node, entry(node), "x"))
+    await add_user(server, "dave")
+    dave = await login(server, resources, "dave")
+    # open: anyone.
+    assert item_ids(ok(await items(dave, "open"))) == ["x"]
+    # presence: contacts with a subscription to the owner's presence.
+    assert item_ids(ok(await items(carol, "presence"))) == ["x"]
+    refused = await items(dave, "presence")
+    assert_error(refused, "auth", "not-authorized", "presence-subscription-required")
+    assert_error(
+        await subscribe(dave, "presence"),
+        "auth",
+        "not-authorized",
+        "presence-subscription-required",
+    )
+    # roster: contacts in an allowed group of the owner's roster.
+    assert item_ids(ok(await items(bob, "roster"))) == ["x"]
+    ok(await subscribe(bob, "roster"))
+    assert_error(await items(carol, "roster"), "auth", "not-authorized", "not-in-roster-group")
+    assert_error(await subscribe(carol, "roster"), "auth", "not-authorized", "not-in-roster-group")
+    # whitelist: owners and members only.
+    assert_error(await items(bob, "white"), "cancel", "not-allowed", "closed-node")
+    assert_error(await subscribe(bob, "white"), "cancel", "not-allowed", "closed-node")
+    member = (
+        f"<affiliations node='white'><affiliation jid='{BOB}' affiliation='member'/></affiliations>"
+    )
+    ok(await ps(alice, member, "set", owner=True))
+    assert item_ids(ok(await items(bob, "white"))) == ["x"]
+    ok(await subscribe(bob, "white"))
+    ok(await publish(alice, "white", entry("y"), "y"))
+    await bob.take(is_event("white"))
+
+
+async def test_authorize_owner_approves_and_denies(
+    server: Server, resources: list[Resource]
+) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    carol = await login(server, resources, "carol")
+    ok(await create(alice, "club", access_model="authorize"))
+    ok(await publish(alice, "club", entry("inside"), "x"))
+
+    async def request(res: Resource) -> tuple[str, str]:
+        answer = ok(await subscribe(res, "club", res.bare))
+        sub = answer.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'subscription')}")
+        assert sub is not None and sub.get("subscription") == "pending"  # §6.1.4
+        # §8.6.1: the owner gets the authorization form.
+        message = await alice.take(
+            lambda e: e.tag == MESSAGE and e.find(q(DATA, "x")) is not None
+            and res.bare in str(ET.tostring(e))
+        )  # fmt: skip
+        assert message.get("from") == PS
+        values = form_values(message.find(q(DATA, "x")))
+        assert values["FORM_TYPE"] == [f"{PUBSUB}#subscribe_authorization"]
+        assert values["pubsub#node"] == ["club"]
+        assert values["pubsub#subscriber_jid"] == [res.bare]
+        return values["pubsub#subid"][0], res.bare
+
+    bob_subid, _ = await request(bob)
+    assert_error(await items(bob, "club"), "auth", "not-authorized", "not-subscribed")
+    again = await subscribe(bob, "club", BOB)
+    assert_error(again, "auth", "not-authorized", "pending-subscription")  # §6.1.3.7
+    carol_subid, _ = await request(carol)
+
+    def answer(jid: str, subid: str, allow: str) -> str:
+        x = form(
+            f"{PUBSUB}#subscribe_authorization",
+            subid=subid, node="club", subscriber_jid=jid, allow=allow,
+        )  # fmt: skip
+        return f"<message to='{PS}' id='{subid}'>{x}</message>"
+
+    # §8.6.2: approve bob, deny carol; each is told its subscription's state.
+    alice.send(answer(BOB, bob_subid, "true"))
+    told = await bob.take(lambda e: e.tag == MESSAGE and e.find(q(EVENT, "event")) is not None)
+    sub = told.find(f"{q(EVENT, 'event')}/{q(EVENT, 'subscription')}")
+    assert sub is not None
+    assert (sub.get("node"), sub.get("jid"), sub.get("subscription")) == ("club", BOB, "subscribed")
+    assert item_ids(ok(await items(bob, "club"))) == ["x"]
+    alice.send(answer(CAROL, carol_subid, "false"))
+    told = await carol.take(lambda e: e.tag == MESSAGE and e.find(q(EVENT, "event")) is not None)
+    sub = told.find(f"{q(EVENT, 'event')}/{q(EVENT, 'subscription')}")
+    assert sub is not None and sub.get("subscription") == "none"
+    assert_error(await items(carol, "club"), "auth", "not-authorized", "not-subscribed")
+    # Only an owner decides: bob's answer for carol bounces.
+    bob.send(answer(CAROL, carol_subid, "true"))
+    bounced = await bob.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(bounced) == ("auth", "forbidden")
+    ok(await publish(alice, "club", entry("news"), "n"))
+    await bob.take(is_event("club"))
+    await carol.assert_none(is_event("club"))
+
+
+# ---- subscription options (§6.3, §6.4) and presence-based delivery -----------------------------
+OPTIONS_FORM = f"{PUBSUB}#subscribe_options"
+SHOW = "pubsub#show-values"
+
+
+async def test_subscription_options_and_presence_based_delivery(
+    server: Server, resources: list[Resource]
+) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    carol = await login(server, resources, "carol")
+    ok(await create(alice, "status", presence_based_delivery="true"))
+    default = ok(await ps(bob, "<default node='status'/>"))  # §6.4
+    values = form_values(
+        default.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'default')}/{q(DATA, 'x')}")
+    )
+    assert values["pubsub#deliver"] == ["true"]
+    assert values["FORM_TYPE"] == [OPTIONS_FORM]
+    # Subscribe with options (§6.3.7): only when bob is online or chatty.
+    wanted = form(OPTIONS_FORM, **{SHOW: ["online", "chat"]})
+    options = f"<options>{wanted}</options>"
+    ok(await subscribe(bob, "status", BOB, options))
+    ok(await subscribe(carol, "status", CAROL))
+    got = ok(await ps(bob, f"<options node='status' jid='{BOB}'/>"))  # §6.3.2
+    values = form_values(got.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'options')}/{q(DATA, 'x')}"))
+    assert values["pubsub#show-values"] == ["chat", "online"]
+    ok(await publish(alice, "status", entry("1"), "1"))
+    await bob.take(is_event("status"))
+    await carol.take(is_event("status"))
+    # bob goes away: not notified (show-values); carol offline: not notified.
+    await bob.available(extra="<show>away</show>")
+    await asyncio.sleep(0.05)
+    await carol.close()
+    resources.remove(carol)
+    await asyncio.sleep(0.2)
+    ok(await publish(alice, "status", entry("2"), "2"))
+    await bob.assert_none(is_event("status"))
+    # Options changed (§6.3.5): away is fine now; then delivery off.
+    changed = form(OPTIONS_FORM, **{SHOW: ["online", "away"]})
+    ok(await ps(bob, f"<options node='status' jid='{BOB}'>{changed}</options>", "set"))
+    ok(await publish(alice, "status", entry("3"), "3"))
+    assert event_items(await bob.take(is_event("status")))[0].get("id") == "3"
+    off = form(OPTIONS_FORM, deliver="false")
+    ok(await ps(bob, f"<options node='status' jid='{BOB}'>{off}</options>", "set"))
+    ok(await publish(alice, "status", entry("4"), "4"))
+    await bob.assert_none(is_event("status"))
+    # Errors: bad options (§6.3.6), someone else's (§6.3.4.2), not subscribed (§6.3.4.4).
+    bad = form(OPTIONS_FORM, **{SHOW: "asleep"})
+    refused = await ps(bob, f"<options node='status' jid='{BOB}'>{bad}</options>", "set")
+    assert_error(refused, "modify", "bad-request", "invalid-options")
+    unknown = form(OPTIONS_FORM, **{"pubsub#digest": "true"})
+    refused = await ps(bob, f"<options node='status' jid='{BOB}'>{unknown}</options>", "set")
+    assert_error(refused, "modify", "bad-request", "invalid-options")
+    assert_error(await ps(alice, f"<options node='status' jid='{BOB}'/>"), "auth", "forbidden")
+    missing = await ps(alice, f"<options node='status' jid='{ALICE}'/>")
+    assert_error(missing, "modify", "unexpected-request", "not-subscribed")
+    no_jid = await ps(bob, "<options node='status'/>")
+    assert_error(no_jid, "modify", "bad-request", "jid-required")
+
+
+# ---- owners manage subscriptions and affiliations (§8.8, §8.9) ---------------------------------
+async def test_owner_manages_subscriptions_and_affiliations(
+    server: Server, resources: list[Resource]
+) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    carol = await login(server, resources, "carol")
+    ok(await create(alice, "team"))
+    ok(await subscribe(bob, "team"))
+    # §8.8.1: the list.
+    listing = ok(await ps(alice, "<subscriptions node='team'/>", owner=True))
+    subs = [(s.get("jid"), s.get("subscription")) for s in listing.iter(q(OWNER, "subscription"))]
+    assert subs == [(bob.jid, "subscribed")]
+    assert_error(await ps(bob, "<subscriptions node='team'/>", owner=True), "auth", "forbidden")
+    # §8.8.2: subscribe carol, end bob's; both told (§8.8.4).
+    change = (
+        f"<subscriptions node='team'><subscription jid='{CAROL}' subscription='subscribed'/>"
+        f"<subscription jid='{bob.jid}' subscription='none'/></subscriptions>"
+    )
+    ok(await ps(alice, change, "set", owner=True))
+    told = await carol.take(lambda e: e.tag == MESSAGE and e.find(q(EVENT, "event")) is not None)
+    assert (
+        told.find(f"{q(EVENT, 'event')}/{q(EVENT, 'subscription')}").get("subscription")
+        == "subscribed"
+    )  # type: ignore[union-attr]
+    told = await bob.take(lambda e: e.tag == MESSAGE and e.find(q(EVENT, "event")) is not None)
+    assert (
+        told.find(f"{q(EVENT, 'event')}/{q(EVENT, 'subscription')}").get("subscription") == "none"
+    )  # type: ignore[union-attr]
+    # Affiliations (§8.9): bob a publisher, carol an outcast.
+    assert_error(await publish(bob, "team", entry("no"), "no"), "auth", "forbidden")
+    affs = (
+        f"<affiliations node='team'><affiliation jid='{BOB}' affiliation='publisher'/>"
+        f"<affiliation jid='{CAROL}' affiliation='outcast'/></affiliations>"
+    )
+    ok(await ps(alice, affs, "set", owner=True))
+    listing = ok(await ps(alice, "<affiliations node='team'/>", owner=True))
+    got = {(a.get("jid"), a.get("affiliation")) for a in listing.iter(q(OWNER, "affiliation"))}
+    assert got == {(ALICE, "owner"), (BOB, "publisher"), (CAROL, "outcast")}
+    ok(await publish(bob, "team", entry("yes"), "yes"))
+    assert_error(await items(carol, "team"), "auth", "forbidden")
+    assert_error(await subscribe(carol, "team"), "auth", "forbidden")
+    own = ok(await ps(bob, "<affiliations node='team'/>"))
+    assert [(a.get("node"), a.get("affiliation")) for a in own.iter(q(PUBSUB, "affiliation"))] == [
+        ("team", "publisher")
+    ]
+    # publish-only: publishes, cannot read.
+    ok(
+        await ps(
+            alice,
+            f"<affiliations node='team'><affiliation jid='{BOB}' affiliation='publish-only'/></affiliations>",
+            "set",
+            owner=True,
+        )
+    )
+    ok(await publish(bob, "team", entry("blind"), "blind"))
+    assert_error(await items(bob, "team"), "auth", "forbidden")
+    # Bad input: a JID that is none, an affiliation that is none, the last owner leaving.
+    bad_jid = (
+        "<affiliations node='team'><affiliation jid='@@bad' affiliation='member'/></affiliations>"
+    )
+    assert_error(await ps(alice, bad_jid, "set", owner=True), "modify", "jid-malformed")
+    bad_aff = (
+        f"<affiliations node='team'><affiliation jid='{BOB}' affiliation='king'/></affiliations>"
+    )
+    assert_error(await ps(alice, bad_aff, "set", owner=True), "modify", "not-acceptable")
+    orphan = (
+        f"<affiliations node='team'><affiliation jid='{ALICE}' affiliation='none'/></affiliations>"
+    )
+    assert_error(await ps(alice, orphan, "set", owner=True), "modify", "not-acceptable")
+    # Own subscriptions (§5.6).
+    own = ok(await ps(carol, "<subscriptions/>"))
+    assert list(own.iter(q(PUBSUB, "subscription"))) == []  # the outcast's went

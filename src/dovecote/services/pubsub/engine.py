@@ -584,9 +584,8 @@ class PubSubService:
         InvalidSubId (§6.3.4.6)."""
         if not jid:
             raise errors.JidRequired()
-        if jid != asker.jid and not jid.startswith(asker.jid + "/") and not asker.is_owner:
-            if node.affiliations.get(asker.jid) != "owner":
-                raise errors.Forbidden("not your subscription")
+        if jid != asker.jid and not jid.startswith(asker.jid + "/"):
+            raise errors.Forbidden("not your subscription")
         existing = node.subscriptions.get(jid)
         if existing is None:
             raise errors.NotSubscribed(error_type="modify")
