@@ -19,6 +19,8 @@ from tests.helpers import (
     DOMAIN,
     Resource,
     add_user,
+    connect,
+    disconnect,
     error_condition,
     login_resource,
     q,
@@ -653,3 +655,189 @@ async def test_owner_manages_subscriptions_and_affiliations(
     # Own subscriptions (§5.6).
     own = ok(await ps(carol, "<subscriptions/>"))
     assert list(own.iter(q(PUBSUB, "subscription"))) == []  # the outcast's went
+
+
+# ---- persistence --------------------------------------------------------------------------------
+async def test_nodes_items_subscriptions_and_affiliations_survive_a_restart(
+    data_dir: Path,
+) -> None:
+    server = await start(data_dir)
+    opened: list[Resource] = []
+    try:
+        for name in ("alice", "bob", "carol"):
+            await add_user(server, name)
+        alice = await login(server, opened, "alice")
+        bob = await login(server, opened, "bob")
+        ok(
+            await create(
+                alice, "kept", title="Kept", access_model="whitelist", presence_based_delivery="1"
+            )
+        )
+        members = (
+            f"<affiliations node='kept'><affiliation jid='{BOB}' affiliation='member'/>"
+            f"<affiliation jid='{CAROL}' affiliation='publisher'/></affiliations>"
+        )
+        ok(await ps(alice, members, "set", owner=True))
+        wanted = form(OPTIONS_FORM, **{SHOW: ["chat"]})
+        ok(await subscribe(bob, "kept", BOB, f"<options>{wanted}</options>"))
+        ok(await publish(alice, "kept", entry("one"), "one"))
+        ok(await publish(alice, "kept", entry("two"), "two"))
+    finally:
+        for res in opened:
+            await res.close()
+        await server.stop()
+    server = await start(data_dir)
+    opened = []
+    try:
+        alice = await login(server, opened, "alice")
+        bob = await login(server, opened, "bob")
+        carol = await login(server, opened, "carol")
+        assert item_ids(ok(await items(bob, "kept"))) == ["one", "two"]
+        got = ok(await ps(alice, "<configure node='kept'/>", owner=True))
+        x = got.find(f"{q(OWNER, 'pubsub')}/{q(OWNER, 'configure')}/{q(DATA, 'x')}")
+        assert form_values(x)["pubsub#title"] == ["Kept"]
+        listing = ok(await ps(alice, "<affiliations node='kept'/>", owner=True))
+        got_affs = {
+            (a.get("jid"), a.get("affiliation")) for a in listing.iter(q(OWNER, "affiliation"))
+        }
+        assert got_affs == {(ALICE, "owner"), (BOB, "member"), (CAROL, "publisher")}
+        options = ok(await ps(bob, f"<options node='kept' jid='{BOB}'/>"))
+        x = options.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'options')}/{q(DATA, 'x')}")
+        assert form_values(x)[SHOW] == ["chat"]
+        # The subscription still delivers (bob is online: 'online' is not in his values).
+        ok(await publish(carol, "kept", entry("three"), "three"))
+        await bob.assert_none(is_event("kept"))
+        await bob.available(extra="<show>chat</show>")
+        ok(await publish(carol, "kept", entry("four"), "four"))
+        assert event_items(await bob.take(is_event("kept")))[0].get("id") == "four"
+    finally:
+        for res in opened:
+            await res.close()
+        await server.stop()
+
+
+# ---- bad input and limits -------------------------------------------------------------------------
+async def test_bad_input_gets_the_spec_error_and_the_service_goes_on(
+    server: Server, resources: list[Resource]
+) -> None:
+    alice = await login(server, resources, "alice")
+    bob = await login(server, resources, "bob")
+    ok(await create(alice, "n"))
+    # Malformed forms and unknown fields (§8.1.3, §8.2.5).
+    broken = f"<configure><x xmlns='{DATA}' type='bogus'/></configure>"
+    assert_error(await ps(alice, f"<create node='m'/>{broken}", "set"), "modify", "bad-request")
+    unknown = await create(alice, "m", **{"pubsub#colour": "red"})
+    assert_error(unknown, "modify", "not-acceptable")
+    bad_value = await create(alice, "m", access_model="everyone")
+    assert_error(bad_value, "modify", "not-acceptable")
+    bad_config = f"<configure node='n'>{config_form(max_items='lots')}</configure>"
+    assert_error(await ps(alice, bad_config, "set", owner=True), "modify", "not-acceptable")
+    # Collections are not offered (§8.1.3, XEP-0248).
+    collection = await create(alice, "c", node_type="collection")
+    assert_error(collection, "cancel", "feature-not-implemented", "unsupported")
+    # A huge payload (§7.1.3.4).
+    huge = entry("x" * 2000)
+    assert_error(await publish(alice, "n", huge), "modify", "not-acceptable", "payload-too-big")
+    # Publishing: no node (§7.1.3.3), no NodeID, no item, two payloads.
+    assert_error(await publish(alice, "nope", entry("a")), "cancel", "item-not-found")
+    assert_error(await ps(alice, "<publish/>", "set"), "modify", "bad-request", "nodeid-required")
+    assert_error(
+        await ps(alice, "<publish node='n'/>", "set"), "modify", "bad-request", "item-required"
+    )
+    two = f"<publish node='n'><item>{entry('a')}{entry('b')}</item></publish>"
+    assert_error(await ps(alice, two, "set"), "modify", "bad-request", "invalid-payload")
+    # Publish-options as preconditions (§7.1.5).
+    options = (
+        f"<publish-options>{form(f'{PUBSUB}#publish-options', access_model='whitelist')}"
+        "</publish-options>"
+    )
+    refused = await publish(alice, "n", entry("a"), "a", options)
+    assert_error(refused, "cancel", "conflict", "precondition-not-met")
+    same = f"<publish-options>{form(f'{PUBSUB}#publish-options', access_model='open')}</publish-options>"
+    ok(await publish(alice, "n", entry("a"), "a", same))
+    # Subscribing another's JID (§6.1.3.1).
+    assert_error(await subscribe(bob, "n", ALICE), "modify", "bad-request", "invalid-jid")
+    # Unknown requests.
+    unknown_iq = await bob.request("<query xmlns='jabber:iq:version'/>", to=PS)
+    assert_error(unknown_iq, "cancel", "service-unavailable")
+    # After all that the service still answers.
+    assert item_ids(ok(await items(bob, "n"))) == ["a"]
+
+
+async def test_limits(data_dir: Path) -> None:
+    server = await start(
+        data_dir, max_nodes=3, max_nodes_per_user=2, max_subscriptions_per_node=1,
+        max_items_per_node=2, creators="admins",
+    )  # fmt: skip
+    opened: list[Resource] = []
+    try:
+        for name in ("alice", "bob", "carol"):
+            await add_user(server, name)
+        alice = await login(server, opened, "alice")
+        bob = await login(server, opened, "bob")
+        carol = await login(server, opened, "carol")
+        # creators = "admins": nobody here is one.
+        assert_error(await create(alice, "a"), "auth", "forbidden")
+    finally:
+        for res in opened:
+            await res.close()
+        await server.stop()
+    server = await start(
+        data_dir, max_nodes=3, max_nodes_per_user=2, max_subscriptions_per_node=1,
+        max_items_per_node=2,
+    )  # fmt: skip
+    opened = []
+    try:
+        alice = await login(server, opened, "alice")
+        bob = await login(server, opened, "bob")
+        carol = await login(server, opened, "carol")
+        ok(await create(alice, "a1"))
+        ok(await create(alice, "a2"))
+        too_many = await create(alice, "a3")
+        assert_error(too_many, "modify", "policy-violation", "max-nodes-exceeded")
+        ok(await create(bob, "b1"))
+        service_full = await create(bob, "b2")
+        assert_error(service_full, "modify", "policy-violation", "max-nodes-exceeded")
+        ok(await subscribe(bob, "a1"))
+        full = await subscribe(carol, "a1")
+        assert_error(full, "wait", "policy-violation", "too-many-subscriptions")
+        for n in range(3):
+            ok(await publish(alice, "a1", entry(str(n)), f"i{n}"))
+        assert item_ids(ok(await items(bob, "a1"))) == ["i1", "i2"]
+        beyond = f"<configure node='a1'>{config_form(max_items='3')}</configure>"
+        assert_error(await ps(alice, beyond, "set", owner=True), "modify", "not-acceptable")
+    finally:
+        for res in opened:
+            await res.close()
+        await server.stop()
+
+
+# ---- a real client ------------------------------------------------------------------------------
+async def test_slixmpp_xep_0060_client(server: Server) -> None:
+    alice = await connect(server, ALICE)
+    bob = await connect(server, BOB)
+    try:
+        for client in (alice, bob):
+            client.register_plugin("xep_0060")
+        plugin_a = alice.plugin["xep_0060"]
+        plugin_b = bob.plugin["xep_0060"]
+        await plugin_a.create_node(PS, "sli")
+        await plugin_b.subscribe(PS, "sli")
+        got: asyncio.Queue[object] = asyncio.Queue()
+        bob.add_event_handler("pubsub_publish", got.put_nowait)
+        from slixmpp.xmlstream import ET as SET
+        from slixmpp.xmlstream import ElementBase
+
+        payload = SET.fromstring(f"<entry xmlns='{ENTRY}'>from slixmpp</entry>")
+        result = await plugin_a.publish(PS, "sli", id="s1", payload=payload)
+        assert result["pubsub"]["publish"]["item"]["id"] == "s1"
+        message = await asyncio.wait_for(got.get(), 5)
+        item = message["pubsub_event"]["items"]["item"]  # type: ignore[index]
+        assert item["id"] == "s1"
+        assert isinstance(item, ElementBase)
+        fetched = await plugin_b.get_items(PS, "sli")
+        assert [i["id"] for i in fetched["pubsub"]["items"]] == ["s1"]
+        nodes = await bob.plugin["xep_0030"].get_items(jid=PS)
+        assert "sli" in [n for _jid, n, _name in nodes["disco_items"]["items"]]
+    finally:
+        await disconnect(alice, bob)

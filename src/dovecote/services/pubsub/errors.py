@@ -212,6 +212,7 @@ class TooManySubscriptions(PubSubError):
 
     condition = "policy-violation"
     pubsub_condition = "too-many-subscriptions"
+    error_type = "wait"
 
 
 class PayloadTooBig(PubSubError):
