@@ -632,7 +632,8 @@ async def test_owner_manages_subscriptions_and_affiliations(
     ok(
         await ps(
             alice,
-            f"<affiliations node='team'><affiliation jid='{BOB}' affiliation='publish-only'/></affiliations>",
+            f"<affiliations node='team'><affiliation jid='{BOB}' affiliation='publish-only'/>"
+            "</affiliations>",
             "set",
             owner=True,
         )
@@ -716,7 +717,7 @@ async def test_nodes_items_subscriptions_and_affiliations_survive_a_restart(
         await server.stop()
 
 
-# ---- bad input and limits -------------------------------------------------------------------------
+# ---- bad input and limits ----------------------------------------------------------------------
 async def test_bad_input_gets_the_spec_error_and_the_service_goes_on(
     server: Server, resources: list[Resource]
 ) -> None:
@@ -753,7 +754,8 @@ async def test_bad_input_gets_the_spec_error_and_the_service_goes_on(
     )
     refused = await publish(alice, "n", entry("a"), "a", options)
     assert_error(refused, "cancel", "conflict", "precondition-not-met")
-    same = f"<publish-options>{form(f'{PUBSUB}#publish-options', access_model='open')}</publish-options>"
+    same_form = form(f"{PUBSUB}#publish-options", access_model="open")
+    same = f"<publish-options>{same_form}</publish-options>"
     ok(await publish(alice, "n", entry("a"), "a", same))
     # Subscribing another's JID (§6.1.3.1).
     assert_error(await subscribe(bob, "n", ALICE), "modify", "bad-request", "invalid-jid")
