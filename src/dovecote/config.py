@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -298,6 +298,29 @@ class ServiceDomainSection(_Section):
     domain: Domain | None = None
 
 
+class PubSubSection(_Section):
+    """XEP-0060 publish-subscribe service on a domain of its own (e.g. pubsub.example.org);
+    off while `domain` is unset."""
+
+    #: The service's domain; the `pubsub` module serves it when set.
+    domain: Domain | None = None
+    #: Who may create nodes: "all" (any JID, also remote), "local" (accounts of this
+    #: server's domains) or "admins" (`[server] admins`).
+    creators: Literal["all", "local", "admins"] = "local"
+    #: Nodes on the service; one more: policy-violation with <max-nodes-exceeded/>.
+    max_nodes: int = Field(default=10000, ge=1)
+    #: Nodes one JID may own; one more: policy-violation with <max-nodes-exceeded/>.
+    max_nodes_per_user: int = Field(default=100, ge=1)
+    #: Items a node keeps at most: pubsub#max_items 'max', and the cap of any number.
+    max_items_per_node: int = Field(default=1000, ge=1)
+    #: Subscriptions per node; one more: policy-violation with <too-many-subscriptions/>.
+    max_subscriptions_per_node: int = Field(default=10000, ge=1)
+    #: The access model of new nodes (XEP-0060 §4.5) unless their configuration says.
+    default_access_model: Literal["open", "presence", "roster", "whitelist", "authorize"] = "open"
+    #: Bytes of one item's payload, serialized; beyond: not-acceptable + <payload-too-big/>.
+    max_payload_bytes: int = Field(default=65536, ge=256)
+
+
 #: XEP-0114 §3: the secret a component proves in its handshake.
 ComponentSecret = Annotated[str, Field(min_length=1)]
 
@@ -350,7 +373,7 @@ class Config(_Section):
     private: PrivateSection = Field(default_factory=PrivateSection)
     blocking: BlockingSection = Field(default_factory=BlockingSection)
     muc: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
-    pubsub: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
+    pubsub: PubSubSection = Field(default_factory=PubSubSection)
     upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     modules: ModulesSection = Field(default_factory=ModulesSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
@@ -370,7 +393,7 @@ class Config(_Section):
         if isinstance(server := info.data.get("server"), ServerSection):
             taken.update(server.domains)
         for name in ("muc", "pubsub", "upload"):
-            if isinstance(section := info.data.get(name), ServiceDomainSection):
+            if isinstance(section := info.data.get(name), ServiceDomainSection | PubSubSection):
                 taken.add(section.domain or "")
         for domain in components:
             if domain in taken:

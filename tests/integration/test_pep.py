@@ -810,7 +810,7 @@ async def test_open_node_explicit_subscription(server: Server, resources: list[R
         "set",
         to=ALICE,
     )
-    assert_error(again, "wait", "unexpected-request", "not-subscribed")
+    assert_error(again, "cancel", "unexpected-request", "not-subscribed")  # §6.2.3.2
 
 
 # ---- items, retract, delete, purge, configure ----------------------------------------------------

@@ -374,6 +374,11 @@ def test_archive_quota_policy_is_validated() -> None:
         ("private", "max_bytes", 10),
         ("blocking", "max_items", 0),
         ("limits", "max_route_queue", 0),
+        ("pubsub", "max_nodes", 0),
+        ("pubsub", "max_nodes_per_user", 0),
+        ("pubsub", "max_items_per_node", 0),
+        ("pubsub", "max_subscriptions_per_node", 0),
+        ("pubsub", "max_payload_bytes", 10),
     ],
 )
 def test_limits_out_of_range(section: str, key: str, value: int) -> None:
@@ -386,3 +391,18 @@ def test_storage_busy_timeout_bounds(value: float) -> None:
     assert config_from_dict({"storage": {"busy_timeout": 0.25}}).storage.busy_timeout == 0.25
     with pytest.raises(ConfigError):
         config_from_dict({"storage": {"busy_timeout": value}})
+
+
+def test_pubsub_section() -> None:
+    config = config_from_dict({"pubsub": {"domain": "PubSub.Example.org", "creators": "all"}})
+    assert config.pubsub.domain == "pubsub.example.org"
+    assert config.pubsub.creators == "all"
+    assert config.pubsub.default_access_model == "open"
+    assert config_from_dict({}).pubsub.creators == "local"
+    message = error_of({"pubsub": {"creators": "everyone"}})
+    assert "pubsub.creators" in message and "'everyone'" in message
+    message = error_of({"pubsub": {"default_access_model": "secret"}})
+    assert "pubsub.default_access_model" in message
+    message = error_of({"pubsub": {"domain": "pubsub.example.org"}, "components": {
+        "pubsub.example.org": "secret"}})  # fmt: skip
+    assert "already served" in message

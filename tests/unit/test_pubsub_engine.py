@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dovecote.services.pubsub import access, errors, requests
+from dovecote.services.pubsub import node as node_module
 from dovecote.services.pubsub.access import Asker
 from dovecote.services.pubsub.engine import PubSubService, last_item_message
 from dovecote.services.pubsub.node import NodePolicy, publish_options
@@ -413,3 +414,136 @@ def test_request_parsing() -> None:
         parse_element(f"<pubsub xmlns='{PUBSUB}'><publish-options/><publish node='n'/></pubsub>")
     )
     assert action.tag == "publish"
+
+
+# ---- a pubsub service on its own domain (owners are affiliations) --------------------------------
+SERVICE = NodePolicy(
+    item_cap=10,
+    max_nodes=4,
+    max_nodes_per_owner=2,
+    max_subscriptions=2,
+    publish_models=("open", "publishers", "subscribers"),
+    service_options=True,
+    instant_nodes=True,
+)
+ALICE = Asker(f"alice@{D}")
+BOB = Asker(f"bob@{D}")
+CAROL = Asker(f"carol@{D}")
+
+
+def domain_service(store: PubSubStore) -> PubSubService:
+    return PubSubService(store, "", "pubsub.example.org", SERVICE)
+
+
+async def test_service_nodes_instant_and_limits(store: PubSubStore) -> None:
+    service = domain_service(store)
+    instant = await service.create_node(None, ALICE)  # §8.1.2
+    assert instant.name and instant.affiliations == {ALICE.jid: "owner"}
+    await service.create_node("two", ALICE)
+    with pytest.raises(errors.MaxNodesExceeded):
+        await service.create_node("three", ALICE)  # two per owner
+    await service.create_node("b1", BOB)
+    await service.create_node("b2", BOB)
+    with pytest.raises(errors.MaxNodesExceeded) as info:
+        await service.create_node("c1", CAROL)  # four per service
+    assert to_stanza_condition(info.value) == ("policy-violation", "modify")
+    # presence_based_delivery is a service option; PEP has none.
+    assert instant.config["pubsub#presence_based_delivery"] == "false"
+    with pytest.raises(errors.InvalidConfiguration):
+        await pep(store).create_node("x", ME, {"pubsub#presence_based_delivery": ["1"]})
+
+
+def to_stanza_condition(error: errors.PubSubError) -> tuple[str, str]:
+    stanza_error = errors.to_stanza_error(error)
+    return stanza_error.condition, stanza_error.type
+
+
+async def test_subscription_options_limits_and_reload(store: PubSubStore) -> None:
+    service = domain_service(store)
+    await service.create_node("n", ALICE)
+    with pytest.raises(errors.InvalidOptions):
+        await service.subscribe("n", BOB, BOB.jid, {"pubsub#show-values": ["asleep"]})
+    outcome = await service.subscribe("n", BOB, BOB.jid, {"pubsub#show-values": ["chat"]})
+    assert outcome.subscription is not None
+    assert outcome.subscription.options == {"pubsub#show-values": ["chat"]}
+    await service.subscribe("n", CAROL, CAROL.jid + "/phone")
+    with pytest.raises(errors.TooManySubscriptions) as info:
+        await service.subscribe("n", ALICE, ALICE.jid)
+    assert to_stanza_condition(info.value) == ("policy-violation", "wait")
+    # Subscribing again keeps the options; set_options replaces them (§6.3.5).
+    again = await service.subscribe("n", BOB, BOB.jid)
+    assert again.subscription is not None and again.subscription.options["pubsub#show-values"]
+    await service.set_options("n", BOB, BOB.jid, None, {"pubsub#deliver": ["0"]})
+    with pytest.raises(errors.Forbidden):
+        await service.get_options("n", CAROL, BOB.jid)
+    with pytest.raises(errors.JidRequired):
+        await service.get_options("n", CAROL, None)
+    with pytest.raises(errors.InvalidSubId):
+        await service.get_options("n", BOB, BOB.jid, "wrong")
+    reloaded = domain_service(store)
+    kept = await reloaded.get_options("n", BOB, BOB.jid)
+    assert kept.options == {"pubsub#deliver": ["false"]}  # the defaults are not stored
+    assert not node_module.delivers(kept.options)
+    assert node_module.delivers({"pubsub#show-values": ["chat"]}, "chat")
+    assert not node_module.delivers({"pubsub#show-values": ["chat"]}, "away")
+
+
+async def test_authorize_and_owner_managed_subscriptions(store: PubSubStore) -> None:
+    service = domain_service(store)
+    await service.create_node("club", ALICE, {"pubsub#access_model": ["authorize"]})
+    outcome = await service.subscribe("club", BOB, BOB.jid)
+    assert outcome.subscription is not None and outcome.subscription.state == "pending"
+    with pytest.raises(errors.PendingSubscription):
+        await service.subscribe("club", BOB, BOB.jid)
+    with pytest.raises(errors.Forbidden):
+        await service.authorize("club", CAROL, BOB.jid, True)
+    approved = await service.authorize("club", ALICE, BOB.jid, True)
+    assert approved.state == "subscribed"
+    with pytest.raises(errors.NotSubscribed):
+        await service.authorize("club", ALICE, BOB.jid, True)  # nothing pending now
+    await service.subscribe("club", CAROL, CAROL.jid)
+    denied = await service.authorize("club", ALICE, CAROL.jid, False)
+    assert denied.state == "none"
+    assert [s.jid for s in service.node_subscriptions("club", ALICE)] == [BOB.jid]
+    changed = await service.set_subscriptions(
+        "club", ALICE, [(BOB.jid, "none"), (CAROL.jid, "subscribed")]
+    )
+    assert [(s.jid, s.state) for s in changed] == [(BOB.jid, "none"), (CAROL.jid, "subscribed")]
+    with pytest.raises(errors.BadRequest):
+        await service.set_subscriptions("club", ALICE, [(BOB.jid, "maybe")])
+    reloaded = domain_service(store)
+    await reloaded.load()
+    assert [(s.jid, s.state) for s in reloaded.node_subscriptions("club", ALICE)] == [
+        (CAROL.jid, "subscribed")
+    ]
+
+
+async def test_affiliations_publish_models_and_redirect(store: PubSubStore) -> None:
+    service = domain_service(store)
+    await service.create_node("n", ALICE)
+    await service.subscribe("n", CAROL, CAROL.jid)
+    with pytest.raises(errors.Forbidden):
+        await service.publish("n", BOB, None, payload(), auto_create=False)
+    await service.set_affiliations("n", ALICE, [(BOB.jid, "publish-only"), (CAROL.jid, "outcast")])
+    await service.publish("n", BOB, "i", payload(), auto_create=False)
+    with pytest.raises(errors.Forbidden):
+        await service.get_items("n", BOB)  # publish-only reads nothing (§4.1)
+    assert service.subscriptions_of(CAROL.jid) == []  # the outcast's subscription ended
+    with pytest.raises(errors.NotAcceptable):
+        await service.set_affiliations("n", ALICE, [(ALICE.jid, "none")])  # no owner left
+    await service.set_affiliations("n", ALICE, [(BOB.jid, "owner"), (ALICE.jid, "none")])
+    assert service.owners(service.node("n")) == [BOB.jid]
+    # publish_model subscribers / open.
+    await service.configure_node("n", BOB, {"pubsub#publish_model": ["subscribers"]})
+    with pytest.raises(errors.Forbidden):
+        await service.publish("n", ALICE, None, payload(), auto_create=False)
+    await service.subscribe("n", ALICE, ALICE.jid)
+    await service.publish("n", ALICE, None, payload(), auto_create=False)
+    await service.configure_node("n", BOB, {"pubsub#publish_model": ["open"]})
+    await service.publish("n", Asker(f"dave@{D}"), None, payload(), auto_create=False)
+    with pytest.raises(errors.NodeNotFound):
+        await service.publish("missing", BOB, None, payload(), auto_create=False)
+    outcome = await service.delete_node("n", BOB, redirect="xmpp:pubsub.example.org?;node=m")
+    assert outcome.event is not None
+    redirect = outcome.event.find("redirect", PUBSUB_EVENT)
+    assert redirect is not None and redirect.get("uri") == "xmpp:pubsub.example.org?;node=m"

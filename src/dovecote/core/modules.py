@@ -46,6 +46,8 @@ DEFAULT_MODULES = [
     "mam",
     "caps",
     "pep",
+    # Serves `[pubsub] domain` when set, nothing otherwise.
+    "pubsub",
     "csi",
     "disco",
     "ping",

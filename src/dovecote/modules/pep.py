@@ -40,37 +40,36 @@ fan-out of a publication touches storage only to write the item.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
 from dovecote.jid import JID, InvalidJID
 from dovecote.modules import caps
-from dovecote.services.pubsub import requests
+from dovecote.services.pubsub import frontend, requests
 from dovecote.services.pubsub.access import Asker
 from dovecote.services.pubsub.engine import (
     PubSubService,
     last_item_message,
     notification_message,
 )
-from dovecote.services.pubsub.errors import InvalidJid, PubSubError, Unsupported, to_stanza_error
+from dovecote.services.pubsub.errors import Unsupported
+from dovecote.services.pubsub.frontend import answers_pubsub_errors
 from dovecote.services.pubsub.node import (
     Node,
     NodePolicy,
     publish_options,
     submitted_config,
 )
-from dovecote.services.pubsub.ns import META_DATA, PUBSUB, PUBSUB_OWNER
+from dovecote.services.pubsub.ns import PUBSUB, PUBSUB_OWNER
 from dovecote.storage.base import Roster
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns
 from dovecote.xml.element import Element, escape_attr
-from dovecote.xml.forms import Field, Form
 
 if TYPE_CHECKING:
     from dovecote.core.router import StanzaEvent
@@ -163,21 +162,6 @@ class Interest:
 def interests(features: Iterable[str]) -> set[str]:
     """XEP-0163 §4.2 / XEP-0060 §9.2: the nodes named by NODE+notify features."""
     return {f[:-7] for f in features if f.endswith("+notify") and len(f) > 7}
-
-
-def answers_pubsub_errors(
-    handler: Callable[[StanzaEvent], Awaitable[bool]],
-) -> Callable[[StanzaEvent], Awaitable[bool]]:
-    """The engine's XEP-0060 errors as stanza errors (RFC 6120 §8.3) for the router."""
-
-    @functools.wraps(handler)
-    async def wrapper(event: StanzaEvent) -> bool:
-        try:
-            return await handler(event)
-        except PubSubError as exc:
-            raise to_stanza_error(exc) from None
-
-    return wrapper
 
 
 def setup(server: Server) -> None:
@@ -301,23 +285,20 @@ def setup(server: Server) -> None:
         assert pubsub is not None
         action = requests.action_of(pubsub)
         if action.tag == "default":  # XEP-0060 §8.3
-            form = node_policy.config_form(node_policy.default_config())
-            answer = Element("default", PUBSUB_OWNER, {}, [form])
+            answer = frontend.default_config_result(node_policy)
         elif action.tag == "configure":  # §8.2
             node = (await service_of(owner)).node(requests.node_name(action))
-            form = node_policy.config_form(node.config)
-            answer = Element("configure", PUBSUB_OWNER, {"node": node.name}, [form])
+            answer = frontend.configure_result(node_policy, node)
         elif action.tag == "affiliations":  # §8.9.1
             name = requests.node_name(action)
             service = await service_of(owner)
-            answer = Element("affiliations", PUBSUB_OWNER, {"node": name})
-            for jid, affiliation in service.node_affiliations(name, owner_asker(owner)):
-                answer.add("affiliation", attrs={"jid": jid, "affiliation": affiliation})
+            pairs = service.node_affiliations(name, owner_asker(owner))
+            answer = frontend.node_affiliations(name, pairs)
         elif action.tag == "subscriptions":
             raise Unsupported(feature="manage-subscriptions")
         else:
             raise StanzaError("feature-not-implemented", f"unsupported pubsub {action.tag}")
-        event.reply(Element("pubsub", PUBSUB_OWNER, {}, [answer]))
+        event.reply(answer)
         return True
 
     @events.on(f"iq/bare/set/{PUBSUB_OWNER}:pubsub")
@@ -366,9 +347,7 @@ def setup(server: Server) -> None:
             options=options,
         )
         assert outcome.item is not None
-        result = Element("publish", PUBSUB, {"node": name})
-        result.add("item", attrs={"id": outcome.item.id})
-        event.reply(Element("pubsub", PUBSUB, {}, [result]))
+        event.reply(frontend.publish_result(name, outcome.item.id))
         if outcome.event is not None:
             await notify(owner, outcome.node, outcome.event)
 
@@ -401,44 +380,18 @@ def setup(server: Server) -> None:
         service.check_access(service.node(name), who)
         max_items, wanted = requests.items_request(action)
         found = await service.get_items(name, who, max_items=max_items, item_ids=wanted)
-        node = service.node(name)
-        result = Element("items", PUBSUB, {"node": name})
-        for item, payload in found:
-            el = Element("item", PUBSUB, {"id": item.id})
-            if node.config.get("pubsub#itemreply") == "publisher":
-                el.attrs["publisher"] = item.publisher
-            if payload is not None:
-                el.append(payload)
-            result.append(el)
-        event.reply(Element("pubsub", PUBSUB, {}, [result]))
+        event.reply(frontend.items_result(service.node(name), found))
 
     # ---- subscriptions and affiliations (XEP-0060 §5.6, §5.7, §6.1, §6.2, §8.9) ------------
-    def subscriber_jid(event: StanzaEvent, action: Element) -> JID:
-        text = action.get("jid")
-        try:
-            jid = JID.parse(text) if text else None
-        except InvalidJID:
-            jid = None
-        if jid is None or jid.bare != event.sender.bare:
-            # §6.1.3.1: the JID must be the subscriber's own (bare or full).
-            raise InvalidJid()
-        return jid
-
     async def subscribe(event: StanzaEvent, pubsub: Element, action: Element) -> None:
         owner = event.to.bare
         name = requests.node_name(action)
-        jid = subscriber_jid(event, action)
+        jid = frontend.subscriber_jid(event.sender, action)
         service = await service_of(owner)
         outcome = await service.subscribe(name, await asker(owner, jid), str(jid))
         subscription = outcome.subscription
         assert subscription is not None
-        attrs = {
-            "node": name,
-            "jid": subscription.jid,
-            "subid": subscription.subid,
-            "subscription": subscription.state,
-        }
-        event.reply(Element("pubsub", PUBSUB, {}, [Element("subscription", PUBSUB, attrs)]))
+        event.reply(frontend.subscribe_result(subscription))
         if outcome.event is not None:  # §6.1.7: the last published item on subscription.
             message = last_item_message(str(owner), outcome.node)
             message.attrs["to"] = subscription.jid
@@ -447,7 +400,7 @@ def setup(server: Server) -> None:
     async def unsubscribe(event: StanzaEvent, pubsub: Element, action: Element) -> None:
         owner = event.to.bare
         name = requests.node_name(action)
-        jid = subscriber_jid(event, action)
+        jid = frontend.subscriber_jid(event.sender, action)
         service = await service_of(owner)
         await service.unsubscribe(
             name, Asker(str(jid.bare), is_owner=jid.bare == owner), str(jid), action.get("subid")
@@ -456,36 +409,18 @@ def setup(server: Server) -> None:
 
     async def own_subscriptions(event: StanzaEvent, action: Element) -> None:
         service = await service_of(event.to.bare)
-        only = action.get("node")
-        listing = Element("subscriptions", PUBSUB, {"node": only} if only else {})
-        for subscription in service.subscriptions_of(str(event.sender.bare), only):
-            listing.add("subscription", attrs={
-                "node": subscription.node, "jid": subscription.jid,
-                "subid": subscription.subid, "subscription": subscription.state,
-            })  # fmt: skip
-        event.reply(Element("pubsub", PUBSUB, {}, [listing]))
+        event.reply(frontend.own_subscriptions(service, event.sender.bare, action.get("node")))
 
     async def own_affiliations(event: StanzaEvent, action: Element) -> None:
         service = await service_of(event.to.bare)
-        only = action.get("node")
-        listing = Element("affiliations", PUBSUB, {"node": only} if only else {})
-        for name, affiliation in service.affiliations_of(str(event.sender.bare), only):
-            listing.add("affiliation", attrs={"node": name, "affiliation": affiliation})
-        event.reply(Element("pubsub", PUBSUB, {}, [listing]))
+        event.reply(frontend.own_affiliations(service, event.sender.bare, action.get("node")))
 
     async def set_affiliations(event: StanzaEvent, owner: JID, action: Element) -> None:
         name = requests.node_name(action)
-        changes: list[tuple[str, str]] = []
-        for el in action.find_all("affiliation", PUBSUB_OWNER):
-            affiliation = el.get("affiliation") or ""
-            try:
-                jid = JID.parse(el.get("jid") or "").bare
-            except InvalidJID:
-                raise StanzaError("jid-malformed", "invalid affiliation jid") from None
-            if affiliation not in AFFILIATIONS or jid == owner:
-                # §8.9.2.4: PEP has one owner; only member, outcast and none are set.
-                raise StanzaError("not-acceptable", f"cannot set {affiliation!r} for {jid}")
-            changes.append((str(jid), affiliation))
+        # §8.9.2.4: PEP has one owner; only member, outcast and none are set.
+        changes = frontend.affiliation_changes(action, AFFILIATIONS)
+        if any(jid == str(owner) for jid, _affiliation in changes):
+            raise StanzaError("not-acceptable", f"cannot set an affiliation for {owner}")
         service = await service_of(owner)
         await service.set_affiliations(name, owner_asker(owner), changes)
         event.reply()
@@ -708,18 +643,7 @@ def setup(server: Server) -> None:
         node = service.node(name)
         service.check_access(node, await asker(owner, event.sender))
         # XEP-0060 §5.3: a leaf node, with its metadata (§5.4).
-        result = Element("query", ns.DISCO_INFO, {"node": name})
-        result.add("identity", attrs={"category": "pubsub", "type": "leaf"})
-        result.add("feature", attrs={"var": PUBSUB})
-        meta = [
-            Field("pubsub#access_model", values=[node.access_model]),
-            Field("pubsub#owner", "jid-multi", [str(owner)]),
-        ]
-        for var in ("pubsub#title", "pubsub#description", "pubsub#type"):
-            if node.config.get(var):
-                meta.append(Field(var, values=[str(node.config[var])]))
-        result.append(Form.with_type(META_DATA, meta, type="result").to_element())
-        event.reply(result)
+        event.reply(frontend.node_info(node, [str(owner)]))
         return True
 
     @events.on(f"iq/bare/get/{ns.DISCO_ITEMS}:query", 10)

@@ -57,6 +57,9 @@ class PubSubSubscription:
     #: "subscribed", "pending" or "unconfigured" (XEP-0060 §4.2).
     state: str
     subid: str = ""
+    #: Subscription options (XEP-0060 §6.3, pubsub#subscribe_options): var -> values;
+    #: empty: the defaults.
+    options: dict[str, list[str]] = field(default_factory=dict)
 
 
 class PubSubStore(ABC):
@@ -130,9 +133,17 @@ class PubSubStore(ABC):
 
     @abstractmethod
     async def set_subscription(
-        self, local: str, domain: str, node: str, jid: str, state: str | None, subid: str = ""
+        self,
+        local: str,
+        domain: str,
+        node: str,
+        jid: str,
+        state: str | None,
+        subid: str = "",
+        options: dict[str, list[str]] | None = None,
     ) -> None:
-        """Create or change a subscription; state None removes it."""
+        """Create or change a subscription (with its options, XEP-0060 §6.3); state None
+        removes it."""
 
     @abstractmethod
     async def get_affiliations(

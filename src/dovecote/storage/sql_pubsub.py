@@ -106,6 +106,8 @@ pubsub_subscriptions = Table(
     Column("jid", String(FULL_JID), primary_key=True),
     Column("state", String(16), nullable=False),
     Column("subid", String(64), nullable=False),
+    #: The subscription options (XEP-0060 §6.3) as JSON {var: [values]}; NULL: defaults.
+    Column("options", Text, nullable=True),
     _node_fk(),
     info=ACCOUNT_DATA,
 )
@@ -324,10 +326,26 @@ class SQLPubSubStore(PubSubStore):
             query = query.filter_by(node=node)
         async with self._storage.read() as conn:
             result = await conn.execute(query.order_by(table.c.node, table.c.jid))
-            return [PubSubSubscription(row.node, row.jid, row.state, row.subid) for row in result]
+            return [
+                PubSubSubscription(
+                    row.node,
+                    row.jid,
+                    row.state,
+                    row.subid,
+                    json.loads(row.options) if row.options else {},
+                )
+                for row in result
+            ]
 
     async def set_subscription(
-        self, local: str, domain: str, node: str, jid: str, state: str | None, subid: str = ""
+        self,
+        local: str,
+        domain: str,
+        node: str,
+        jid: str,
+        state: str | None,
+        subid: str = "",
+        options: dict[str, list[str]] | None = None,
     ) -> None:
         key = {"domain": domain, "local": local, "node": node, "jid": jid}
         try:
@@ -340,7 +358,12 @@ class SQLPubSubStore(PubSubStore):
                 await _upsert(
                     conn,
                     pubsub_subscriptions,
-                    {**key, "state": state, "subid": subid},
+                    {
+                        **key,
+                        "state": state,
+                        "subid": subid,
+                        "options": json.dumps(options, sort_keys=True) if options else None,
+                    },
                     list(key),
                 )
         except IntegrityError:

@@ -5,9 +5,11 @@
 - `access`: access models (§4.5) as pure functions over who is asking;
 - `errors`: the XEP-0060 error conditions as exceptions;
 - `engine`: `PubSubService`, the use cases (§6 .. §8) over a `storage.pubsub.PubSubStore`;
-- `requests`: reading the parts of a <pubsub/> request.
+- `requests`: reading the parts of a <pubsub/> request;
+- `frontend`: results and request parts both front ends build and read.
 
-The PEP front end (`modules/pep.py`, XEP-0163) drives it for every account.
+Two front ends drive it: PEP (`modules/pep.py`, XEP-0163) for every account and the
+pubsub service (`modules/pubsub.py`) on `[pubsub] domain`; `frontend` holds what they share.
 """
 
 from dovecote.services.pubsub.access import Asker

@@ -18,6 +18,9 @@ from dovecote.services.pubsub import errors
 ACCESS_MODELS = ("authorize", "open", "presence", "roster", "whitelist")
 #: Affiliations (XEP-0060 §4.1) that see a node whatever its access model.
 _INSIDERS = frozenset(("owner", "publisher", "member"))
+#: Affiliations that may neither subscribe nor retrieve items (§4.1 table): an outcast,
+#: and a publish-only entity (it publishes, never receives).
+_KEPT_OUT = frozenset(("outcast", "publish-only"))
 
 
 @dataclass(slots=True)
@@ -48,7 +51,7 @@ def allows(
     if affiliation is not None:
         if affiliation in _INSIDERS:
             return True
-        if affiliation == "outcast":
+        if affiliation in _KEPT_OUT:
             return False
     if access_model == "presence":
         return asker.presence_subscription
@@ -74,6 +77,8 @@ def denial(
         return None
     if affiliation == "outcast":
         return errors.Forbidden("blocked from the node")  # §6.1.3.8, §6.5.9.12
+    if affiliation == "publish-only":
+        return errors.Forbidden("a publish-only affiliate receives nothing")  # §4.1
     if access_model == "presence":
         return errors.PresenceSubscriptionRequired()
     if access_model == "roster":
@@ -94,7 +99,7 @@ def subscription_state(
     on an 'authorize' node until the owner approves (§6.1.4); raises the §6.1.3 error
     otherwise (a request while one is pending: §6.1.3.7)."""
     if access_model == "authorize" and not asker.is_owner and affiliation not in _INSIDERS:
-        if affiliation == "outcast":
+        if affiliation in _KEPT_OUT:
             raise errors.Forbidden("blocked from the node")
         if subscription == "pending":
             raise errors.PendingSubscription()

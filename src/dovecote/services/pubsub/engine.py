@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 
 from dovecote.services.pubsub import errors
 from dovecote.services.pubsub.access import Asker, subscription_state
-from dovecote.services.pubsub.node import Node, NodePolicy, check_name, parse_payload
+from dovecote.services.pubsub.node import (
+    Node,
+    NodePolicy,
+    check_name,
+    parse_payload,
+    subscription_options,
+)
 from dovecote.services.pubsub.ns import PUBSUB_EVENT
 from dovecote.storage.pubsub import PubSubItem, PubSubSubscription
 from dovecote.xml import ns
@@ -35,7 +41,9 @@ if TYPE_CHECKING:
     from dovecote.storage.pubsub import PubSubStore
 
 #: Affiliations an owner may set (§8.9.2); 'none' removes one.
-SETTABLE_AFFILIATIONS = ("owner", "publisher", "member", "outcast", "none")
+SETTABLE_AFFILIATIONS = ("owner", "publisher", "publish-only", "member", "outcast", "none")
+#: Subscription states an owner may set (§8.8.2); 'none' removes one.
+SETTABLE_SUBSCRIPTIONS = ("subscribed", "pending", "none")
 
 
 @dataclass(slots=True)
@@ -167,19 +175,34 @@ class PubSubService:
         if refused is not None:
             raise refused
 
+    def check_owner(self, node: Node | None, asker: Asker) -> None:
+        """Raise Forbidden unless `asker` owns `node` (XEP-0060 §8)."""
+        self._check_owner(node, asker)
+
     def _check_owner(self, node: Node | None, asker: Asker) -> None:
         """Owner-only requests (XEP-0060 §8): the service owner or an 'owner' affiliate."""
         if asker.is_owner or (node is not None and node.affiliations.get(asker.jid) == "owner"):
             return
         raise errors.Forbidden("only an owner of the node may do this")
 
-    def _check_node_count(self) -> None:
+    def owners(self, node: Node) -> list[str]:
+        """The bare JIDs owning `node` (§4.1): the implicit owner, or 'owner' affiliates."""
+        if self.owner is not None:
+            return [self.owner]
+        return sorted(jid for jid, aff in node.affiliations.items() if aff == "owner")
+
+    def _check_node_count(self, asker: Asker) -> None:
         limit = self.policy.max_nodes
         if limit is not None and len(self.nodes) >= limit:
             raise errors.MaxNodesExceeded(f"at most {limit} nodes per service")
+        per_owner = self.policy.max_nodes_per_owner
+        if per_owner is not None and self.owner is None:
+            owned = sum(1 for n in self.nodes.values() if n.affiliations.get(asker.jid) == "owner")
+            if owned >= per_owner:
+                raise errors.MaxNodesExceeded(f"at most {per_owner} nodes per owner")
 
     async def _add_node(self, node: Node, asker: Asker) -> None:
-        self._check_node_count()
+        self._check_node_count(asker)
         if not await self.store.create_node(self.local, self.domain, node.name, node.config):
             raise errors.NodeExists(f"the node {node.name!r} exists")
         if not asker.is_owner and self.owner is None:
@@ -201,9 +224,12 @@ class PubSubService:
         self, name: str | None, asker: Asker, values: Mapping[str, list[str]] | None = None
     ) -> Node:
         """§8.1: a node with the default settings and the submitted `values` (§8.1.3).
-        Without a NodeID: InstantNodesUnsupported (§8.1.2.3)."""
+        Without a NodeID: an instant node with a NodeID made up (§8.1.2) when the policy
+        offers them, else InstantNodesUnsupported (§8.1.2.3)."""
         if not name:
-            raise errors.InstantNodesUnsupported()
+            if not self.policy.instant_nodes:
+                raise errors.InstantNodesUnsupported()
+            name = uuid.uuid4().hex
         name = check_name(name)
         try:
             config = self.policy.apply(self.policy.default_config(), values or {})
@@ -248,10 +274,11 @@ class PubSubService:
             event = Element("configuration", PUBSUB_EVENT, {"node": name})
         return Outcome(node, event)
 
-    async def delete_node(self, name: str, asker: Asker) -> Outcome:
+    async def delete_node(self, name: str, asker: Asker, redirect: str | None = None) -> Outcome:
         """§8.4: the node goes with its items, subscriptions and affiliations; the event is
-        <delete/> when pubsub#notify_delete is on (§8.4.2). The outcome's node keeps the
-        settings it had, to work out who is told."""
+        <delete/> when pubsub#notify_delete is on (§8.4.2), with <redirect uri=.../> when
+        given (§8.4.1). The outcome's node keeps the settings and subscriptions it had, to
+        work out who is told."""
         await self.load()
         async with self.lock:
             node = self.node(name)
@@ -261,6 +288,8 @@ class PubSubService:
         event = None
         if node.flag("pubsub#notify_delete"):
             event = Element("delete", PUBSUB_EVENT, {"node": name})
+            if redirect:
+                event.add("redirect", attrs={"uri": redirect})
         return Outcome(node, event)
 
     async def purge_node(self, name: str, asker: Asker) -> Outcome:
@@ -289,7 +318,8 @@ class PubSubService:
     ) -> Node:
         """§8.9.2: set (bare JID, affiliation) pairs; 'none' removes one. With an implicit
         owner (PEP) only member, publisher, outcast and none, never for the owner
-        (§8.9.2.4: not-acceptable)."""
+        (§8.9.2.4: not-acceptable); without, a node keeps at least one owner
+        (not-acceptable). An outcast's subscriptions end (§4.1: it may not subscribe)."""
         wanted = list(changes)
         for jid, affiliation in wanted:
             implicit = self.owner is not None and (affiliation == "owner" or jid == self.owner)
@@ -299,12 +329,24 @@ class PubSubService:
         async with self.lock:
             node = self.node(name)
             self._check_owner(node, asker)
+            if self.owner is None:
+                after = dict(node.affiliations)
+                for jid, affiliation in wanted:
+                    after[jid] = affiliation
+                if not any(aff == "owner" for aff in after.values()):
+                    raise errors.NotAcceptable("a node keeps at least one owner")
             for jid, affiliation in wanted:
                 await self.store.set_affiliation(self.local, self.domain, name, jid, affiliation)
                 if affiliation == "none":
                     node.affiliations.pop(jid, None)
                 else:
                     node.affiliations[jid] = affiliation
+                if affiliation in ("outcast", "publish-only"):
+                    for sub in self.subscriptions_of(jid, name):
+                        await self.store.set_subscription(
+                            self.local, self.domain, name, sub.jid, None
+                        )
+                        del node.subscriptions[sub.jid]
         return node
 
     # ---- publish and retract (XEP-0060 §7) --------------------------------------------------
@@ -342,9 +384,7 @@ class PubSubService:
                     raise errors.PreconditionNotMet(str(exc)) from None
                 node = Node(name, config)
             else:
-                affiliation = self.affiliation(node, asker.jid)
-                if not asker.is_owner and affiliation not in ("owner", "publisher"):
-                    raise errors.Forbidden("only publishers may publish")  # §7.1.3.1
+                self._check_publisher(node, asker)
                 if options:
                     self._check_preconditions(node, options)
             if payload is None and node.flag("pubsub#deliver_payloads"):
@@ -368,6 +408,21 @@ class PubSubService:
             event = item_event(node, item, payload)
         return Outcome(node, event, item=item, payload=payload, created=created)
 
+    def _check_publisher(self, node: Node, asker: Asker) -> None:
+        """§7.1.3.1: who may publish, by affiliation (§4.1) and pubsub#publish_model."""
+        if asker.is_owner:
+            return
+        affiliation = self.affiliation(node, asker.jid)
+        if affiliation in ("owner", "publisher", "publish-only"):
+            return
+        model = node.config.get("pubsub#publish_model", "publishers")
+        if affiliation != "outcast":
+            if model == "open":
+                return
+            if model == "subscribers" and node.subscription_of(asker.jid) == "subscribed":
+                return
+        raise errors.Forbidden("only publishers may publish")
+
     def _check_preconditions(self, node: Node, options: Mapping[str, list[str]]) -> None:
         """§7.1.5: the node's settings must be those the publish-options ask for."""
         try:
@@ -390,6 +445,7 @@ class PubSubService:
             if not asker.is_owner and self.affiliation(node, asker.jid) not in (
                 "owner",
                 "publisher",
+                "publish-only",
             ):
                 raise errors.Forbidden("only publishers may retract")  # §7.2.3.1
             local, domain = self.local, self.domain
@@ -456,12 +512,21 @@ class PubSubService:
             return [item.id for item in found]
         return [node.last.id] if node.last is not None else []
 
-    async def subscribe(self, name: str, asker: Asker, jid: str) -> Outcome:
+    async def subscribe(
+        self,
+        name: str,
+        asker: Asker,
+        jid: str,
+        options: Mapping[str, list[str]] | None = None,
+    ) -> Outcome:
         """§6.1: subscribe `jid` (the asker's bare or full JID; InvalidJid otherwise,
-        §6.1.3.1). Subscribing again returns the subscription there is. The outcome's
-        event is the last item when the node sends it on subscription (§6.1.7)."""
+        §6.1.3.1), with subscription `options` (§6.3.7, checked: InvalidOptions).
+        Subscribing again returns the subscription there is. The outcome's event is the
+        last item when the node sends it on subscription (§6.1.7). At most
+        `policy.max_subscriptions` per node (§6.1.3.9)."""
         if jid != asker.jid and not jid.startswith(asker.jid + "/"):
             raise errors.InvalidJid()
+        wanted_options = subscription_options(options or {})
         await self.load()
         async with self.lock:
             node = self.node(name)
@@ -473,10 +538,18 @@ class PubSubService:
                 self.affiliation(node, asker.jid),
                 existing.state if existing is not None else node.subscription_of(asker.jid),
             )
-            if existing is None or existing.state != state:
+            limit = self.policy.max_subscriptions
+            if existing is None and limit is not None and len(node.subscriptions) >= limit:
+                raise errors.TooManySubscriptions(f"at most {limit} subscriptions per node")
+            if existing is None or existing.state != state or options is not None:
                 subid = existing.subid if existing is not None else uuid.uuid4().hex
-                existing = PubSubSubscription(name, jid, state, subid)
-                await self.store.set_subscription(self.local, self.domain, name, jid, state, subid)
+                kept = existing.options if existing is not None and options is None else {}
+                existing = PubSubSubscription(
+                    name, jid, state, subid, dict(wanted_options if options is not None else kept)
+                )
+                await self.store.set_subscription(
+                    self.local, self.domain, name, jid, state, subid, existing.options
+                )
                 node.subscriptions[jid] = existing
         event = None
         if existing.state == "subscribed" and node.sends_last_on("sub"):
@@ -502,6 +575,119 @@ class PubSubService:
             await self.store.set_subscription(self.local, self.domain, name, jid, None)
             del node.subscriptions[jid]
         return node
+
+    def _own_subscription(
+        self, node: Node, asker: Asker, jid: str | None, subid: str | None
+    ) -> PubSubSubscription:
+        """The subscription of `jid` an options request (§6.3) is about: JidRequired
+        (§6.3.4.3), Forbidden for another entity's (§6.3.4.2), NotSubscribed (§6.3.4.4),
+        InvalidSubId (§6.3.4.6)."""
+        if not jid:
+            raise errors.JidRequired()
+        if jid != asker.jid and not jid.startswith(asker.jid + "/"):
+            raise errors.Forbidden("not your subscription")
+        existing = node.subscriptions.get(jid)
+        if existing is None:
+            raise errors.NotSubscribed(error_type="modify")
+        if subid and subid != existing.subid:
+            raise errors.InvalidSubId()
+        return existing
+
+    async def get_options(
+        self, name: str, asker: Asker, jid: str | None, subid: str | None = None
+    ) -> PubSubSubscription:
+        """§6.3.2: the subscription whose options are asked for."""
+        await self.load()
+        return self._own_subscription(self.node(name), asker, jid, subid)
+
+    async def set_options(
+        self,
+        name: str,
+        asker: Asker,
+        jid: str | None,
+        subid: str | None,
+        values: Mapping[str, list[str]],
+    ) -> PubSubSubscription:
+        """§6.3.5: replace a subscription's options (InvalidOptions, §6.3.6)."""
+        options = subscription_options(values)
+        await self.load()
+        async with self.lock:
+            node = self.node(name)
+            existing = self._own_subscription(node, asker, jid, subid)
+            existing.options = options
+            await self.store.set_subscription(
+                self.local, self.domain, name, existing.jid, existing.state, existing.subid, options
+            )
+        return existing
+
+    # ---- owners managing subscriptions (XEP-0060 §8.6 - §8.8) -------------------------------
+    def node_subscriptions(self, name: str, asker: Asker) -> list[PubSubSubscription]:
+        """§8.8.1: every subscription of a node (owners only)."""
+        node = self.node(name)
+        self._check_owner(node, asker)
+        return [sub for _jid, sub in sorted(node.subscriptions.items())]
+
+    async def set_subscriptions(
+        self, name: str, asker: Asker, changes: Iterable[tuple[str, str]]
+    ) -> list[PubSubSubscription]:
+        """§8.8.2: set (JID, state) pairs, state 'subscribed', 'pending' or 'none' (which
+        ends one). Returns the subscriptions as they now are ('none' for an ended one), for
+        the notifications of §8.8.4."""
+        wanted = list(changes)
+        for jid, state in wanted:
+            if state not in SETTABLE_SUBSCRIPTIONS:
+                raise errors.BadRequest(f"cannot set subscription {state!r} for {jid}")
+        await self.load()
+        changed: list[PubSubSubscription] = []
+        async with self.lock:
+            node = self.node(name)
+            self._check_owner(node, asker)
+            limit = self.policy.max_subscriptions
+            for jid, state in wanted:
+                existing = node.subscriptions.get(jid)
+                if state == "none":
+                    if existing is not None:
+                        await self.store.set_subscription(self.local, self.domain, name, jid, None)
+                        del node.subscriptions[jid]
+                    changed.append(PubSubSubscription(name, jid, "none"))
+                    continue
+                if existing is None and limit is not None and len(node.subscriptions) >= limit:
+                    raise errors.TooManySubscriptions(f"at most {limit} subscriptions per node")
+                subid = existing.subid if existing is not None else uuid.uuid4().hex
+                options = existing.options if existing is not None else {}
+                sub = PubSubSubscription(name, jid, state, subid, options)
+                await self.store.set_subscription(
+                    self.local, self.domain, name, jid, state, subid, options
+                )
+                node.subscriptions[jid] = sub
+                changed.append(sub)
+        return changed
+
+    async def authorize(
+        self, name: str, asker: Asker, jid: str, allow: bool, subid: str | None = None
+    ) -> PubSubSubscription:
+        """§8.6.2: an owner's answer to a pending subscription: 'subscribed' when allowed,
+        else the subscription ends ('none'). Only a pending one (NotSubscribed otherwise,
+        InvalidSubId for another SubID)."""
+        await self.load()
+        async with self.lock:
+            node = self.node(name)
+            self._check_owner(node, asker)
+            existing = node.subscriptions.get(jid)
+            if existing is None or existing.state != "pending":
+                raise errors.NotSubscribed("no pending subscription")
+            if subid and subid != existing.subid:
+                raise errors.InvalidSubId()
+            if allow:
+                existing.state = "subscribed"
+                await self.store.set_subscription(
+                    self.local, self.domain, name, jid, "subscribed", existing.subid,
+                    existing.options,
+                )  # fmt: skip
+                return existing
+            await self.store.set_subscription(self.local, self.domain, name, jid, None)
+            del node.subscriptions[jid]
+            return PubSubSubscription(name, jid, "none", existing.subid)
 
     def subscriptions_of(self, bare: str, name: str | None = None) -> list[PubSubSubscription]:
         """§5.6: the subscriptions of `bare`'s JIDs (of one node when given)."""

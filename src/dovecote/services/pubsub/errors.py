@@ -20,11 +20,17 @@ class PubSubError(Exception):
 
     condition = "bad-request"
     pubsub_condition: str | None = None
+    #: The error type XEP-0060's example shows, where it differs from RFC 6120's default.
+    error_type: str | None = None
 
-    def __init__(self, text: str = "", *, feature: str | None = None) -> None:
+    def __init__(
+        self, text: str = "", *, feature: str | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(text or self.pubsub_condition or self.condition)
         self.text = text
         self.feature = feature
+        if error_type is not None:
+            self.error_type = error_type
 
     def app_condition(self) -> Element | None:
         """The <pubsub_condition xmlns='...#errors'/> child, if any."""
@@ -36,7 +42,9 @@ class PubSubError(Exception):
 
 def to_stanza_error(error: PubSubError) -> StanzaError:
     """The stanza error (RFC 6120 §8.3) answering a request the engine refused."""
-    return StanzaError(error.condition, error.text, app_condition=error.app_condition())
+    return StanzaError(
+        error.condition, error.text, error.error_type, app_condition=error.app_condition()
+    )
 
 
 # ---- nodes and items --------------------------------------------------------------------
@@ -160,9 +168,11 @@ class NotSubscribedToRetrieve(PubSubError):
 
 
 class NotSubscribed(PubSubError):
-    """XEP-0060 §6.2.3.2: unsubscribing something that is not subscribed."""
+    """XEP-0060 §6.2.3.2: unsubscribing something that is not subscribed (type cancel;
+    §6.3.4.4, options of no subscription: type modify)."""
 
     condition = "unexpected-request"
+    error_type = "cancel"
     pubsub_condition = "not-subscribed"
 
 
@@ -195,3 +205,30 @@ class NotAcceptable(PubSubError):
 
 class BadRequest(PubSubError):
     """A malformed request: a broken data form, a bad max_items (RFC 6120 §8.3.3.1)."""
+
+
+class TooManySubscriptions(PubSubError):
+    """XEP-0060 §6.1.3.9: the node has as many subscriptions as the service allows."""
+
+    condition = "policy-violation"
+    pubsub_condition = "too-many-subscriptions"
+    error_type = "wait"
+
+
+class PayloadTooBig(PubSubError):
+    """XEP-0060 §7.1.3.4: the payload exceeds the service's limit."""
+
+    condition = "not-acceptable"
+    pubsub_condition = "payload-too-big"
+
+
+class InvalidOptions(PubSubError):
+    """XEP-0060 §6.3.5: a subscription options form with unknown fields or values."""
+
+    pubsub_condition = "invalid-options"
+
+
+class JidRequired(PubSubError):
+    """XEP-0060 §6.3.4.3: an options request naming no subscriber JID."""
+
+    pubsub_condition = "jid-required"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from dovecote.services.pubsub import errors
 from dovecote.services.pubsub.access import ACCESS_MODELS, Asker, allows, denial
-from dovecote.services.pubsub.ns import NODE_CONFIG, PUBLISH_OPTIONS
+from dovecote.services.pubsub.ns import NODE_CONFIG, PUBLISH_OPTIONS, SUBSCRIBE_OPTIONS
 from dovecote.storage.pubsub import NodeConfig, PubSubItem, PubSubSubscription
 from dovecote.xml.element import Element
 from dovecote.xml.forms import Field, Form, FormError, find_form, parse_form, submitted_values
@@ -94,7 +94,11 @@ OPTIONS = {
             "The roster group(s) allowed to subscribe and retrieve items",
         ),
         Option(
-            "pubsub#publish_model", "list-single", "publishers", "Who may publish", ("publishers",)
+            "pubsub#publish_model",
+            "list-single",
+            "publishers",
+            "Who may publish",
+            ("open", "publishers", "subscribers"),
         ),
         Option("pubsub#persist_items", "boolean", "true", "Whether to persist items"),
         Option(
@@ -132,13 +136,36 @@ OPTIONS = {
     )
 }
 
+#: Options only a pubsub service offers (PEP delivers by presence anyway, XEP-0163 §4).
+SERVICE_OPTIONS = {
+    option.var: option
+    for option in (
+        Option(
+            "pubsub#presence_based_delivery",
+            "boolean",
+            "false",
+            "Deliver notifications only to available subscribers",
+        ),
+    )
+}
+
 
 class NodePolicy:
     """What one service lets its nodes be: default settings (over `OPTIONS`' own), the
     access models offered (§4.5), the most items a node keeps (pubsub#max_items 'max' and
     the cap of any number) and the most nodes (None: no limit)."""
 
-    __slots__ = ("_defaults", "access_models", "item_cap", "max_nodes")
+    __slots__ = (
+        "_defaults",
+        "access_models",
+        "instant_nodes",
+        "item_cap",
+        "max_nodes",
+        "max_nodes_per_owner",
+        "max_subscriptions",
+        "options",
+        "publish_models",
+    )
 
     def __init__(
         self,
@@ -147,15 +174,29 @@ class NodePolicy:
         access_models: Iterable[str] = ACCESS_MODELS,
         item_cap: int = MAX_ITEMS,
         max_nodes: int | None = None,
+        max_nodes_per_owner: int | None = None,
+        max_subscriptions: int | None = None,
+        publish_models: Iterable[str] = ("publishers",),
+        service_options: bool = False,
+        instant_nodes: bool = False,
     ) -> None:
+        """`max_nodes_per_owner`: nodes one JID may own (an 'owner' affiliation);
+        `max_subscriptions`: per node (§6.1.3.9); `service_options`: offer
+        `SERVICE_OPTIONS` too; `instant_nodes`: a create without a NodeID gets one made up
+        (§8.1.2)."""
         self.access_models = tuple(access_models)
+        self.publish_models = tuple(publish_models)
         self.item_cap = item_cap
         self.max_nodes = max_nodes
-        unknown = [var for var in defaults or {} if var not in OPTIONS]
+        self.max_nodes_per_owner = max_nodes_per_owner
+        self.max_subscriptions = max_subscriptions
+        self.instant_nodes = instant_nodes
+        self.options = {**OPTIONS, **(SERVICE_OPTIONS if service_options else {})}
+        unknown = [var for var in defaults or {} if var not in self.options]
         if unknown:
             raise ValueError(f"unsupported options {unknown}")
         self._defaults: dict[str, str | list[str]] = {
-            var: option.default for var, option in OPTIONS.items()
+            var: option.default for var, option in self.options.items()
         }
         self._defaults.update(defaults or {})
 
@@ -166,13 +207,15 @@ class NodePolicy:
     def _choices(self, option: Option) -> tuple[str, ...]:
         if option.var == "pubsub#access_model":
             return self.access_models
+        if option.var == "pubsub#publish_model":
+            return self.publish_models
         return option.choices
 
     def apply(self, config: NodeConfig, values: Mapping[str, list[str]]) -> NodeConfig:
         """`config` with submitted values applied; ValueError for unknown fields or values."""
         changed = dict(config)
         for var, submitted in values.items():
-            option = OPTIONS.get(var)
+            option = self.options.get(var)
             if option is None:
                 raise ValueError(f"unsupported option {var}")
             changed[var] = option.normalize(submitted, self.item_cap, self._choices(option))
@@ -181,7 +224,7 @@ class NodePolicy:
     def config_form(self, config: NodeConfig, form_type: str = "form") -> Element:
         """The pubsub#node_config form (XEP-0060 §8.2.1, §16.4.4) showing `config`."""
         fields = []
-        for var, option in OPTIONS.items():
+        for var, option in self.options.items():
             value = config.get(var, self._defaults[var])
             values = list(value) if isinstance(value, list) else [value]
             fields.append(
@@ -242,6 +285,83 @@ def publish_options(element: Element | None) -> dict[str, list[str]] | None:
         return submitted_values(x, PUBLISH_OPTIONS)
     except FormError as exc:
         raise errors.BadRequest(str(exc)) from None
+
+
+#: XEP-0060 §16.4.2 pubsub#show-values: the presence states (RFC 6121 §4.7.2.1 <show/>,
+#: 'online' for none) in which a subscriber wants notifications.
+SHOW_VALUES = ("away", "chat", "dnd", "online", "xa")
+#: The subscription options offered (§6.3, §16.4.2) and their defaults: pubsub#deliver
+#: (notifications at all) and pubsub#show-values (for presence-based delivery).
+SUBSCRIPTION_DEFAULTS: dict[str, list[str]] = {
+    "pubsub#deliver": ["true"],
+    "pubsub#show-values": list(SHOW_VALUES),
+}
+
+
+def subscription_options(values: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """Submitted subscription options (§6.3.5) checked and normalized, only those that
+    differ from the defaults kept; InvalidOptions for unknown fields or values."""
+    kept: dict[str, list[str]] = {}
+    for var, submitted in values.items():
+        if var == "pubsub#deliver":
+            if len(submitted) != 1 or submitted[0].strip() not in ("0", "1", "false", "true"):
+                raise errors.InvalidOptions("pubsub#deliver must be a boolean")
+            value = ["true" if submitted[0].strip() in ("1", "true") else "false"]
+        elif var == "pubsub#show-values":
+            value = sorted({v.strip() for v in submitted if v.strip()})
+            if any(v not in SHOW_VALUES for v in value):
+                raise errors.InvalidOptions(f"pubsub#show-values are {', '.join(SHOW_VALUES)}")
+        else:
+            raise errors.InvalidOptions(f"unsupported subscription option {var}")
+        if value != SUBSCRIPTION_DEFAULTS[var]:
+            kept[var] = value
+    return kept
+
+
+def submitted_subscription_options(parent: Element | None) -> dict[str, list[str]] | None:
+    """The pubsub#subscribe_options form in `parent` (<options/>, §6.3.5, §6.3.7);
+    None when there is none."""
+    if parent is None:
+        return None
+    x = find_form(parent)
+    if x is None:
+        return None
+    try:
+        return subscription_options(submitted_values(x, SUBSCRIBE_OPTIONS))
+    except FormError as exc:
+        raise errors.InvalidOptions(str(exc)) from None
+
+
+def subscription_options_form(options: Mapping[str, list[str]], form_type: str = "form") -> Element:
+    """The pubsub#subscribe_options form (§6.3.2, §6.4) showing `options` over the
+    defaults."""
+    values = {**SUBSCRIPTION_DEFAULTS, **options}
+    fields = [
+        Field(
+            "pubsub#deliver",
+            "boolean",
+            values["pubsub#deliver"],
+            label="Enable delivery?",
+        ),
+        Field(
+            "pubsub#show-values",
+            "list-multi",
+            values["pubsub#show-values"],
+            label="Receive notifications only when your presence is one of these",
+            options=[(None, show) for show in SHOW_VALUES],
+        ),
+    ]
+    return Form.with_type(SUBSCRIBE_OPTIONS, fields, type=form_type).to_element()
+
+
+def delivers(options: Mapping[str, list[str]], show: str | None = None) -> bool:
+    """Does a subscription with `options` get notifications (pubsub#deliver), and, when
+    `show` is given (presence-based delivery), in that presence state?"""
+    if options.get("pubsub#deliver", ["true"]) == ["false"]:
+        return False
+    if show is None:
+        return True
+    return show in options.get("pubsub#show-values", SUBSCRIPTION_DEFAULTS["pubsub#show-values"])
 
 
 def parse_payload(text: str, item_id: str, node: str) -> Element | None:

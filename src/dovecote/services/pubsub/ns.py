@@ -10,3 +10,7 @@ NODE_CONFIG = f"{PUBSUB}#node_config"
 PUBLISH_OPTIONS = f"{PUBSUB}#publish-options"
 #: FORM_TYPE of node metadata in disco#info (§5.4, §16.4.3).
 META_DATA = f"{PUBSUB}#meta-data"
+#: FORM_TYPE of subscription options (§6.3, §16.4.2).
+SUBSCRIBE_OPTIONS = f"{PUBSUB}#subscribe_options"
+#: FORM_TYPE of the subscription authorization form (§8.6, §16.4.6).
+SUBSCRIBE_AUTHORIZATION = f"{PUBSUB}#subscribe_authorization"
