@@ -76,6 +76,7 @@ from dovecote.storage.schema import (
     scram_credentials,
 )
 from dovecote.storage.sql_archive import SQLArchiveStore
+from dovecote.storage.sql_muc import SQLMucStore
 from dovecote.storage.sql_pubsub import SQLPubSubStore
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -327,6 +328,7 @@ class SQLStorage(Storage):
         self.offline: SQLOfflineStore = SQLOfflineStore(self)
         self.archive: SQLArchiveStore = SQLArchiveStore(self)
         self.pubsub: SQLPubSubStore = SQLPubSubStore(self)
+        self.muc: SQLMucStore = SQLMucStore(self)
 
     @property
     def safe_url(self) -> str:
