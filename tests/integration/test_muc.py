@@ -189,3 +189,238 @@ async def test_join_message_leave_with_status_codes(server: Server) -> None:
     assert error_condition(err) == ("modify", "not-acceptable")
     await alice.close()
     await bob.close()
+
+
+async def test_locked_room_nick_change_conflicts_and_multi_session(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    bob2 = await login_resource(server, "bob", "second")
+    carol = await login_resource(server, "carol")
+    own = await join(alice, "Alice")
+    assert {"110", "201"} <= codes(own)
+    # §10.1.3: locked until configured.
+    assert await join_error(bob, "Bob") == "item-not-found"
+    assert (await alice.request(instant_form(), "set", ROOM)).get("type") == "result"
+    await join(bob, "Bob")
+    # §7.2.9: the nick of someone else.
+    assert await join_error(carol, "Bob") == "conflict"
+    # No nick at all: jid-malformed; a too long nick too.
+    carol.send(f"<presence to='{ROOM}'><x xmlns='{MUC}'/></presence>")
+    err = await carol.take(lambda e: e.tag == PRESENCE and e.get("type") == "error")
+    assert error_condition(err)[1] == "jid-malformed"
+    assert await join_error(carol, "x" * 21) == "jid-malformed"
+    # A second resource of Bob shares the nick: one occupant, Alice sees no new presence.
+    await alice.take(presence_from(f"{ROOM}/Bob"))
+    own2 = await join(bob2, "Bob")
+    assert "110" in codes(own2)
+    await alice.assert_none(presence_from(f"{ROOM}/Bob"))
+    say(alice, "to both")
+    await bob.take(groupchat_from(f"{ROOM}/Alice"))
+    await bob2.take(groupchat_from(f"{ROOM}/Alice"))
+    # One resource leaves: only it hears; the occupant stays.
+    bob2.send(f"<presence to='{ROOM}/Bob' type='unavailable'/>")
+    await bob2.take(presence_from(f"{ROOM}/Bob", "unavailable"))
+    await alice.assert_none(presence_from(f"{ROOM}/Bob", "unavailable"))
+    # §7.6 nick change: 303 with the new nick, then the new presence.
+    bob.send(f"<presence to='{ROOM}/Robert'/>")
+    old = await alice.take(presence_from(f"{ROOM}/Bob", "unavailable"))
+    assert codes(old) == {"303"} and item(old)["nick"] == "Robert"
+    new = await alice.take(presence_from(f"{ROOM}/Robert"))
+    assert item(new)["role"] == "participant"
+    mine = await bob.take(presence_from(f"{ROOM}/Bob", "unavailable"))
+    assert codes(mine) == {"303", "110"}
+    await bob.take(presence_from(f"{ROOM}/Robert"))
+    # Nick change onto a used nick: conflict.
+    bob.send(f"<presence to='{ROOM}/Alice'/>")
+    err = await bob.take(lambda e: e.tag == PRESENCE and e.get("type") == "error")
+    assert error_condition(err)[1] == "conflict"
+    for res in (alice, bob, bob2, carol):
+        await res.close()
+
+
+async def test_history_on_join_and_subject(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    await create(alice, "Alice")
+    alice.send(f"<message to='{ROOM}' type='groupchat'><subject>Topic</subject></message>")
+    subject = await alice.take(is_subject)
+    assert subject.findtext(q(CLIENT, "subject")) == "Topic"
+    for n in range(5):
+        say(alice, f"m{n}")
+        await alice.take(groupchat_from(f"{ROOM}/Alice"))
+    # maxstanzas
+    bob.send(f"<presence to='{ROOM}/Bob'><x xmlns='{MUC}'><history maxstanzas='2'/></x></presence>")
+    await bob.take(is_self_presence)
+    got = [await bob.take(groupchat_from(f"{ROOM}/Alice")) for _ in range(2)]
+    assert [m.findtext(q(CLIENT, "body")) for m in got] == ["m3", "m4"]
+    delay = got[0].find(q(DELAY, "delay"))
+    assert delay is not None and delay.get("from") == ROOM
+    subject = await bob.take(is_subject)  # the subject after the history (§7.2.15)
+    assert subject.findtext(q(CLIENT, "subject")) == "Topic"
+    assert subject.get("from") == f"{ROOM}/Alice"
+    await bob.assert_none(groupchat_from(f"{ROOM}/Alice"))
+    bob.send(f"<presence to='{ROOM}/Bob' type='unavailable'/>")
+    await bob.take(presence_from(f"{ROOM}/Bob", "unavailable"))
+    # since: in the future -> nothing
+    bob.send(
+        f"<presence to='{ROOM}/Bob'><x xmlns='{MUC}'><history since='2999-01-01T00:00:00Z'/></x></presence>"
+    )
+    await bob.take(is_self_presence)
+    await bob.take(is_subject)
+    await bob.assert_none(groupchat_from(f"{ROOM}/Alice"))
+    # A participant may not change the subject (changesubject off): forbidden; too long:
+    bob.send(f"<message to='{ROOM}' type='groupchat'><subject>mine</subject></message>")
+    err = await bob.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(err)[1] == "forbidden"
+    alice.send(f"<message to='{ROOM}' type='groupchat'><subject>{'s' * 101}</subject></message>")
+    err = await alice.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(err)[1] == "not-acceptable"
+    await alice.close()
+    await bob.close()
+
+
+async def test_config_round_trip_and_bad_forms(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    await create(alice, "Alice")
+    form = await alice.request(f"<query xmlns='{MUC_OWNER}'/>", "get", ROOM)
+    fields = {f.get("var"): [v.text for v in f.findall(q(DATA, "value"))] for f in form.iter(q(DATA, "field"))}
+    assert fields["FORM_TYPE"] == ["http://jabber.org/protocol/muc#roomconfig"]
+    assert fields["muc#roomconfig_persistentroom"] == ["0"]
+    assert fields["muc#roomconfig_roomowners"] == [f"alice@{DOMAIN}"]
+    submit = (
+        f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'>"
+        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"
+        "<field var='muc#roomconfig_roomname'><value>The Room</value></field>"
+        "<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+        "<field var='muc#roomconfig_whois'><value>anyone</value></field>"
+        "<field var='muc#roomconfig_maxusers'><value>30</value></field>"
+        "</x></query>"
+    )
+    assert (await alice.request(submit, "set", ROOM)).get("type") == "result"
+    changed = await alice.take(lambda e: e.tag == MESSAGE and "104" in codes(e))
+    assert codes(changed) == {"104", "172"}
+    form = await alice.request(f"<query xmlns='{MUC_OWNER}'/>", "get", ROOM)
+    fields = {f.get("var"): [v.text for v in f.findall(q(DATA, "value"))] for f in form.iter(q(DATA, "field"))}
+    assert fields["muc#roomconfig_roomname"] == ["The Room"]
+    assert fields["muc#roomconfig_persistentroom"] == ["1"]
+    assert fields["muc#roomconfig_whois"] == ["anyone"]
+    assert fields["muc#roomconfig_maxusers"] == ["30"]
+    # Room disco: identity with the name, features, roominfo with the occupant count.
+    info = await bob.request(f"<query xmlns='{DISCO_INFO}'/>", "get", ROOM)
+    features = {f.get("var") for f in info.iter(q(DISCO_INFO, "feature"))}
+    assert {"muc_persistent", "muc_nonanonymous", "muc_public", "muc_open"} <= features
+    identity = info.find(f"{q(DISCO_INFO, 'query')}/{q(DISCO_INFO, 'identity')}")
+    assert identity is not None and identity.get("name") == "The Room"
+    occupants = [f for f in info.iter(q(DATA, "field")) if f.get("var") == "muc#roominfo_occupants"]
+    assert occupants[0].findtext(q(DATA, "value")) == "1"
+    items = await bob.request(f"<query xmlns='{DISCO_ITEMS}'/>", "get", MUC_DOMAIN)
+    listed = {i.get("jid"): i.get("name") for i in items.iter(q(DISCO_ITEMS, "item"))}
+    assert listed == {ROOM: "The Room"}
+    # Bad input.
+    bad = {
+        "<field var='muc#roomconfig_colour'><value>blue</value></field>": "not-acceptable",
+        "<field var='muc#roomconfig_maxusers'><value>100000</value></field>": "not-acceptable",
+        "<field var='muc#roomconfig_maxusers'><value>many</value></field>": "bad-request",
+        "<field var='muc#roomconfig_persistentroom'><value>maybe</value></field>": "bad-request",
+        "<field var='muc#roomconfig_whois'><value>nobody</value></field>": "not-acceptable",
+        "<field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>": "not-acceptable",
+        "<field var='muc#roomconfig_roomowners'></field>": "conflict",
+        "<field var='muc#roomconfig_roomadmins'><value>@@</value></field>": "jid-malformed",
+        "<field><value>no var</value></field>": "bad-request",
+    }
+    for fields_xml, condition in bad.items():
+        result = await alice.request(
+            f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'>{fields_xml}</x></query>", "set", ROOM
+        )
+        assert error_condition(result)[1] == condition, fields_xml
+    # Not an owner: forbidden.
+    result = await bob.request(f"<query xmlns='{MUC_OWNER}'/>", "get", ROOM)
+    assert error_condition(result)[1] == "forbidden"
+    await alice.close()
+    await bob.close()
+
+
+async def test_password_and_members_only(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    carol = await login_resource(server, "carol")
+    await create(alice, "Alice", **cfg(passwordprotectedroom="1", roomsecret="sesame"))
+    assert await join_error(bob, "Bob") == "not-authorized"
+    assert await join_error(bob, "Bob", extra="<password>wrong</password>") == "not-authorized"
+    await join(bob, "Bob", extra="<password>sesame</password>")
+    # Members-only: Carol needs membership; Bob (present, not a member) is removed (322).
+    form = f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'><field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>"
+    assert (await alice.request(form, "set", ROOM)).get("type") == "result"
+    removed = await bob.take(presence_from(f"{ROOM}/Bob", "unavailable"))
+    assert "322" in codes(removed)
+    assert await join_error(carol, "Carol", extra="<password>sesame</password>") == "registration-required"
+    result = await admin(alice, f"<item affiliation='member' jid='carol@{DOMAIN}' nick='Caz'/>")
+    assert result.get("type") == "result"
+    await join(carol, "Carol", extra="<password>sesame</password>")
+    members = await admin(alice, "<item affiliation='member'/>", "get")
+    listed = [dict(i.attrib) for i in members.iter(q(MUC_ADMIN, "item"))]
+    assert listed == [{"affiliation": "member", "jid": f"carol@{DOMAIN}", "nick": "Caz"}]
+    # Removing Carol's membership removes her (321).
+    assert (await admin(alice, f"<item affiliation='none' jid='carol@{DOMAIN}'/>")).get("type") == "result"
+    removed = await carol.take(presence_from(f"{ROOM}/Carol", "unavailable"))
+    assert "321" in codes(removed)
+    for res in (alice, bob, carol):
+        await res.close()
+
+
+async def test_roles_affiliations_and_their_errors(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    carol = await login_resource(server, "carol")
+    dave = await login_resource(server, "dave")
+    await create(alice, "Alice", **cfg(moderatedroom="1"))
+    own = await join(bob, "Bob")
+    assert item(own)["role"] == "visitor"  # moderated room, no affiliation
+    say(bob, "may I?")
+    err = await bob.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(err)[1] == "forbidden"
+    # Visitor cannot kick; unknown nick; malformed JID.
+    assert error_condition(await admin(bob, "<item nick='Alice' role='none'/>"))[1] == "forbidden"
+    assert error_condition(await admin(alice, "<item nick='Nobody' role='participant'/>"))[1] == "item-not-found"
+    assert error_condition(await admin(alice, "<item jid='@bad@' affiliation='member'/>"))[1] == "jid-malformed"
+    assert error_condition(await admin(alice, "<item jid='x@y' affiliation='emperor'/>"))[1] == "bad-request"
+    # Voice grant (§8.3).
+    assert (await admin(alice, "<item nick='Bob' role='participant'/>")).get("type") == "result"
+    voiced = await bob.take(lambda e: is_self_presence(e) and item(e).get("role") == "participant")
+    assert voiced is not None
+    voice = await admin(alice, "<item role='participant'/>", "get")
+    assert [i.get("nick") for i in voice.iter(q(MUC_ADMIN, "item"))] == ["Bob"]
+    # Admin: Bob becomes admin (moderator); an admin may not touch an owner.
+    assert (await admin(alice, f"<item affiliation='admin' jid='bob@{DOMAIN}'/>")).get("type") == "result"
+    await bob.take(lambda e: is_self_presence(e) and item(e).get("role") == "moderator")
+    assert error_condition(await admin(bob, f"<item affiliation='outcast' jid='alice@{DOMAIN}'/>"))[1] == "not-allowed"
+    assert error_condition(await admin(bob, f"<item affiliation='owner' jid='carol@{DOMAIN}'/>"))[1] == "forbidden"
+    assert error_condition(await admin(bob, "<item nick='Alice' role='none'/>"))[1] == "not-allowed"
+    # Kick (307) and ban (301).
+    await join(carol, "Carol")
+    assert (await admin(bob, "<item nick='Carol' role='none'><reason>out</reason></item>")).get("type") == "result"
+    kicked = await carol.take(presence_from(f"{ROOM}/Carol", "unavailable"))
+    assert codes(kicked) == {"307", "110"}
+    assert kicked.findtext(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'item')}/{q(MUC_USER, 'reason')}") == "out"
+    await join(carol, "Carol")
+    assert (await admin(bob, f"<item affiliation='outcast' jid='carol@{DOMAIN}'/>")).get("type") == "result"
+    banned = await carol.take(presence_from(f"{ROOM}/Carol", "unavailable"))
+    assert "301" in codes(banned)
+    assert await join_error(carol, "Carol") == "forbidden"
+    bans = await admin(bob, "<item affiliation='outcast'/>", "get")
+    assert [i.get("jid") for i in bans.iter(q(MUC_ADMIN, "item"))] == [f"carol@{DOMAIN}"]
+    # Ban list changed several at once.
+    result = await admin(
+        alice, f"<item affiliation='none' jid='carol@{DOMAIN}'/><item affiliation='outcast' jid='dave@{DOMAIN}'/>"
+    )
+    assert result.get("type") == "result"
+    assert await join_error(dave, "Dave") == "forbidden"
+    # The last owner cannot go.
+    assert error_condition(await admin(alice, f"<item affiliation='member' jid='alice@{DOMAIN}'/>"))[1] == "conflict"
+    # Owner lists are for owners; participants get forbidden.
+    assert error_condition(await admin(carol, "<item affiliation='owner'/>", "get"))[1] == "forbidden"
+    owners = await admin(alice, "<item affiliation='owner'/>", "get")
+    assert [i.get("jid") for i in owners.iter(q(MUC_ADMIN, "item"))] == [f"alice@{DOMAIN}"]
+    for res in (alice, bob, carol, dave):
+        await res.close()
