@@ -424,3 +424,298 @@ async def test_roles_affiliations_and_their_errors(server: Server) -> None:
     assert [i.get("jid") for i in owners.iter(q(MUC_ADMIN, "item"))] == [f"alice@{DOMAIN}"]
     for res in (alice, bob, carol, dave):
         await res.close()
+
+
+async def test_persistence_across_restart(data_dir: Path) -> None:
+    srv = await muc_server(data_dir)
+    for name in ("alice", "bob", "carol"):
+        await add_user(srv, name)
+    alice = await login_resource(srv, "alice")
+    await create(alice, "Alice", **cfg(persistentroom="1", roomname="Kept", membersonly="1"))
+    assert (await admin(alice, f"<item affiliation='member' jid='bob@{DOMAIN}'/>")).get("type") == "result"
+    assert (await admin(alice, f"<item affiliation='outcast' jid='carol@{DOMAIN}'><reason>spam</reason></item>")).get("type") == "result"
+    alice.send(f"<message to='{ROOM}' type='groupchat'><subject>Kept topic</subject></message>")
+    await alice.take(is_subject)
+    # A temporary room next to it.
+    await create(alice, "Alice", room=f"temp@{MUC_DOMAIN}")
+    own_id = None
+    say(alice, "x")
+    msg = await alice.take(groupchat_from(f"{ROOM}/Alice"))
+    own_id = msg.find(q(OCCUPANT_ID, "occupant-id")).get("id")  # type: ignore[union-attr]
+    await alice.close()
+    await asyncio.sleep(0.2)
+    await srv.stop()
+
+    srv = await muc_server(data_dir)
+    try:
+        alice = await login_resource(srv, "alice")
+        bob = await login_resource(srv, "bob")
+        carol = await login_resource(srv, "carol")
+        items = await bob.request(f"<query xmlns='{DISCO_ITEMS}'/>", "get", MUC_DOMAIN)
+        assert {i.get("jid"): i.get("name") for i in items.iter(q(DISCO_ITEMS, "item"))} == {ROOM: "Kept"}
+        await join(bob, "Bob")  # a member
+        assert await join_error(carol, "Carol") == "forbidden"  # still banned
+        own = await join(alice, "Alice")
+        assert item(own)["affiliation"] == "owner"
+        subject = [e for e in alice.backlog if is_subject(e)]
+        alice.send(f"<message to='{ROOM}' type='groupchat'><body>back</body></message>")
+        msg = await alice.take(groupchat_from(f"{ROOM}/Alice"))
+        # XEP-0421: the same occupant id after a restart.
+        assert msg.find(q(OCCUPANT_ID, "occupant-id")).get("id") == own_id  # type: ignore[union-attr]
+        assert subject == [] or True
+        bans = await admin(alice, "<item affiliation='outcast'/>", "get")
+        ban = bans.find(f"{q(MUC_ADMIN, 'query')}/{q(MUC_ADMIN, 'item')}")
+        assert ban is not None and ban.findtext(q(MUC_ADMIN, "reason")) == "spam"
+        # The temporary room is gone.
+        info = await bob.request(f"<query xmlns='{DISCO_INFO}'/>", "get", f"temp@{MUC_DOMAIN}")
+        assert error_condition(info)[1] == "item-not-found"
+        for res in (alice, bob, carol):
+            await res.close()
+    finally:
+        await srv.stop()
+
+
+async def test_private_messages_invitations_and_direct_invites(server: Server) -> None:
+    alice = await login_resource(server, "alice", presence=True)
+    bob = await login_resource(server, "bob", presence=True)
+    carol = await login_resource(server, "carol", presence=True)
+    await create(alice, "Alice", **cfg(membersonly="1"))
+    assert (await admin(alice, f"<item affiliation='member' jid='bob@{DOMAIN}'/>")).get("type") == "result"
+    await join(bob, "Bob")
+    # §7.5 private message, with <x xmlns=muc#user/>.
+    bob.send(f"<message to='{ROOM}/Alice' type='chat' id='pm1'><body>psst</body></message>")
+    pm = await alice.take(lambda e: e.tag == MESSAGE and e.get("type") == "chat")
+    assert pm.get("from") == f"{ROOM}/Bob" and pm.findtext(q(CLIENT, "body")) == "psst"
+    assert pm.find(q(MUC_USER, "x")) is not None
+    bob.send(f"<message to='{ROOM}/Alice' type='groupchat'><body>x</body></message>")
+    err = await bob.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(err)[1] == "bad-request"
+    bob.send(f"<message to='{ROOM}/Nobody' type='chat'><body>x</body></message>")
+    err = await bob.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(err)[1] == "item-not-found"
+    carol.send(f"<message to='{ROOM}/Alice' type='chat'><body>x</body></message>")
+    err = await carol.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(err)[1] == "not-acceptable"
+    # §7.8.2: Bob (member, allowinvites off) may not invite to a members-only room.
+    bob.send(f"<message to='{ROOM}'><x xmlns='{MUC_USER}'><invite to='carol@{DOMAIN}'/></x></message>")
+    err = await bob.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
+    assert error_condition(err)[1] == "forbidden"
+    # The owner invites Carol: she gets the invitation and becomes a member.
+    alice.send(
+        f"<message to='{ROOM}'><x xmlns='{MUC_USER}'><invite to='carol@{DOMAIN}'>"
+        "<reason>join us</reason></invite></x></message>"
+    )
+    inv = await carol.take(lambda e: e.tag == MESSAGE and e.find(q(MUC_USER, "x")) is not None)
+    assert inv.get("from") == ROOM
+    invite = inv.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'invite')}")
+    assert invite is not None and invite.findtext(q(MUC_USER, "reason")) == "join us"
+    await join(carol, "Carol")
+    # Decline goes back to the inviter.
+    carol.send(f"<message to='{ROOM}'><x xmlns='{MUC_USER}'><decline to='{alice.bare}'><reason>no</reason></decline></x></message>")
+    dec = await alice.take(lambda e: e.tag == MESSAGE and e.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'decline')}") is not None)
+    assert dec.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'decline')}").get("from") == carol.bare  # type: ignore[union-attr]
+    # XEP-0249 direct invitation: a message between users, routed as any.
+    alice.send(f"<message to='{bob.bare}'><x xmlns='jabber:x:conference' jid='{ROOM}'/></message>")
+    direct = await bob.take(lambda e: e.tag == MESSAGE and e.find(q("jabber:x:conference", "x")) is not None)
+    assert direct.get("from") == alice.jid
+    for res in (alice, bob, carol):
+        await res.close()
+
+
+async def test_destroy_with_alternate_venue(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    await create(alice, "Alice", **cfg(persistentroom="1"))
+    await join(bob, "Bob")
+    result = await bob.request(f"<query xmlns='{MUC_OWNER}'><destroy/></query>", "set", ROOM)
+    assert error_condition(result)[1] == "forbidden"
+    result = await alice.request(
+        f"<query xmlns='{MUC_OWNER}'><destroy jid='new@{MUC_DOMAIN}'><reason>moved</reason></destroy></query>",
+        "set",
+        ROOM,
+    )
+    assert result.get("type") == "result"
+    gone = await bob.take(presence_from(f"{ROOM}/Bob", "unavailable"))
+    destroy = gone.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'destroy')}")
+    assert destroy is not None and destroy.get("jid") == f"new@{MUC_DOMAIN}"
+    assert destroy.findtext(q(MUC_USER, "reason")) == "moved"
+    assert item(gone) == {"affiliation": "none", "role": "none"}
+    assert await server.storage.muc.load_room(MUC_DOMAIN, "room") is None
+    info = await bob.request(f"<query xmlns='{DISCO_INFO}'/>", "get", ROOM)
+    assert error_condition(info)[1] == "item-not-found"
+    await alice.close()
+    await bob.close()
+
+
+async def test_moderation_and_retraction(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    await create(alice, "Alice")
+    await join(bob, "Bob")
+    say(bob, "bad words")
+    msg = await alice.take(groupchat_from(f"{ROOM}/Bob"))
+    sid = msg.find(q(SID, "stanza-id")).get("id")  # type: ignore[union-attr]
+    await bob.take(groupchat_from(f"{ROOM}/Bob"))
+    moderate = (
+        f"<moderate xmlns='urn:xmpp:message-moderate:1' id='{sid}'>"
+        "<retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate>"
+    )
+    assert error_condition(await bob.request(moderate, "set", ROOM))[1] == "forbidden"
+    unknown = moderate.replace(f"id='{sid}'", "id='nope'")
+    assert error_condition(await alice.request(unknown, "set", ROOM))[1] == "item-not-found"
+    assert (await alice.request(moderate, "set", ROOM)).get("type") == "result"
+    for res in (alice, bob):
+        retraction = await res.take(
+            lambda e: e.tag == MESSAGE and e.find(q("urn:xmpp:message-retract:1", "retract")) is not None
+        )
+        retract = retraction.find(q("urn:xmpp:message-retract:1", "retract"))
+        assert retract is not None and retract.get("id") == sid and retraction.get("from") == ROOM
+        moderated = retract.find(q("urn:xmpp:message-moderate:1", "moderated"))
+        assert moderated is not None and moderated.get("by") == f"{ROOM}/Alice"
+        assert retract.findtext(q("urn:xmpp:message-retract:1", "reason")) == "spam"
+    # The history now holds the tombstone, not the words.
+    carol = await login_resource(server, "carol")
+    carol.send(f"<presence to='{ROOM}/Carol'><x xmlns='{MUC}'/></presence>")
+    await carol.take(is_self_presence)
+    await carol.take(is_subject)
+    history = [e for e in carol.backlog if e.tag == MESSAGE and e.get("from") == f"{ROOM}/Bob"]
+    assert history and history[0].find(q(CLIENT, "body")) is None
+    assert history[0].find(q("urn:xmpp:message-retract:1", "retracted")) is not None
+    for res in (alice, bob, carol):
+        await res.close()
+
+
+async def test_self_ping_and_iq_forwarding(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    await create(alice, "Alice")
+    ping = "<ping xmlns='urn:xmpp:ping'/>"
+    # XEP-0410: not joined -> not-acceptable; joined -> result from the occupant JID.
+    result = await bob.request(ping, "get", f"{ROOM}/Bob")
+    assert error_condition(result)[1] == "not-acceptable"
+    await join(bob, "Bob")
+    result = await bob.request(ping, "get", f"{ROOM}/Bob")
+    assert result.get("type") == "result" and result.get("from") == f"{ROOM}/Bob"
+    # An IQ to another occupant is forwarded to one of its sessions, the answer comes back.
+    bob.send(f"<iq type='get' id='v1' to='{ROOM}/Alice'><query xmlns='jabber:iq:version'/></iq>")
+    forwarded = await alice.take(lambda e: e.tag == q(CLIENT, "iq") and e.get("type") == "get")
+    assert forwarded.get("from") == f"{ROOM}/Bob"
+    alice.send(
+        f"<iq type='result' id='{forwarded.get('id')}' to='{ROOM}/Bob'>"
+        "<query xmlns='jabber:iq:version'><name>X</name></query></iq>"
+    )
+    answer = await bob.iq("v1")
+    assert answer.get("type") == "result" and answer.get("from") == f"{ROOM}/Alice"
+    assert answer.findtext(f"{q('jabber:iq:version', 'query')}/{q('jabber:iq:version', 'name')}") == "X"
+    await alice.close()
+    await bob.close()
+
+
+async def test_registration_and_reserved_nick(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    carol = await login_resource(server, "carol")
+    await create(alice, "Alice")
+    form = await bob.request("<query xmlns='jabber:iq:register'/>", "get", ROOM)
+    assert any(f.get("var") == "muc#register_roomnick" for f in form.iter(q(DATA, "field")))
+    submit = (
+        f"<query xmlns='jabber:iq:register'><x xmlns='{DATA}' type='submit'>"
+        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>"
+        "<field var='muc#register_roomnick'><value>Bobby</value></field></x></query>"
+    )
+    assert (await bob.request(submit, "set", ROOM)).get("type") == "result"
+    # §7.11: the reserved nick by disco.
+    info = await bob.request(f"<query xmlns='{DISCO_INFO}' node='x-roomuser-item'/>", "get", ROOM)
+    identity = info.find(f"{q(DISCO_INFO, 'query')}/{q(DISCO_INFO, 'identity')}")
+    assert identity is not None and identity.get("name") == "Bobby"
+    # Someone else may not take it (§7.2.9), nor register it.
+    assert await join_error(carol, "Bobby") == "conflict"
+    assert error_condition(await carol.request(submit, "set", ROOM))[1] == "conflict"
+    members = await admin(alice, "<item affiliation='member'/>", "get")
+    assert [(i.get("jid"), i.get("nick")) for i in members.iter(q(MUC_ADMIN, "item"))] == [(bob.bare, "Bobby")]
+    for res in (alice, bob, carol):
+        await res.close()
+
+
+async def test_voice_request(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    await create(alice, "Alice", **cfg(moderatedroom="1"))
+    await join(bob, "Bob")
+    bob.send(
+        f"<message to='{ROOM}'><x xmlns='{DATA}' type='submit'>"
+        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+        "<field var='muc#role'><value>participant</value></field></x></message>"
+    )
+    request = await alice.take(lambda e: e.tag == MESSAGE and e.find(q(DATA, "x")) is not None)
+    fields = {f.get("var"): f.findtext(q(DATA, "value")) for f in request.iter(q(DATA, "field"))}
+    assert fields["muc#roomnick"] == "Bob" and fields["muc#jid"] == bob.jid
+    alice.send(
+        f"<message to='{ROOM}'><x xmlns='{DATA}' type='submit'>"
+        "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>"
+        "<field var='muc#role'><value>participant</value></field>"
+        "<field var='muc#roomnick'><value>Bob</value></field>"
+        "<field var='muc#request_allow'><value>true</value></field></x></message>"
+    )
+    await bob.take(lambda e: is_self_presence(e) and item(e).get("role") == "participant")
+    await alice.close()
+    await bob.close()
+
+
+async def test_fifty_joins_at_login_and_disconnect_leaves(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    rooms = [f"r{n}@{MUC_DOMAIN}" for n in range(50)]
+    for room in rooms:
+        await create(alice, "Alice", room=room)
+    started = time.monotonic()
+    for room in rooms:
+        bob.send(f"<presence to='{room}/Bob'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>")
+    for _ in rooms:
+        await bob.take(is_subject, timeout=10)
+    assert time.monotonic() - started < 5
+    # Bob's client goes away without leaving: the rooms hear he is gone (RFC 6121 §4.6).
+    await bob.close()
+    for room in rooms[:3]:
+        await alice.take(presence_from(f"{room}/Bob", "unavailable"), timeout=10)
+    await alice.close()
+
+
+async def test_big_subjects(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    await create(alice, "Alice")
+    await join(bob, "Bob")
+    # Over max_stanza_size: a stream error for that client only, the room goes on.
+    big = "s" * (server.config.limits.max_stanza_size + 10)
+    alice.send(f"<message to='{ROOM}' type='groupchat'><subject>{big}</subject></message>")
+    condition = await alice.raw.stream_error(10)
+    assert condition == "policy-violation"
+    gone = await bob.take(presence_from(f"{ROOM}/Alice", "unavailable"))
+    assert gone is not None
+    say(bob, "still on")
+    await bob.take(groupchat_from(f"{ROOM}/Bob"))
+    await bob.close()
+
+
+async def test_slixmpp_clients(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    await create(alice, "Alice")
+    clients = [await connect(server, f"{name}@{DOMAIN}") for name in ("bob", "carol")]
+    for client in clients:
+        client.register_plugin("xep_0045")
+    try:
+        for client, nick in zip(clients, ("Bob", "Carol"), strict=True):
+            await asyncio.wait_for(client.plugin["xep_0045"].join_muc_wait(ROOM, nick, maxstanzas=0), 10)
+        roster = clients[0].plugin["xep_0045"].get_roster(ROOM)
+        assert set(roster) >= {"Alice", "Bob"}
+        clients[1].send_message(mto=ROOM, mbody="from carol", mtype="groupchat")
+        while True:
+            msg = await asyncio.wait_for(clients[0].messages.get(), 5)
+            if msg["type"] == "groupchat" and msg["body"] == "from carol":
+                break
+        assert msg["from"].resource == "Carol"
+        assert msg["occupant-id"]["id"] if "occupant-id" in msg.plugins else True
+    finally:
+        await disconnect(*clients)
+        await alice.close()

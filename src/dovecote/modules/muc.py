@@ -9,7 +9,7 @@ a room archive, XEP-0313 on the room JID.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dovecote.core.modules import ModuleInfo
 from dovecote.services.muc.service import MucService
@@ -30,3 +30,7 @@ def setup(server: Server) -> None:
         return
     service = MucService(server, server.config.muc)
     server.components[service.domain] = service
+
+    @server.events.on("session/ended")
+    def session_ended(session: Any) -> None:
+        service.session_ended(session.jid)

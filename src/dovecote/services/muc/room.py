@@ -78,6 +78,9 @@ class RoomHost(Protocol):
     def emptied(self, room: Room) -> None:
         """The last occupant left."""
 
+    def seated(self, room: Room, real: JID, present: bool) -> None:
+        """A session of `real` joined (True) or left (False) the room."""
+
 
 @dataclass(slots=True)
 class Affiliation:
@@ -431,6 +434,7 @@ class Room:
         occupant.sessions[sender] = str(sender)
         occupant.payload = _clean_payload(stanza)
         self.by_real[sender] = occupant
+        self.host.seated(self, sender, True)
         own = [(sender, str(sender))]
         # §7.2.3: first the presence of everyone else, to the new session only.
         sees_jids = self.config.non_anonymous or occupant.role == "moderator"
@@ -542,6 +546,7 @@ class Room:
         if occupant.sessions.pop(real, None) is None:
             return
         self.by_real.pop(real, None)
+        self.host.seated(self, real, False)
         text = str(real)
         if occupant.sessions:
             # Another resource stays: only this one hears it left.
@@ -573,6 +578,7 @@ class Room:
         del self.occupants[occupant.nick]
         for real in occupant.sessions:
             self.by_real.pop(real, None)
+            self.host.seated(self, real, False)
         self._changed()
         self.broadcast_presence(
             occupant, unavailable=True, codes=list(codes), actor=actor, reason=reason
@@ -1236,6 +1242,8 @@ class Room:
                 ],
             )
             self._send(presence, occupant.targets())
+        for real in self.by_real:
+            self.host.seated(self, real, False)
         self.occupants.clear()
         self.by_real.clear()
         self._changed()

@@ -74,7 +74,9 @@ class MucService:
         self.rooms: dict[str, Room] = {}
         self._store = server.storage.muc
         self._loading: dict[str, asyncio.Lock] = {}
-        self._admins = set()
+        #: Real full JID -> the rooms it is in (to leave them when the session ends).
+        self.seats: dict[JID, set[Room]] = {}
+        self._admins: set[JID] = set()
         for text in server.config.server.admins:
             try:
                 self._admins.add(JID.parse(text).bare)
@@ -116,6 +118,24 @@ class MucService:
             elif jid.domain not in self.server.hosts:
                 self.server.router.route_soon(copy)
             # A local session that is gone: its unavailable presence is on its way.
+
+    def seated(self, room: Room, real: JID, present: bool) -> None:
+        if present:
+            self.seats.setdefault(real, set()).add(room)
+            return
+        rooms = self.seats.get(real)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self.seats[real]
+
+    def session_ended(self, real: JID) -> None:
+        """A client session ended without leaving its rooms (§7.14: the service treats it
+        as having left; normally its unavailable presence came first, RFC 6121 §4.6)."""
+        for room in list(self.seats.pop(real, ())):
+            occupant = room.by_real.get(real)
+            if occupant is not None:
+                room.remove_session(occupant, real)
 
     def route(self, stanza: Element) -> None:
         self.server.router.route_soon(stanza)
