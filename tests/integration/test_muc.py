@@ -78,15 +78,24 @@ def is_self_presence(el: ET.Element) -> bool:
 
 
 def is_subject(el: ET.Element) -> bool:
-    return el.tag == MESSAGE and el.find(q(CLIENT, "subject")) is not None and el.find(q(CLIENT, "body")) is None
+    return (
+        el.tag == MESSAGE
+        and el.find(q(CLIENT, "subject")) is not None
+        and el.find(q(CLIENT, "body")) is None
+    )
 
 
-def presence_from(jid: str, type_: str | None = None):  # noqa: ANN201
+def presence_from(jid: str, type_: str | None = None):
     return lambda e: e.tag == PRESENCE and e.get("from") == jid and e.get("type") == type_
 
 
-def groupchat_from(jid: str):  # noqa: ANN201
-    return lambda e: e.tag == MESSAGE and e.get("from") == jid and e.get("type") == "groupchat" and e.find(q(CLIENT, "body")) is not None
+def groupchat_from(jid: str):
+    return lambda e: (
+        e.tag == MESSAGE
+        and e.get("from") == jid
+        and e.get("type") == "groupchat"
+        and e.find(q(CLIENT, "body")) is not None
+    )
 
 
 async def join(
@@ -95,7 +104,13 @@ async def join(
     """Enter: returns the own presence (status 110); waits for the subject too."""
     inner = f"<x xmlns='{MUC}'>{extra}</x>" if x else ""
     res.send(f"<presence to='{room}/{nick}'>{inner}</presence>")
-    own = await res.take(lambda e: e.tag == PRESENCE and e.get("from") == f"{room}/{nick}" and ("110" in codes(e) or e.get("type") == "error"))
+    own = await res.take(
+        lambda e: (
+            e.tag == PRESENCE
+            and e.get("from") == f"{room}/{nick}"
+            and ("110" in codes(e) or e.get("type") == "error")
+        )
+    )
     if own.get("type") != "error":
         await res.take(lambda e: is_subject(e) and e.get("from", "").startswith(room))
     return own
@@ -133,7 +148,9 @@ async def admin(res: Resource, items: str, type_: str = "set", room: str = ROOM)
 
 
 def say(res: Resource, body: str, room: str = ROOM) -> None:
-    res.send(f"<message to='{room}' type='groupchat' id='{res.next_id()}'><body>{body}</body></message>")
+    res.send(
+        f"<message to='{room}' type='groupchat' id='{res.next_id()}'><body>{body}</body></message>"
+    )
 
 
 # ---- tests --------------------------------------------------------------------------------
@@ -144,9 +161,18 @@ async def test_disco_of_server_and_service(server: Server) -> None:
     assert MUC_DOMAIN in jids
     info = await alice.request(f"<query xmlns='{DISCO_INFO}'/>", "get", MUC_DOMAIN)
     identity = info.find(f"{q(DISCO_INFO, 'query')}/{q(DISCO_INFO, 'identity')}")
-    assert identity is not None and (identity.get("category"), identity.get("type")) == ("conference", "text")
+    assert identity is not None and (identity.get("category"), identity.get("type")) == (
+        "conference",
+        "text",
+    )
     features = {f.get("var") for f in info.iter(q(DISCO_INFO, "feature"))}
-    assert {MUC, "muc_persistent", "muc_membersonly", OCCUPANT_ID, "urn:xmpp:message-moderate:1"} <= features
+    assert {
+        MUC,
+        "muc_persistent",
+        "muc_membersonly",
+        OCCUPANT_ID,
+        "urn:xmpp:message-moderate:1",
+    } <= features
     await alice.close()
 
 
@@ -263,7 +289,8 @@ async def test_history_on_join_and_subject(server: Server) -> None:
     await bob.take(presence_from(f"{ROOM}/Bob", "unavailable"))
     # since: in the future -> nothing
     bob.send(
-        f"<presence to='{ROOM}/Bob'><x xmlns='{MUC}'><history since='2999-01-01T00:00:00Z'/></x></presence>"
+        f"<presence to='{ROOM}/Bob'><x xmlns='{MUC}'>"
+        "<history since='2999-01-01T00:00:00Z'/></x></presence>"
     )
     await bob.take(is_self_presence)
     await bob.take(is_subject)
@@ -284,7 +311,10 @@ async def test_config_round_trip_and_bad_forms(server: Server) -> None:
     bob = await login_resource(server, "bob")
     await create(alice, "Alice")
     form = await alice.request(f"<query xmlns='{MUC_OWNER}'/>", "get", ROOM)
-    fields = {f.get("var"): [v.text for v in f.findall(q(DATA, "value"))] for f in form.iter(q(DATA, "field"))}
+    fields = {
+        f.get("var"): [v.text for v in f.findall(q(DATA, "value"))]
+        for f in form.iter(q(DATA, "field"))
+    }
     assert fields["FORM_TYPE"] == ["http://jabber.org/protocol/muc#roomconfig"]
     assert fields["muc#roomconfig_persistentroom"] == ["0"]
     assert fields["muc#roomconfig_roomowners"] == [f"alice@{DOMAIN}"]
@@ -301,7 +331,10 @@ async def test_config_round_trip_and_bad_forms(server: Server) -> None:
     changed = await alice.take(lambda e: e.tag == MESSAGE and "104" in codes(e))
     assert codes(changed) == {"104", "172"}
     form = await alice.request(f"<query xmlns='{MUC_OWNER}'/>", "get", ROOM)
-    fields = {f.get("var"): [v.text for v in f.findall(q(DATA, "value"))] for f in form.iter(q(DATA, "field"))}
+    fields = {
+        f.get("var"): [v.text for v in f.findall(q(DATA, "value"))]
+        for f in form.iter(q(DATA, "field"))
+    }
     assert fields["muc#roomconfig_roomname"] == ["The Room"]
     assert fields["muc#roomconfig_persistentroom"] == ["1"]
     assert fields["muc#roomconfig_whois"] == ["anyone"]
@@ -324,14 +357,18 @@ async def test_config_round_trip_and_bad_forms(server: Server) -> None:
         "<field var='muc#roomconfig_maxusers'><value>many</value></field>": "bad-request",
         "<field var='muc#roomconfig_persistentroom'><value>maybe</value></field>": "bad-request",
         "<field var='muc#roomconfig_whois'><value>nobody</value></field>": "not-acceptable",
-        "<field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>": "not-acceptable",
+        "<field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>": (
+            "not-acceptable"
+        ),
         "<field var='muc#roomconfig_roomowners'></field>": "conflict",
         "<field var='muc#roomconfig_roomadmins'><value>@@</value></field>": "jid-malformed",
         "<field><value>no var</value></field>": "bad-request",
     }
     for fields_xml, condition in bad.items():
         result = await alice.request(
-            f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'>{fields_xml}</x></query>", "set", ROOM
+            f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'>{fields_xml}</x></query>",
+            "set",
+            ROOM,
         )
         assert error_condition(result)[1] == condition, fields_xml
     # Not an owner: forbidden.
@@ -350,11 +387,17 @@ async def test_password_and_members_only(server: Server) -> None:
     assert await join_error(bob, "Bob", extra="<password>wrong</password>") == "not-authorized"
     await join(bob, "Bob", extra="<password>sesame</password>")
     # Members-only: Carol needs membership; Bob (present, not a member) is removed (322).
-    form = f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'><field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>"
+    form = (
+        f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'>"
+        "<field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>"
+    )
     assert (await alice.request(form, "set", ROOM)).get("type") == "result"
     removed = await bob.take(presence_from(f"{ROOM}/Bob", "unavailable"))
     assert "322" in codes(removed)
-    assert await join_error(carol, "Carol", extra="<password>sesame</password>") == "registration-required"
+    assert (
+        await join_error(carol, "Carol", extra="<password>sesame</password>")
+        == "registration-required"
+    )
     result = await admin(alice, f"<item affiliation='member' jid='carol@{DOMAIN}' nick='Caz'/>")
     assert result.get("type") == "result"
     await join(carol, "Carol", extra="<password>sesame</password>")
@@ -362,7 +405,9 @@ async def test_password_and_members_only(server: Server) -> None:
     listed = [dict(i.attrib) for i in members.iter(q(MUC_ADMIN, "item"))]
     assert listed == [{"affiliation": "member", "jid": f"carol@{DOMAIN}", "nick": "Caz"}]
     # Removing Carol's membership removes her (321).
-    assert (await admin(alice, f"<item affiliation='none' jid='carol@{DOMAIN}'/>")).get("type") == "result"
+    assert (await admin(alice, f"<item affiliation='none' jid='carol@{DOMAIN}'/>")).get(
+        "type"
+    ) == "result"
     removed = await carol.take(presence_from(f"{ROOM}/Carol", "unavailable"))
     assert "321" in codes(removed)
     for res in (alice, bob, carol):
@@ -382,9 +427,18 @@ async def test_roles_affiliations_and_their_errors(server: Server) -> None:
     assert error_condition(err)[1] == "forbidden"
     # Visitor cannot kick; unknown nick; malformed JID.
     assert error_condition(await admin(bob, "<item nick='Alice' role='none'/>"))[1] == "forbidden"
-    assert error_condition(await admin(alice, "<item nick='Nobody' role='participant'/>"))[1] == "item-not-found"
-    assert error_condition(await admin(alice, "<item jid='@bad@' affiliation='member'/>"))[1] == "jid-malformed"
-    assert error_condition(await admin(alice, "<item jid='x@y' affiliation='emperor'/>"))[1] == "bad-request"
+    assert (
+        error_condition(await admin(alice, "<item nick='Nobody' role='participant'/>"))[1]
+        == "item-not-found"
+    )
+    assert (
+        error_condition(await admin(alice, "<item jid='@bad@' affiliation='member'/>"))[1]
+        == "jid-malformed"
+    )
+    assert (
+        error_condition(await admin(alice, "<item jid='x@y' affiliation='emperor'/>"))[1]
+        == "bad-request"
+    )
     # Voice grant (§8.3).
     assert (await admin(alice, "<item nick='Bob' role='participant'/>")).get("type") == "result"
     voiced = await bob.take(lambda e: is_self_presence(e) and item(e).get("role") == "participant")
@@ -392,19 +446,34 @@ async def test_roles_affiliations_and_their_errors(server: Server) -> None:
     voice = await admin(alice, "<item role='participant'/>", "get")
     assert [i.get("nick") for i in voice.iter(q(MUC_ADMIN, "item"))] == ["Bob"]
     # Admin: Bob becomes admin (moderator); an admin may not touch an owner.
-    assert (await admin(alice, f"<item affiliation='admin' jid='bob@{DOMAIN}'/>")).get("type") == "result"
+    assert (await admin(alice, f"<item affiliation='admin' jid='bob@{DOMAIN}'/>")).get(
+        "type"
+    ) == "result"
     await bob.take(lambda e: is_self_presence(e) and item(e).get("role") == "moderator")
-    assert error_condition(await admin(bob, f"<item affiliation='outcast' jid='alice@{DOMAIN}'/>"))[1] == "not-allowed"
-    assert error_condition(await admin(bob, f"<item affiliation='owner' jid='carol@{DOMAIN}'/>"))[1] == "forbidden"
+    assert (
+        error_condition(await admin(bob, f"<item affiliation='outcast' jid='alice@{DOMAIN}'/>"))[1]
+        == "not-allowed"
+    )
+    assert (
+        error_condition(await admin(bob, f"<item affiliation='owner' jid='carol@{DOMAIN}'/>"))[1]
+        == "forbidden"
+    )
     assert error_condition(await admin(bob, "<item nick='Alice' role='none'/>"))[1] == "not-allowed"
     # Kick (307) and ban (301).
     await join(carol, "Carol")
-    assert (await admin(bob, "<item nick='Carol' role='none'><reason>out</reason></item>")).get("type") == "result"
+    assert (await admin(bob, "<item nick='Carol' role='none'><reason>out</reason></item>")).get(
+        "type"
+    ) == "result"
     kicked = await carol.take(presence_from(f"{ROOM}/Carol", "unavailable"))
     assert codes(kicked) == {"307", "110"}
-    assert kicked.findtext(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'item')}/{q(MUC_USER, 'reason')}") == "out"
+    assert (
+        kicked.findtext(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'item')}/{q(MUC_USER, 'reason')}")
+        == "out"
+    )
     await join(carol, "Carol")
-    assert (await admin(bob, f"<item affiliation='outcast' jid='carol@{DOMAIN}'/>")).get("type") == "result"
+    assert (await admin(bob, f"<item affiliation='outcast' jid='carol@{DOMAIN}'/>")).get(
+        "type"
+    ) == "result"
     banned = await carol.take(presence_from(f"{ROOM}/Carol", "unavailable"))
     assert "301" in codes(banned)
     assert await join_error(carol, "Carol") == "forbidden"
@@ -412,14 +481,21 @@ async def test_roles_affiliations_and_their_errors(server: Server) -> None:
     assert [i.get("jid") for i in bans.iter(q(MUC_ADMIN, "item"))] == [f"carol@{DOMAIN}"]
     # Ban list changed several at once.
     result = await admin(
-        alice, f"<item affiliation='none' jid='carol@{DOMAIN}'/><item affiliation='outcast' jid='dave@{DOMAIN}'/>"
+        alice,
+        f"<item affiliation='none' jid='carol@{DOMAIN}'/>"
+        f"<item affiliation='outcast' jid='dave@{DOMAIN}'/>",
     )
     assert result.get("type") == "result"
     assert await join_error(dave, "Dave") == "forbidden"
     # The last owner cannot go.
-    assert error_condition(await admin(alice, f"<item affiliation='member' jid='alice@{DOMAIN}'/>"))[1] == "conflict"
+    assert (
+        error_condition(await admin(alice, f"<item affiliation='member' jid='alice@{DOMAIN}'/>"))[1]
+        == "conflict"
+    )
     # Owner lists are for owners; participants get forbidden.
-    assert error_condition(await admin(carol, "<item affiliation='owner'/>", "get"))[1] == "forbidden"
+    assert (
+        error_condition(await admin(carol, "<item affiliation='owner'/>", "get"))[1] == "forbidden"
+    )
     owners = await admin(alice, "<item affiliation='owner'/>", "get")
     assert [i.get("jid") for i in owners.iter(q(MUC_ADMIN, "item"))] == [f"alice@{DOMAIN}"]
     for res in (alice, bob, carol, dave):
@@ -432,8 +508,14 @@ async def test_persistence_across_restart(data_dir: Path) -> None:
         await add_user(srv, name)
     alice = await login_resource(srv, "alice")
     await create(alice, "Alice", **cfg(persistentroom="1", roomname="Kept", membersonly="1"))
-    assert (await admin(alice, f"<item affiliation='member' jid='bob@{DOMAIN}'/>")).get("type") == "result"
-    assert (await admin(alice, f"<item affiliation='outcast' jid='carol@{DOMAIN}'><reason>spam</reason></item>")).get("type") == "result"
+    assert (await admin(alice, f"<item affiliation='member' jid='bob@{DOMAIN}'/>")).get(
+        "type"
+    ) == "result"
+    assert (
+        await admin(
+            alice, f"<item affiliation='outcast' jid='carol@{DOMAIN}'><reason>spam</reason></item>"
+        )
+    ).get("type") == "result"
     alice.send(f"<message to='{ROOM}' type='groupchat'><subject>Kept topic</subject></message>")
     await alice.take(is_subject)
     # A temporary room next to it.
@@ -452,7 +534,9 @@ async def test_persistence_across_restart(data_dir: Path) -> None:
         bob = await login_resource(srv, "bob")
         carol = await login_resource(srv, "carol")
         items = await bob.request(f"<query xmlns='{DISCO_ITEMS}'/>", "get", MUC_DOMAIN)
-        assert {i.get("jid"): i.get("name") for i in items.iter(q(DISCO_ITEMS, "item"))} == {ROOM: "Kept"}
+        assert {i.get("jid"): i.get("name") for i in items.iter(q(DISCO_ITEMS, "item"))} == {
+            ROOM: "Kept"
+        }
         await join(bob, "Bob")  # a member
         assert await join_error(carol, "Carol") == "forbidden"  # still banned
         own = await join(alice, "Alice")
@@ -480,7 +564,9 @@ async def test_private_messages_invitations_and_direct_invites(server: Server) -
     bob = await login_resource(server, "bob", presence=True)
     carol = await login_resource(server, "carol", presence=True)
     await create(alice, "Alice", **cfg(membersonly="1"))
-    assert (await admin(alice, f"<item affiliation='member' jid='bob@{DOMAIN}'/>")).get("type") == "result"
+    assert (await admin(alice, f"<item affiliation='member' jid='bob@{DOMAIN}'/>")).get(
+        "type"
+    ) == "result"
     await join(bob, "Bob")
     # §7.5 private message, with <x xmlns=muc#user/>.
     bob.send(f"<message to='{ROOM}/Alice' type='chat' id='pm1'><body>psst</body></message>")
@@ -497,7 +583,9 @@ async def test_private_messages_invitations_and_direct_invites(server: Server) -
     err = await carol.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
     assert error_condition(err)[1] == "not-acceptable"
     # §7.8.2: Bob (member, allowinvites off) may not invite to a members-only room.
-    bob.send(f"<message to='{ROOM}'><x xmlns='{MUC_USER}'><invite to='carol@{DOMAIN}'/></x></message>")
+    bob.send(
+        f"<message to='{ROOM}'><x xmlns='{MUC_USER}'><invite to='carol@{DOMAIN}'/></x></message>"
+    )
     err = await bob.take(lambda e: e.tag == MESSAGE and e.get("type") == "error")
     assert error_condition(err)[1] == "forbidden"
     # The owner invites Carol: she gets the invitation and becomes a member.
@@ -511,12 +599,21 @@ async def test_private_messages_invitations_and_direct_invites(server: Server) -
     assert invite is not None and invite.findtext(q(MUC_USER, "reason")) == "join us"
     await join(carol, "Carol")
     # Decline goes back to the inviter.
-    carol.send(f"<message to='{ROOM}'><x xmlns='{MUC_USER}'><decline to='{alice.bare}'><reason>no</reason></decline></x></message>")
-    dec = await alice.take(lambda e: e.tag == MESSAGE and e.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'decline')}") is not None)
+    carol.send(
+        f"<message to='{ROOM}'><x xmlns='{MUC_USER}'><decline to='{alice.bare}'>"
+        "<reason>no</reason></decline></x></message>"
+    )
+    dec = await alice.take(
+        lambda e: (
+            e.tag == MESSAGE and e.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'decline')}") is not None
+        )
+    )
     assert dec.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'decline')}").get("from") == carol.bare  # type: ignore[union-attr]
     # XEP-0249 direct invitation: a message between users, routed as any.
     alice.send(f"<message to='{bob.bare}'><x xmlns='jabber:x:conference' jid='{ROOM}'/></message>")
-    direct = await bob.take(lambda e: e.tag == MESSAGE and e.find(q("jabber:x:conference", "x")) is not None)
+    direct = await bob.take(
+        lambda e: e.tag == MESSAGE and e.find(q("jabber:x:conference", "x")) is not None
+    )
     assert direct.get("from") == alice.jid
     for res in (alice, bob, carol):
         await res.close()
@@ -530,7 +627,8 @@ async def test_destroy_with_alternate_venue(server: Server) -> None:
     result = await bob.request(f"<query xmlns='{MUC_OWNER}'><destroy/></query>", "set", ROOM)
     assert error_condition(result)[1] == "forbidden"
     result = await alice.request(
-        f"<query xmlns='{MUC_OWNER}'><destroy jid='new@{MUC_DOMAIN}'><reason>moved</reason></destroy></query>",
+        f"<query xmlns='{MUC_OWNER}'><destroy jid='new@{MUC_DOMAIN}'>"
+        "<reason>moved</reason></destroy></query>",
         "set",
         ROOM,
     )
@@ -566,7 +664,9 @@ async def test_moderation_and_retraction(server: Server) -> None:
     assert (await alice.request(moderate, "set", ROOM)).get("type") == "result"
     for res in (alice, bob):
         retraction = await res.take(
-            lambda e: e.tag == MESSAGE and e.find(q("urn:xmpp:message-retract:1", "retract")) is not None
+            lambda e: (
+                e.tag == MESSAGE and e.find(q("urn:xmpp:message-retract:1", "retract")) is not None
+            )
         )
         retract = retraction.find(q("urn:xmpp:message-retract:1", "retract"))
         assert retract is not None and retract.get("id") == sid and retraction.get("from") == ROOM
@@ -606,7 +706,10 @@ async def test_self_ping_and_iq_forwarding(server: Server) -> None:
     )
     answer = await bob.iq("v1")
     assert answer.get("type") == "result" and answer.get("from") == f"{ROOM}/Alice"
-    assert answer.findtext(f"{q('jabber:iq:version', 'query')}/{q('jabber:iq:version', 'name')}") == "X"
+    assert (
+        answer.findtext(f"{q('jabber:iq:version', 'query')}/{q('jabber:iq:version', 'name')}")
+        == "X"
+    )
     await alice.close()
     await bob.close()
 
@@ -632,7 +735,9 @@ async def test_registration_and_reserved_nick(server: Server) -> None:
     assert await join_error(carol, "Bobby") == "conflict"
     assert error_condition(await carol.request(submit, "set", ROOM))[1] == "conflict"
     members = await admin(alice, "<item affiliation='member'/>", "get")
-    assert [(i.get("jid"), i.get("nick")) for i in members.iter(q(MUC_ADMIN, "item"))] == [(bob.bare, "Bobby")]
+    assert [(i.get("jid"), i.get("nick")) for i in members.iter(q(MUC_ADMIN, "item"))] == [
+        (bob.bare, "Bobby")
+    ]
     for res in (alice, bob, carol):
         await res.close()
 
@@ -670,7 +775,9 @@ async def test_fifty_joins_at_login_and_disconnect_leaves(server: Server) -> Non
         await create(alice, "Alice", room=room)
     started = time.monotonic()
     for room in rooms:
-        bob.send(f"<presence to='{room}/Bob'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>")
+        bob.send(
+            f"<presence to='{room}/Bob'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>"
+        )
     for _ in rooms:
         await bob.take(is_subject, timeout=10)
     assert time.monotonic() - started < 5
@@ -706,7 +813,9 @@ async def test_slixmpp_clients(server: Server) -> None:
         client.register_plugin("xep_0045")
     try:
         for client, nick in zip(clients, ("Bob", "Carol"), strict=True):
-            await asyncio.wait_for(client.plugin["xep_0045"].join_muc_wait(ROOM, nick, maxstanzas=0), 10)
+            await asyncio.wait_for(
+                client.plugin["xep_0045"].join_muc_wait(ROOM, nick, maxstanzas=0), 10
+            )
         roster = clients[0].plugin["xep_0045"].get_roster(ROOM)
         assert set(roster) >= {"Alice", "Bob"}
         clients[1].send_message(mto=ROOM, mbody="from carol", mtype="groupchat")

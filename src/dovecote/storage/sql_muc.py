@@ -68,7 +68,9 @@ class SQLMucStore(MucStore):
         async with self._storage.read() as conn:
             row = (
                 await conn.execute(
-                    select(muc_rooms).where(muc_rooms.c.domain == domain, muc_rooms.c.local == local)
+                    select(muc_rooms).where(
+                        muc_rooms.c.domain == domain, muc_rooms.c.local == local
+                    )
                 )
             ).first()
             if row is None:
@@ -165,7 +167,9 @@ class SQLMucStore(MucStore):
         async with self._storage.read() as conn:
             rows = (
                 await conn.execute(
-                    select(muc_rooms).where(muc_rooms.c.domain == domain).order_by(muc_rooms.c.local)
+                    select(muc_rooms)
+                    .where(muc_rooms.c.domain == domain)
+                    .order_by(muc_rooms.c.local)
                 )
             ).all()
         return [

@@ -117,7 +117,9 @@ AFFILIATION_FIELDS = {
 MAX_TEXT = 1024
 
 
-def config_form(config: RoomConfig, policy: MucSection, owners: list[str], admins: list[str]) -> Form:
+def config_form(
+    config: RoomConfig, policy: MucSection, owners: list[str], admins: list[str]
+) -> Form:
     """The owner form with the room's current values (XEP-0045 §10.2, §15.5.3)."""
 
     def boolean(var: str, label: str, value: bool) -> Field:
@@ -139,9 +141,7 @@ def config_form(config: RoomConfig, policy: MucSection, owners: list[str], admin
             boolean("muc#roomconfig_publicroom", "Listed in the directory", config.public),
             boolean("muc#roomconfig_membersonly", "Members only", config.members_only),
             boolean("muc#roomconfig_moderatedroom", "Moderated", config.moderated),
-            boolean(
-                "muc#roomconfig_passwordprotectedroom", "Password", config.password_protected
-            ),
+            boolean("muc#roomconfig_passwordprotectedroom", "Password", config.password_protected),
             Field("muc#roomconfig_roomsecret", "text-private", [config.password], label="Password"),
             Field(
                 "muc#roomconfig_maxusers",
@@ -163,7 +163,9 @@ def config_form(config: RoomConfig, policy: MucSection, owners: list[str], admin
                 [str(config.history_length)],
                 label=f"Messages of history on join (at most {policy.max_history})",
             ),
-            boolean("muc#roomconfig_changesubject", "Participants change subject", config.change_subject),
+            boolean(
+                "muc#roomconfig_changesubject", "Participants change subject", config.change_subject
+            ),
             boolean("muc#roomconfig_allowinvites", "Participants invite", config.allow_invites),
             Field(
                 "muc#roomconfig_allowpm",

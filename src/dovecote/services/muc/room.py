@@ -277,7 +277,7 @@ class Room:
         if unavailable:
             attrs["type"] = "unavailable"
         item_attrs = {"affiliation": self.affiliation(occupant.bare), "role": occupant.role}
-        if unavailable and not self.occupants.get(occupant.nick) is occupant:
+        if unavailable and self.occupants.get(occupant.nick) is not occupant:
             item_attrs["role"] = "none"
         if with_jid:
             item_attrs["jid"] = str(occupant.real)
@@ -429,7 +429,11 @@ class Room:
         first = occupant is None
         if occupant is None:
             occupant = Occupant(
-                self.jid, nick, sender.bare, self.default_role(affiliation), self.occupant_id(sender.bare)
+                self.jid,
+                nick,
+                sender.bare,
+                self.default_role(affiliation),
+                self.occupant_id(sender.bare),
             )
         occupant.sessions[sender] = str(sender)
         occupant.payload = _clean_payload(stanza)
@@ -454,16 +458,16 @@ class Room:
             self.broadcast_presence(occupant, to_self=False)
         # The occupant's own presence, to the joining session (others of the same user
         # saw nothing change: one occupant, §7.2).
-        self._send(
-            self._presence_of(occupant, with_jid=True, codes=self_codes), own
-        )
+        self._send(self._presence_of(occupant, with_jid=True, codes=self_codes), own)
         self.send_history(sender, muc.find("history", ns.MUC) if muc is not None else None)
         self.send_subject(own)
 
     def send_history(self, to: JID, request: Element | None) -> None:
         """§7.2.14: the history the new occupant asks for, each message with a XEP-0203
         delay from the room, oldest first."""
-        entries = list(self.history)[-self.config.history_length :] if self.config.history_length else []
+        entries = (
+            list(self.history)[-self.config.history_length :] if self.config.history_length else []
+        )
         if request is not None and entries:
             try:
                 maxstanzas = request.get("maxstanzas")
@@ -551,7 +555,9 @@ class Room:
         if occupant.sessions:
             # Another resource stays: only this one hears it left.
             occupant.sessions[real] = text
-            own = self._presence_of(occupant, with_jid=True, codes=["110", *codes], unavailable=True)
+            own = self._presence_of(
+                occupant, with_jid=True, codes=["110", *codes], unavailable=True
+            )
             del occupant.sessions[real]
             self._send(own, [(real, text)])
             self._changed()
@@ -645,7 +651,9 @@ class Room:
         message = Element("message", CLIENT, attrs, children)
         message.append(Element("occupant-id", ns.OCCUPANT_ID, {"id": occupant.id}))
         worth_keeping = body is not None or subject is not None
-        archive_id = self.host.archive(self, message, occupant.nick) if worth_keeping else new_archive_id()
+        archive_id = (
+            self.host.archive(self, message, occupant.nick) if worth_keeping else new_archive_id()
+        )
         message.append(Element("stanza-id", ns.SID, {"by": self.jid_text, "id": archive_id}))
         self._send(message, self.all_targets())
         if worth_keeping:
@@ -679,7 +687,11 @@ class Room:
             raise StanzaError("not-acceptable", f"the subject is longer than {limit} characters")
         self.subject = text
         self.subject_by = str(occupant.jid)
-        attrs = {"from": self.subject_by, "type": "groupchat", "id": stanza.get("id") or new_archive_id()}
+        attrs = {
+            "from": self.subject_by,
+            "type": "groupchat",
+            "id": stanza.get("id") or new_archive_id(),
+        }
         message = Element(
             "message",
             CLIENT,
@@ -731,7 +743,7 @@ class Room:
         children.append(Element("occupant-id", ns.OCCUPANT_ID, {"id": sender.id}))
         attrs = {k: v for k, v in stanza.attrs.items() if k not in ("from", "to")}
         attrs["from"] = str(sender.jid)
-        for real, text in target.sessions.items():
+        for text in target.sessions.values():
             self.host.route(Element("message", CLIENT, {**attrs, "to": text}, list(children)))
 
     # ---- invitations (§7.8) -------------------------------------------------------------
@@ -832,9 +844,14 @@ class Room:
         )
         request.title = "Voice request"
         message = Element(
-            "message", CLIENT, {"from": self.jid_text, "id": new_archive_id()}, [request.to_element()]
+            "message",
+            CLIENT,
+            {"from": self.jid_text, "id": new_archive_id()},
+            [request.to_element()],
         )
-        moderators = [t for o in self.occupants.values() if o.role == "moderator" for t in o.targets()]
+        moderators = [
+            t for o in self.occupants.values() if o.role == "moderator" for t in o.targets()
+        ]
         self._send(message, moderators)
 
     # ---- IQs to an occupant (§7.? IQ forwarding, XEP-0410 self-ping) -----------------------
@@ -902,7 +919,13 @@ class Room:
         if key == ("get", xns.DISCO_INFO, "query"):
             self.disco_info(event, payload.get("node"))
         elif key == ("get", xns.DISCO_ITEMS, "query"):
-            event.reply(Element("query", xns.DISCO_ITEMS, {"node": payload.get("node")} if payload.get("node") else {}))
+            event.reply(
+                Element(
+                    "query",
+                    xns.DISCO_ITEMS,
+                    {"node": payload.get("node")} if payload.get("node") else {},
+                )
+            )
         elif payload.ns == ns.MUC_ADMIN and payload.tag == "query":
             if kind == "get":
                 self.admin_get(event, payload)
@@ -923,7 +946,9 @@ class Room:
         elif key == ("set", ns.MODERATE_1, "moderate"):
             await self.moderate(event, payload.get("id") or "", payload, 1)
         elif key == ("set", ns.FASTEN, "apply-to") and payload.find("moderate", ns.MODERATE_0):
-            await self.moderate(event, payload.get("id") or "", payload.find("moderate", ns.MODERATE_0), 0)
+            await self.moderate(
+                event, payload.get("id") or "", payload.find("moderate", ns.MODERATE_0), 0
+            )
         elif payload.ns == ns.MAM:
             await self.host_mam(event)
         else:
@@ -947,7 +972,9 @@ class Room:
             query = Element("query", xns.DISCO_INFO, {"node": node})
             item = self.affiliations.get(str(event.sender.bare))
             if item is not None and item.nick:
-                query.add("identity", attrs={"category": "conference", "type": "text", "name": item.nick})
+                query.add(
+                    "identity", attrs={"category": "conference", "type": "text", "name": item.nick}
+                )
             event.reply(query)
             return
         if node:
@@ -1082,7 +1109,9 @@ class Room:
         if new in ("admin", "owner"):
             raise StanzaError("forbidden", "only owners grant admin or owner")
         if current in ("admin", "owner"):
-            raise StanzaError("not-allowed", "admins cannot change an admin's or owner's affiliation")
+            raise StanzaError(
+                "not-allowed", "admins cannot change an admin's or owner's affiliation"
+            )
 
     def _check_owners_remain(self, changes: list[tuple[JID, str, str, str]]) -> None:
         owners = {j for j, a in self.affiliations.items() if a.affiliation == "owner"}
@@ -1094,13 +1123,15 @@ class Room:
         if not owners:
             raise StanzaError("conflict", "a room keeps at least one owner")  # §10.6, §10.7
 
-    def _check_role_change(self, actor_aff: str, actor_role: str, target: Occupant, new: str) -> None:
+    def _check_role_change(
+        self, actor_aff: str, actor_role: str, target: Occupant, new: str
+    ) -> None:
         """§5.1.3 and §8, §9.6: moderators kick and (un)voice those not above them;
         admins and owners grant and revoke moderator."""
         target_aff = self.affiliation(target.bare)
         if actor_role != "moderator" and AFF_RANK[actor_aff] < AFF_RANK["admin"]:
             raise StanzaError("forbidden", "only moderators change roles")
-        if new == "moderator" or target.role == "moderator" and new != "moderator":
+        if new == "moderator" or (target.role == "moderator" and new != "moderator"):
             if AFF_RANK[actor_aff] < AFF_RANK["admin"]:
                 raise StanzaError("forbidden", "only admins grant or revoke moderation")
         if AFF_RANK[target_aff] >= AFF_RANK["admin"] and new != "moderator":
@@ -1126,7 +1157,11 @@ class Room:
             self.affiliations.pop(key, None)
         else:
             self.affiliations[key] = Affiliation(new, reason, nick or (old.nick if old else ""))
-        present = [o for o in list(self.occupants.values()) if o.bare == jid or (jid.local is None and o.bare.domain == jid.domain)]
+        present = [
+            o
+            for o in list(self.occupants.values())
+            if o.bare == jid or (jid.local is None and o.bare.domain == jid.domain)
+        ]
         for occupant in present:
             if new == "outcast":
                 self.remove_occupant(occupant, ["301"], actor=actor, reason=reason)  # §9.1
@@ -1154,7 +1189,11 @@ class Room:
             raise StanzaError("forbidden", "only owners configure the room")
         destroy = query.find("destroy", ns.MUC_OWNER)
         if destroy is not None:
-            await self.destroy(destroy.get("jid"), destroy.find_text("reason", ns.MUC_OWNER), destroy.find_text("password", ns.MUC_OWNER))
+            await self.destroy(
+                destroy.get("jid"),
+                destroy.find_text("reason", ns.MUC_OWNER),
+                destroy.find_text("password", ns.MUC_OWNER),
+            )
             event.reply()
             return
         x = find_form(query)
@@ -1214,7 +1253,9 @@ class Room:
                     occupant.role = role
                     self.broadcast_presence(occupant)
 
-    async def destroy(self, alternate: str | None, reason: str | None, password: str | None) -> None:
+    async def destroy(
+        self, alternate: str | None, reason: str | None, password: str | None
+    ) -> None:
         """§10.9: every occupant is told, with the alternate venue; the room goes."""
         if alternate is not None:
             try:
@@ -1237,7 +1278,10 @@ class Room:
                         "x",
                         ns.MUC_USER,
                         {},
-                        [Element("item", ns.MUC_USER, {"affiliation": "none", "role": "none"}), destroy],
+                        [
+                            Element("item", ns.MUC_USER, {"affiliation": "none", "role": "none"}),
+                            destroy,
+                        ],
                     )
                 ],
             )
@@ -1314,7 +1358,9 @@ class Room:
         event.reply()
 
     # ---- moderation (XEP-0425 with XEP-0424) --------------------------------------------
-    async def moderate(self, event: StanzaEvent, target_id: str, moderate: Element | None, version: int) -> None:
+    async def moderate(
+        self, event: StanzaEvent, target_id: str, moderate: Element | None, version: int
+    ) -> None:
         occupant = self.by_real.get(event.sender)
         if occupant is None or occupant.role != "moderator":
             raise StanzaError("forbidden", "only moderators may moderate messages")
@@ -1337,7 +1383,10 @@ class Room:
             "retracted",
             ns.RETRACT_1,
             {"stamp": stamp},
-            [moderated.copy(), *([Element("reason", ns.RETRACT_1, {}, [reason])] if reason else [])],
+            [
+                moderated.copy(),
+                *([Element("reason", ns.RETRACT_1, {}, [reason])] if reason else []),
+            ],
         )
         found = await self.host.retract_archived(self, target_id, tombstone)
         if entry is None and not found:
@@ -1355,7 +1404,12 @@ class Room:
                 retract.add("reason", text=reason)
             payload = [retract]
         else:
-            inner = Element("moderated", ns.MODERATE_0, {"by": str(occupant.jid)}, [Element("retract", ns.RETRACT_0)])
+            inner = Element(
+                "moderated",
+                ns.MODERATE_0,
+                {"by": str(occupant.jid)},
+                [Element("retract", ns.RETRACT_0)],
+            )
             if reason:
                 inner.add("reason", text=reason)
             payload = [Element("apply-to", ns.FASTEN, {"id": target_id}, [inner])]

@@ -228,7 +228,9 @@ class MucService:
                     subject_by=stored.subject_by,
                 )
                 for item in stored.affiliations:
-                    room.affiliations[item.jid] = Affiliation(item.affiliation, item.reason, item.nick)
+                    room.affiliations[item.jid] = Affiliation(
+                        item.affiliation, item.reason, item.nick
+                    )
                 self.rooms[local] = room
                 return room
         finally:
@@ -302,7 +304,9 @@ class MucService:
             if payload.get("node"):
                 raise StanzaError("item-not-found")
             query = Element("query", xns.DISCO_INFO)
-            query.add("identity", attrs={"category": "conference", "type": "text", "name": self.name})
+            query.add(
+                "identity", attrs={"category": "conference", "type": "text", "name": self.name}
+            )
             features = set(SERVICE_FEATURES)
             if self.archive_available:
                 features.add(ns.MAM)
