@@ -206,7 +206,9 @@ async def test_features_are_advertised(server: Server) -> None:
     alice = await login_resource(server, "alice")
     account = await alice.request(f"<query xmlns='{DISCO_INFO}'/>", to=ALICE)
     features = {f.get("var") for f in account.iter(q(DISCO_INFO, "feature"))}
-    assert {MAM, f"{MAM}#extended"} <= features
+    assert {MAM, f"{MAM}#extended", f"{MAM}#groupchat-field"} <= features
+    # §7: groupchat messages are in the rooms' archives, never in a user's.
+    assert f"{MAM}#groupchat-available" not in features
     host = await alice.request(f"<query xmlns='{DISCO_INFO}'/>", to=DOMAIN)
     assert SID in {f.get("var") for f in host.iter(q(DISCO_INFO, "feature"))}
     await alice.close()
@@ -239,6 +241,7 @@ async def test_query_form(server: Server) -> None:
         "before-id": "text-single",
         "after-id": "text-single",
         "ids": "list-multi",
+        "include-groupchat": "boolean",
     }
     validate = fields["ids"].find(q("http://jabber.org/protocol/xdata-validate", "validate"))
     assert validate is not None
@@ -518,6 +521,20 @@ async def test_filters(server: Server) -> None:
         await res.close()
 
 
+async def test_include_groupchat_is_understood(server: Server) -> None:
+    """§4.1.7 / §7: the field is accepted both ways; user archives hold no groupchat
+    messages (the rooms' archives do), so the results are the same."""
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob", presence=True)
+    alice.send(f"<message to='{BOB}' type='chat' id='g1'><body>hi</body></message>")
+    await bob.message()
+    await server.storage.archive.flush()
+    both = [await query(bob, form(**{"include-groupchat": v})) for v in ("true", "false")]
+    assert [len(page.messages) for page in both] == [1, 1]
+    await alice.close()
+    await bob.close()
+
+
 @pytest.mark.parametrize(
     ("inner", "expected"),
     [
@@ -527,7 +544,7 @@ async def test_filters(server: Server) -> None:
         (form(**{"with": "@example.org"}), ("modify", "bad-request")),
         (form(**{"with": [ALICE, CAROL]}), ("modify", "bad-request")),
         (form(**{"{urn:example}free-text": "x"}), ("cancel", "feature-not-implemented")),
-        (form(**{"include-groupchat": "true"}), ("cancel", "feature-not-implemented")),
+        (form(**{"include-groupchat": "sometimes"}), ("modify", "bad-request")),
         (
             f"<x xmlns='{XDATA}' type='submit'><field var='FORM_TYPE'><value>urn:example</value>"
             "</field></x>",

@@ -101,6 +101,50 @@ async def test_offline_backlog_reaches_a_slow_reader_whole(
         await server.stop()
 
 
+async def test_mam_page_reaches_a_slow_reader_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a MAM page was written at once; a page of large messages to a client
+    that reads slowly overflowed its write buffer and the connection was dropped. The
+    results now go at the pace the client reads, then the <fin/>."""
+    monkeypatch.setattr(XMLStreamProtocol, "max_write_buffer", 256 * 1024)
+    server = await start_server(tmp_path, limits={"c2s_rate": 0}, mam={"max_page_size": 100})
+    try:
+        await add_user(server, "alice")
+        await add_user(server, "bob")
+        alice = await RawClient.open(server.ports["c2s"])
+        await alice.login("alice")
+        count, size = 80, 60 * 1024
+        for i in range(count):
+            alice.send(chat("bob@example.org", f"m{i}", f"{i:04d}" + "x" * size))
+        await wait_offline(server, "bob", count)
+        await server.storage.archive.flush()
+        assert await server.storage.archive.count("alice", DOMAIN) == count
+        reader = await open_slow_reader(server.ports["c2s"])
+        await reader.login("alice", resource="slow")
+        reader.send(
+            "<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='page'>"
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>100</max></set></query></iq>"
+        )
+        await asyncio.sleep(1.0)  # reading nothing while the server has ~5 MB to send
+        results: list[str] = []
+        while True:
+            el = await reader.next(timeout=20)
+            if el.tag == f"{{{CLIENT}}}iq":
+                assert el.get("type") == "result" and el.get("id") == "q1"
+                fin = el.find("{urn:xmpp:mam:2}fin")
+                assert fin is not None and fin.get("complete") == "true"
+                break
+            result = el.find("{urn:xmpp:mam:2}result")
+            assert result is not None and result.get("queryid") == "page"
+            body = result.find(f".//{{{CLIENT}}}body")
+            assert body is not None and body.text is not None
+            results.append(body.text[:4])
+        assert results == [f"{i:04d}" for i in range(count)]
+    finally:
+        await server.stop()
+
+
 async def test_offline_rows_not_sent_stay_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

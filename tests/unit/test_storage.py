@@ -335,7 +335,9 @@ async def test_data_persists_across_restart(backend: Backend) -> None:
 async def test_migrations_are_idempotent(backend: Backend) -> None:
     storage = await backend.open()
     try:
-        assert head_revision() == "0008"  # 0003 and 0004 (side by side) merged in 0005
+        # 0003 and 0004 (side by side) merged in 0005; 0008 (MUC rooms) and 0010 (room
+        # archives) both follow 0007.
+        assert head_revision() == "0008,0010"
         assert await storage.schema_revision() == head_revision()
         await storage.accounts.create("alice", D, CREDS)
         await storage.migrate()
@@ -524,6 +526,32 @@ async def test_archive_stop_policy_refuses_over_the_quota(storage: SQLStorage) -
     assert results[:3] == [None, None, None]
     assert all(isinstance(r, ArchiveFull) for r in results[3:])
     assert await archive.count("alice", D) == 3
+
+
+async def test_room_archives_need_no_account_and_are_apart(storage: SQLStorage) -> None:
+    """MUC room archives (migration 0010): keyed like user archives, no account behind."""
+    rooms = storage.room_archive
+    first, second = archived(1), archived(2)
+    await rooms.append("lobby", "conference." + D, first)
+    await rooms.append("lobby", "conference." + D, second)
+    await rooms.append("other", "conference." + D, archived(3))
+    page = await rooms.query("lobby", "conference." + D, ArchiveFilter(), 10)
+    assert [m.id for m in page.messages] == [first.id, second.id]
+    # Not in anyone's user archive.
+    assert await storage.archive.count("lobby", "conference." + D) == 0
+    # A retraction leaves a tombstone in place: same id, same place, new size counted.
+    assert await rooms.replace("lobby", "conference." + D, first.id, "<tombstone/>")
+    assert not await rooms.replace("lobby", "conference." + D, "no-such-id", "<x/>")
+    page = await rooms.query("lobby", "conference." + D, ArchiveFilter(), 10)
+    assert (page.messages[0].id, page.messages[0].stanza) == (first.id, "<tombstone/>")
+    assert await rooms.usage("lobby", "conference." + D) == len("<tombstone/>") + len(
+        second.stanza.encode()
+    )
+    # A destroyed room's archive goes, the other room's stays.
+    assert await rooms.delete_archive("lobby", "conference." + D) == 2
+    assert await rooms.count("lobby", "conference." + D) == 0
+    assert await rooms.usage("lobby", "conference." + D) == 0
+    assert await rooms.count("other", "conference." + D) == 1
 
 
 async def test_kv_sizes_are_bytes(storage: SQLStorage) -> None:

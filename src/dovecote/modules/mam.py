@@ -37,6 +37,7 @@ from dovecote.storage.archive import (
     ArchiveFilter,
     ArchiveFull,
     ArchiveIdNotFound,
+    ArchiveStore,
     new_archive_id,
 )
 from dovecote.storage.base import StorageError
@@ -64,6 +65,9 @@ log = logging.getLogger(__name__)
 
 MAM = "urn:xmpp:mam:2"
 MAM_EXTENDED = "urn:xmpp:mam:2#extended"
+#: §7: the 'include-groupchat' field is understood (user archives never hold groupchat
+#: messages: the room's archive has them, so 'groupchat-available' is not advertised).
+MAM_GROUPCHAT_FIELD = "urn:xmpp:mam:2#groupchat-field"
 SID = "urn:xmpp:sid:0"
 HINTS = "urn:xmpp:hints"
 
@@ -72,7 +76,7 @@ MODULE = ModuleInfo(
     summary="Message archive management (XEP-0313) of accounts, stanza ids (XEP-0359), "
     "preferences (XEP-0441)",
     features=[SID],  # XEP-0359 §5: the server follows its business rules
-    account_features=[MAM, MAM_EXTENDED],  # XEP-0313 §7
+    account_features=[MAM, MAM_EXTENDED, MAM_GROUPCHAT_FIELD],  # XEP-0313 §7
     config="mam",
 )
 
@@ -83,7 +87,9 @@ OUTGOING_PRIORITY = 20
 PREFS_KEY = "mam:prefs"
 DEFAULTS = ("always", "never", "roster")
 #: XEP-0313 §4.1: the fields a query form may carry.
-QUERY_FIELDS = frozenset(("with", "start", "end", "before-id", "after-id", "ids"))
+QUERY_FIELDS = frozenset(
+    ("with", "start", "end", "before-id", "after-id", "ids", "include-groupchat")
+)
 #: Most ids one query may name in the 'ids' field.
 MAX_IDS = 1000
 PURGE_INTERVAL = 3600.0
@@ -270,6 +276,7 @@ def query_form() -> Element:
             Field("before-id", "text-single"),
             Field("after-id", "text-single"),
             Field("ids", "list-multi", extra=[validate]),
+            Field("include-groupchat", "boolean"),
         ],
     ).to_element()
 
@@ -290,6 +297,9 @@ def parse_filter(query: Element) -> ArchiveFilter:
         end_text = single_value(values, "end")
         after_id = single_value(values, "after-id") or None
         before_id = single_value(values, "before-id") or None
+        groupchat = single_value(values, "include-groupchat")
+        if groupchat is not None and groupchat not in ("0", "1", "true", "false"):
+            raise FormError(f"'include-groupchat' must be a boolean, not {groupchat!r}")
     except FormError as exc:
         raise StanzaError("bad-request", str(exc)) from None
     with_jid = None
@@ -332,6 +342,88 @@ def result_message(
         result.attrs["queryid"] = queryid
     result.append(forwarded(stanza, item.timestamp))
     return Element("message", ns.CLIENT, {"to": str(to), "from": str(archive)}, [result])
+
+
+async def answer_query(
+    event: StanzaEvent,
+    store: ArchiveStore,
+    archive: JID,
+    *,
+    default_page: int,
+    max_page: int,
+) -> None:
+    """Answer the XEP-0313 query `event` against `archive`'s messages in `store`: a user
+    archive (`storage.archive`) or a MUC room's (`storage.room_archive`, §6.1.2), the
+    caller having checked who may ask (§8.1).
+
+    The query form (§4.1) and the XEP-0059 page are read and the page fetched here, so
+    bad-request and item-not-found (§4.3.2) are raised to the caller; the results (§4.2,
+    from the archive's JID) and the closing <fin/> (§4.3) are then sent in the background,
+    never faster than the asker reads or acknowledges (`ClientSession.wait_writable`): a
+    page of large messages never piles up in the server's write buffers, and waiting for
+    the client's XEP-0198 acks never blocks the input loop that reads them."""
+    payload = event.payload
+    assert payload is not None
+    queryid = payload.get("queryid")
+    filter = parse_filter(payload)
+    try:
+        rsm = find_request(payload)
+    except RSMError as exc:
+        raise StanzaError("bad-request", str(exc)) from None
+    limit = default_page
+    after = before = None
+    index = None
+    if rsm is not None:
+        if rsm.max is not None:
+            limit = min(rsm.max, max_page)
+        after, before, index = rsm.after, rsm.before, rsm.index
+    try:
+        page = await store.query(
+            archive.local or "",
+            archive.domain,
+            filter,
+            limit,
+            after=after,
+            before=before,
+            index=index,
+        )
+    except ArchiveIdNotFound as exc:
+        raise StanzaError("item-not-found", str(exc)) from None
+    items = page.messages
+    if payload.find("flip-page", MAM) is not None:
+        items = items[::-1]  # §4.3.4: the same page, newest first
+    fin = Element("fin", MAM, {"complete": "true" if page.complete else "false"})
+    if queryid is not None:
+        fin.attrs["queryid"] = queryid
+    first = page.messages[0].id if page.messages else None
+    last = page.messages[-1].id if page.messages else None
+    fin.append(response_set(first, last, page.count, page.first_index))
+    results = [
+        message
+        for item in items
+        if (message := result_message(event.sender, archive, queryid, item)) is not None
+    ]
+    session = event.origin
+    if session is None or session.jid != event.sender or not results:
+        for message in results:
+            event.send_back(message)
+        event.reply(fin)
+        return
+    event.server.spawn(_send_page(event, session, results, fin))
+
+
+async def _send_page(
+    event: StanzaEvent, session: Any, results: list[Element], fin: Element
+) -> None:
+    """The results of a query, then its <fin/>, at the pace the client reads; when the
+    session stops being writable (closed, or hibernating: XEP-0198 would queue and store
+    them) the rest is not sent: the client asks again for what it has not seen (§4.3)."""
+    for message in results:
+        if not await session.wait_writable():
+            log.debug("stopped sending a MAM page to %s: the session is not writable", session.jid)
+            return
+        session.send(message)
+    event.reply(fin)
 
 
 # ---- retention ---------------------------------------------------------------------------
@@ -520,41 +612,9 @@ def setup(server: Server) -> None:
     @events.on(f"iq/bare/set/{MAM}:query")
     async def query(event: StanzaEvent) -> bool:
         user = owner(event)
-        payload = event.payload
-        assert payload is not None
-        queryid = payload.get("queryid")
-        filter = parse_filter(payload)
-        try:
-            rsm = find_request(payload)
-        except RSMError as exc:
-            raise StanzaError("bad-request", str(exc)) from None
-        limit = default_page
-        after = before = None
-        index = None
-        if rsm is not None:
-            if rsm.max is not None:
-                limit = min(rsm.max, max_page)
-            after, before, index = rsm.after, rsm.before, rsm.index
-        try:
-            page = await server.storage.archive.query(
-                user.local, user.domain, filter, limit, after=after, before=before, index=index
-            )
-        except ArchiveIdNotFound as exc:
-            raise StanzaError("item-not-found", str(exc)) from None
-        items = page.messages
-        if payload.find("flip-page", MAM) is not None:
-            items = items[::-1]  # §4.3.4: the same page, newest first
-        for item in items:
-            message = result_message(event.sender, user, queryid, item)
-            if message is not None:
-                event.send_back(message)
-        fin = Element("fin", MAM, {"complete": "true" if page.complete else "false"})
-        if queryid is not None:
-            fin.attrs["queryid"] = queryid
-        first = page.messages[0].id if page.messages else None
-        last = page.messages[-1].id if page.messages else None
-        fin.append(response_set(first, last, page.count, page.first_index))
-        event.reply(fin)
+        await answer_query(
+            event, server.storage.archive, user, default_page=default_page, max_page=max_page
+        )
         return True
 
     # ---- metadata (§5) -------------------------------------------------------------------

@@ -90,7 +90,9 @@ class ArchivePage:
 
 
 class ArchiveStore(ABC):
-    """Per-account message archives."""
+    """Message archives, one per owner (local, domain): per account (`storage.archive`,
+    XEP-0313 user archives) or per MUC room (`storage.room_archive`, keyed by the room's
+    local part and the service domain)."""
 
     @abstractmethod
     def enqueue(self, local: str, domain: str, message: ArchivedMessage) -> asyncio.Future[None]:
@@ -148,3 +150,13 @@ class ArchiveStore(ABC):
         """Remove the messages of every archive archived before `cutoff` (retention);
         returns how many went. The oldest go first, so an archive never has holes
         (XEP-0313 §3.2)."""
+
+    @abstractmethod
+    async def replace(self, local: str, domain: str, archive_id: str, stanza: str) -> bool:
+        """Replace the stanza of an archived message, keeping its id, time and place (a
+        retraction leaves a tombstone, XEP-0424 §5.1 / XEP-0425 §4); False when the
+        archive does not hold `archive_id`."""
+
+    @abstractmethod
+    async def delete_archive(self, local: str, domain: str) -> int:
+        """Remove a whole archive (a destroyed room's); returns how many messages went."""

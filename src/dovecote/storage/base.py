@@ -210,6 +210,8 @@ class Storage(ABC):
     roster: RosterStore
     offline: OfflineStore
     archive: ArchiveStore
+    #: MUC room archives, keyed by (room local part, service domain).
+    room_archive: ArchiveStore
     pubsub: PubSubStore
 
     @abstractmethod

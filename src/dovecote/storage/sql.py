@@ -75,7 +75,11 @@ from dovecote.storage.schema import (
     roster_versions,
     scram_credentials,
 )
-from dovecote.storage.sql_archive import SQLArchiveStore
+from dovecote.storage.sql_archive import (
+    SQLArchiveStore,
+    room_archive_messages,
+    room_archive_usage,
+)
 from dovecote.storage.sql_muc import SQLMucStore
 from dovecote.storage.sql_pubsub import SQLPubSubStore
 
@@ -327,6 +331,10 @@ class SQLStorage(Storage):
         self.roster: SQLRosterStore = SQLRosterStore(self)
         self.offline: SQLOfflineStore = SQLOfflineStore(self)
         self.archive: SQLArchiveStore = SQLArchiveStore(self)
+        #: MUC room archives (XEP-0313 on a room JID): (room local, service domain).
+        self.room_archive: SQLArchiveStore = SQLArchiveStore(
+            self, room_archive_messages, room_archive_usage
+        )
         self.pubsub: SQLPubSubStore = SQLPubSubStore(self)
         self.muc: SQLMucStore = SQLMucStore(self)
 

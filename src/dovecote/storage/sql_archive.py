@@ -1,7 +1,8 @@
 """The SQL message archive (XEP-0313 user archives): its table and `SQLArchiveStore`.
 
 Importing this module declares `archive_messages` on the shared metadata (migration 0003
-creates it). Archive order is `seq`, a number that only grows, assigned at insert; the id
+creates it) and the rooms' `room_archive_messages` (migration 0010): one store class serves
+both. Archive order is `seq`, a number that only grows, assigned at insert; the id
 clients see is a random string, looked up once per query to find where a page starts.
 
 Concurrent appends are written together (group commit): while one transaction is being
@@ -102,13 +103,39 @@ archive_usage = Table(
     info=ACCOUNT_DATA,
 )
 
-_COLUMNS = (
-    archive_messages.c.seq,
-    archive_messages.c.id,
-    archive_messages.c.stamp,
-    archive_messages.c.with_bare,
-    archive_messages.c.with_resource,
-    archive_messages.c.stanza,
+#: Archives of MUC rooms (XEP-0313 §6 on the room JID, XEP-0045), keyed by (room local,
+#: service domain) like the user archives, with the same columns; a room is not an account,
+#: so there is no foreign key, and the rows go when the room is destroyed
+#: (`delete_archive`). Migration 0010.
+room_archive_messages = Table(
+    "room_archive_messages",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("domain", String(JID_PART), nullable=False),
+    Column("local", String(JID_PART), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("stamp", DateTime(timezone=True), nullable=False),
+    # The sender: the occupant's real bare JID when known, else the room JID; the
+    # resource is the occupant's nick.
+    Column("with_bare", String(BARE_JID), nullable=False),
+    Column("with_resource", String(JID_PART), nullable=True),
+    Column("stanza", Text, nullable=False),
+    Column("size", Integer, nullable=False, server_default="0"),
+    Index("ix_room_archive_messages_owner", "domain", "local", "seq"),
+    Index("ix_room_archive_messages_id", "domain", "local", "id", unique=True),
+    Index("ix_room_archive_messages_with", "domain", "local", "with_bare", "seq"),
+    Index("ix_room_archive_messages_stamp_owner", "domain", "local", "stamp"),
+    Index("ix_room_archive_messages_stamp", "stamp"),
+)
+
+room_archive_usage = Table(
+    "room_archive_usage",
+    metadata,
+    Column("domain", String(JID_PART), primary_key=True),
+    Column("local", String(JID_PART), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
 )
 
 
@@ -118,6 +145,11 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _columns(table: Table) -> tuple[Any, ...]:
+    c = table.c
+    return (c.seq, c.id, c.stamp, c.with_bare, c.with_resource, c.stanza)
 
 
 def _message(row: Any) -> ArchivedMessage:
@@ -133,8 +165,20 @@ GROUP_COMMIT_DELAY = 0.01
 
 
 class SQLArchiveStore(ArchiveStore):
-    def __init__(self, storage: SQLStorage) -> None:
+    """Archives in `messages` with their byte totals in `usage`: the users' archives
+    (`archive_messages`, owned by accounts) by default, or the rooms'
+    (`room_archive_messages`, `room_archive_usage`)."""
+
+    def __init__(
+        self,
+        storage: SQLStorage,
+        messages: Table = archive_messages,
+        usage: Table = archive_usage,
+    ) -> None:
         self._storage = storage
+        self._messages = messages
+        self._usage_table = usage
+        self._columns = _columns(messages)
         self._max_bytes = 0
         self._policy = "expire-oldest"
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
@@ -174,7 +218,7 @@ class SQLArchiveStore(ArchiveStore):
 
     async def usage(self, local: str, domain: str) -> int:
         await self.flush()
-        table = archive_usage
+        table = self._usage_table
         async with self._storage.begin() as conn:
             result = await conn.execute(
                 select(table.c.bytes).where(table.c.domain == domain, table.c.local == local)
@@ -218,7 +262,7 @@ class SQLArchiveStore(ArchiveStore):
                     batch, refused = await self._within_quota(conn, batch)
                 if batch:
                     rows = [row for row, _ in batch]
-                    await conn.execute(insert(archive_messages), rows)
+                    await conn.execute(insert(self._messages), rows)
                     await self._count_bytes(conn, rows)
                     if self._max_bytes and self._policy == "expire-oldest":
                         await self._expire_oldest(conn, {(r["domain"], r["local"]) for r in rows})
@@ -248,7 +292,7 @@ class SQLArchiveStore(ArchiveStore):
     async def _usage(
         self, conn: AsyncConnection, owners: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], int]:
-        table = archive_usage
+        table = self._usage_table
         wanted = list(owners)
         found: dict[tuple[str, str], int] = {}
         for start in range(0, len(wanted), _CHUNK):
@@ -286,11 +330,10 @@ class SQLArchiveStore(ArchiveStore):
             added[owner] = added.get(owner, 0) + row["size"]
         await self._add_usage(conn, added)
 
-    @staticmethod
-    async def _add_usage(conn: AsyncConnection, added: dict[tuple[str, str], int]) -> None:
+    async def _add_usage(self, conn: AsyncConnection, added: dict[tuple[str, str], int]) -> None:
         if not added:
             return
-        table = archive_usage
+        table = self._usage_table
         dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         stmt = dialect_insert(table)
         stmt = stmt.on_conflict_do_update(
@@ -307,7 +350,7 @@ class SQLArchiveStore(ArchiveStore):
         the start only, so the archive has no holes, XEP-0313 §3.2) down to
         `QUOTA_LOW_WATER` of the quota, so that an archive at its quota is pruned once
         per tenth of it written rather than in every group commit."""
-        table = archive_messages
+        table = self._messages
         for (domain, local), held in (await self._usage(conn, owners)).items():
             if held <= self._max_bytes:
                 continue
@@ -337,7 +380,7 @@ class SQLArchiveStore(ArchiveStore):
         self, conn: AsyncConnection, local: str, domain: str, ids: Iterable[str]
     ) -> dict[str, int]:
         """archive id -> seq for the ids the archive holds."""
-        table = archive_messages
+        table = self._messages
         wanted = list(dict.fromkeys(ids))
         found: dict[str, int] = {}
         for start in range(0, len(wanted), _CHUNK):
@@ -363,7 +406,7 @@ class SQLArchiveStore(ArchiveStore):
         index: int | None = None,
     ) -> ArchivePage:
         await self.flush()  # a query sees every message archived before it
-        table = archive_messages
+        table = self._messages
         named: list[str] = [i for i in (after, before, filter.after_id, filter.before_id) if i]
         named.extend(filter.ids or ())
         async with self._storage.read() as conn:
@@ -397,7 +440,7 @@ class SQLArchiveStore(ArchiveStore):
             if limit <= 0 or total == 0 or (index is not None and index >= total):
                 # XEP-0059 §2.7: max 0 asks for the count only.
                 return ArchivePage([], total, None, complete=total == 0 or limit > 0)
-            page = select(*_COLUMNS).where(*where)
+            page = select(*self._columns).where(*where)
             if before is not None:
                 # §2.3, §2.5: backwards, from right before `before` (or the end).
                 if before:
@@ -433,7 +476,7 @@ class SQLArchiveStore(ArchiveStore):
 
     async def bounds(self, local: str, domain: str) -> tuple[ArchiveMark, ArchiveMark] | None:
         await self.flush()
-        table = archive_messages
+        table = self._messages
         owner = (table.c.domain == domain, table.c.local == local)
         marks: list[ArchiveMark] = []
         async with self._storage.read() as conn:
@@ -449,7 +492,7 @@ class SQLArchiveStore(ArchiveStore):
 
     async def count(self, local: str, domain: str) -> int:
         await self.flush()
-        table = archive_messages
+        table = self._messages
         async with self._storage.read() as conn:
             result = await conn.execute(
                 select(func.count())
@@ -460,7 +503,7 @@ class SQLArchiveStore(ArchiveStore):
 
     async def delete_older_than(self, cutoff: datetime) -> int:
         await self.flush()
-        table = archive_messages
+        table = self._messages
         old = table.c.stamp < _utc(cutoff)
         async with self._storage.begin("expiry of archived messages") as conn:
             result = await conn.execute(
@@ -471,4 +514,30 @@ class SQLArchiveStore(ArchiveStore):
             freed = {(row[0], row[1]): -int(row[2] or 0) for row in result}
             result = await conn.execute(delete(table).where(old))
             await self._add_usage(conn, freed)
+            return int(result.rowcount or 0)
+
+    async def replace(self, local: str, domain: str, archive_id: str, stanza: str) -> bool:
+        await self.flush()
+        table = self._messages
+        size = len(stanza.encode())
+        where = (table.c.domain == domain, table.c.local == local, table.c.id == archive_id)
+        async with self._storage.begin(f"replacing archived message {archive_id}") as conn:
+            result = await conn.execute(select(table.c.size).where(*where))
+            old = result.scalar_one_or_none()
+            if old is None:
+                return False
+            await conn.execute(table.update().where(*where).values(stanza=stanza, size=size))
+            await self._add_usage(conn, {(domain, local): size - int(old)})
+        return True
+
+    async def delete_archive(self, local: str, domain: str) -> int:
+        await self.flush()
+        table, usage = self._messages, self._usage_table
+        async with self._storage.begin(f"deleting the archive of {local}@{domain}") as conn:
+            result = await conn.execute(
+                delete(table).where(table.c.domain == domain, table.c.local == local)
+            )
+            await conn.execute(
+                delete(usage).where(usage.c.domain == domain, usage.c.local == local)
+            )
             return int(result.rowcount or 0)

@@ -22,11 +22,17 @@ from dovecote.jid import JID, InvalidJID
 from dovecote.services.muc import ns
 from dovecote.services.muc.config import RoomConfig
 from dovecote.services.muc.room import Affiliation, Room
-from dovecote.storage.archive import ArchivedMessage, new_archive_id
+from dovecote.storage.archive import (
+    ArchivedMessage,
+    ArchiveFilter,
+    ArchiveIdNotFound,
+    new_archive_id,
+)
 from dovecote.storage.muc import StoredAffiliation, StoredRoom
 from dovecote.stream.errors import StanzaError
 from dovecote.xml import ns as xns
 from dovecote.xml.element import Element, serialize
+from dovecote.xml.parser import parse_stored
 
 if TYPE_CHECKING:
     from dovecote.config import MucSection
@@ -160,15 +166,59 @@ class MucService:
         return archive_id
 
     async def retract_archived(self, room: Room, archive_id: str, tombstone: Element) -> bool:
+        """XEP-0425 §4: the archived message keeps its id, time and author; its content
+        gives way to the <retracted/> tombstone. False: the archive does not hold it."""
         store = self.archive_store
-        replace = getattr(store, "replace", None) if store is not None else None
-        if replace is None:
+        if store is None:
             return False
+        local = room.jid.local or ""
         try:
-            return bool(await replace(room.jid.local or "", self.domain, archive_id, tombstone))
-        except Exception:
-            log.exception("replacing archived message %s of %s failed", archive_id, room.jid)
+            page = await store.query(local, self.domain, ArchiveFilter(ids=[archive_id]), 1)
+        except ArchiveIdNotFound:
             return False
+        if not page.messages:
+            return False
+        original = parse_stored(
+            page.messages[0].stanza, f"archived message {archive_id} of {room.jid}"
+        )
+        if original is None:
+            return False
+        kept = [
+            c for c in original.children if isinstance(c, Element) and c.ns in (ns.OCCUPANT_ID,)
+        ]
+        replaced = Element("message", xns.CLIENT, dict(original.attrs), [*kept, tombstone])
+        return bool(
+            await store.replace(local, self.domain, archive_id, serialize(replaced, xns.CLIENT))
+        )
+
+    async def answer_mam(self, room: Room, event: StanzaEvent) -> None:
+        """XEP-0313 §6.1.2: a query to the room's archive (the room checked who asks)."""
+        from dovecote.modules.mam import answer_query
+
+        store = self.archive_store
+        if store is None:
+            raise StanzaError("service-unavailable")
+        config = self.server.config.mam
+        max_page = config.max_page_size
+        await answer_query(
+            event,
+            store,
+            room.jid,
+            default_page=min(config.default_page_size, max_page),
+            max_page=max_page,
+        )
+
+    async def purge_expired(self) -> int:
+        """Remove what is older than `[muc] archive_retention_days` (0: keep)."""
+        days = self.policy.archive_retention_days
+        store = self.archive_store
+        if days <= 0 or store is None:
+            return 0
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days)
+        removed: int = await store.delete_older_than(cutoff)
+        if removed:
+            log.info("removed %d room messages older than %d days", removed, days)
+        return removed
 
     async def save(self, room: Room) -> None:
         if not room.config.persistent or room.destroyed:
@@ -188,10 +238,14 @@ class MucService:
         )
 
     async def forget(self, room: Room) -> None:
+        """A destroyed room (§10.9): its configuration, affiliations and archive go."""
         local = room.jid.local or ""
         if self.rooms.get(local) is room:
             del self.rooms[local]
         await self._store.delete_room(self.domain, local)
+        store = self.archive_store
+        if store is not None:
+            await store.delete_archive(local, self.domain)
 
     async def forget_storage(self, room: Room) -> None:
         await self._store.delete_room(self.domain, room.jid.local or "")
