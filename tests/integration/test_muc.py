@@ -828,3 +828,95 @@ async def test_slixmpp_clients(server: Server) -> None:
     finally:
         await disconnect(*clients)
         await alice.close()
+
+
+MAM = "urn:xmpp:mam:2"
+RSM = "http://jabber.org/protocol/rsm"
+FORWARD = "urn:xmpp:forward:0"
+
+
+async def test_room_archive_queries_with_paging(server: Server) -> None:
+    alice = await login_resource(server, "alice")
+    bob = await login_resource(server, "bob")
+    carol = await login_resource(server, "carol")
+    await create(alice, "Alice")
+    info = await bob.request(f"<query xmlns='{DISCO_INFO}'/>", "get", ROOM)
+    assert MAM in {f.get("var") for f in info.iter(q(DISCO_INFO, "feature"))}
+    await join(bob, "Bob")
+    ids = []
+    for n in range(5):
+        say(bob, f"n{n}")
+        msg = await bob.take(groupchat_from(f"{ROOM}/Bob"))
+        ids.append(msg.find(q(SID, "stanza-id")).get("id"))  # type: ignore[union-attr]
+    await asyncio.sleep(0.2)
+    # The whole archive, then pages of 2 (XEP-0059).
+    fin = await bob.request(f"<query xmlns='{MAM}' queryid='all'/>", "set", ROOM)
+    assert fin.get("type") == "result"
+    results = [
+        await bob.take(lambda e: e.tag == MESSAGE and e.find(q(MAM, "result")) is not None)
+        for _ in ids
+    ]
+    assert [r.find(q(MAM, "result")).get("id") for r in results] == ids  # type: ignore[union-attr]
+    inner = results[0].find(f"{q(MAM, 'result')}/{q(FORWARD, 'forwarded')}/{q(CLIENT, 'message')}")
+    assert inner is not None and inner.get("from") == f"{ROOM}/Bob"
+    assert inner.findtext(q(CLIENT, "body")) == "n0", ET.tostring(results[0])
+    assert results[0].get("from") == ROOM
+    page = await bob.request(
+        f"<query xmlns='{MAM}' queryid='p'><set xmlns='{RSM}'><max>2</max></set></query>",
+        "set",
+        ROOM,
+    )
+    last = page.findtext(f"{q(MAM, 'fin')}/{q(RSM, 'set')}/{q(RSM, 'last')}")
+    assert last == ids[1]
+    first_page = [
+        await bob.take(lambda e: e.tag == MESSAGE and e.find(q(MAM, "result")) is not None)
+        for _ in range(2)
+    ]
+    assert [r.find(q(MAM, "result")).get("id") for r in first_page] == ids[:2]  # type: ignore[union-attr]
+    page = await bob.request(
+        f"<query xmlns='{MAM}' queryid='p2'><set xmlns='{RSM}'><max>2</max><after>{last}</after></set></query>",
+        "set",
+        ROOM,
+    )
+    second = [
+        await bob.take(lambda e: e.tag == MESSAGE and e.find(q(MAM, "result")) is not None)
+        for _ in range(2)
+    ]
+    assert [r.find(q(MAM, "result")).get("id") for r in second] == ids[2:4]  # type: ignore[union-attr]
+    # A moderated message leaves a tombstone in the archive.
+    moderate = (
+        f"<moderate xmlns='urn:xmpp:message-moderate:1' id='{ids[0]}'>"
+        "<retract xmlns='urn:xmpp:message-retract:1'/></moderate>"
+    )
+    assert (await alice.request(moderate, "set", ROOM)).get("type") == "result"
+    await bob.request(
+        f"<query xmlns='{MAM}' queryid='t'><set xmlns='{RSM}'><max>1</max></set></query>",
+        "set",
+        ROOM,
+    )
+    tomb = await bob.take(lambda e: e.tag == MESSAGE and e.find(q(MAM, "result")) is not None)
+    inner = tomb.find(f"{q(MAM, 'result')}/{q(FORWARD, 'forwarded')}/{q(CLIENT, 'message')}")
+    assert inner is not None and inner.find(q(CLIENT, "body")) is None
+    assert inner.find(q("urn:xmpp:message-retract:1", "retracted")) is not None
+    # Members-only room: a non-member outsider is refused.
+    form = (
+        f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'>"
+        "<field var='muc#roomconfig_membersonly'><value>1</value></field></x></query>"
+    )
+    assert (await alice.request(form, "set", ROOM)).get("type") == "result"
+    refused = await carol.request(f"<query xmlns='{MAM}'/>", "set", ROOM)
+    assert error_condition(refused)[1] == "forbidden"
+    # Archiving off: no MAM feature, status 171 to the occupants.
+    form = (
+        f"<query xmlns='{MUC_OWNER}'><x xmlns='{DATA}' type='submit'>"
+        "<field var='muc#roomconfig_enablearchiving'><value>0</value></field></x></query>"
+    )
+    assert (await alice.request(form, "set", ROOM)).get("type") == "result"
+    notice = await alice.take(
+        lambda e: e.tag == MESSAGE and "104" in codes(e) and "171" in codes(e)
+    )
+    assert notice is not None
+    info = await alice.request(f"<query xmlns='{DISCO_INFO}'/>", "get", ROOM)
+    assert MAM not in {f.get("var") for f in info.iter(q(DISCO_INFO, "feature"))}
+    for res in (alice, bob, carol):
+        await res.close()

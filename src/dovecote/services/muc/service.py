@@ -159,7 +159,7 @@ class MucService:
             datetime.datetime.now(datetime.UTC),
             str(room.jid),
             nick,
-            serialize(stanza, xns.CLIENT),
+            serialize(stanza),
         )
         future = store.enqueue(room.jid.local or "", self.domain, message)
         future.add_done_callback(_log_failed_archive)
@@ -187,9 +187,7 @@ class MucService:
             c for c in original.children if isinstance(c, Element) and c.ns in (ns.OCCUPANT_ID,)
         ]
         replaced = Element("message", xns.CLIENT, dict(original.attrs), [*kept, tombstone])
-        return bool(
-            await store.replace(local, self.domain, archive_id, serialize(replaced, xns.CLIENT))
-        )
+        return bool(await store.replace(local, self.domain, archive_id, serialize(replaced)))
 
     async def answer_mam(self, room: Room, event: StanzaEvent) -> None:
         """XEP-0313 §6.1.2: a query to the room's archive (the room checked who asks)."""
