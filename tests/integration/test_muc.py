@@ -874,7 +874,8 @@ async def test_room_archive_queries_with_paging(server: Server) -> None:
     ]
     assert [r.find(q(MAM, "result")).get("id") for r in first_page] == ids[:2]  # type: ignore[union-attr]
     page = await bob.request(
-        f"<query xmlns='{MAM}' queryid='p2'><set xmlns='{RSM}'><max>2</max><after>{last}</after></set></query>",
+        f"<query xmlns='{MAM}' queryid='p2'><set xmlns='{RSM}'><max>2</max>"
+        f"<after>{last}</after></set></query>",
         "set",
         ROOM,
     )
