@@ -78,11 +78,11 @@ def test_password_and_features() -> None:
 
 
 def test_muc_section_is_validated() -> None:
-    with pytest.raises(ConfigError, match="muc.creators"):
+    with pytest.raises(ConfigError, match=r"muc\.creators"):
         config_from_dict({"muc": {"creators": "everyone"}})
     with pytest.raises(ConfigError, match="default_max_users"):
         config_from_dict({"muc": {"default_max_users": 50, "max_occupants": 10}})
-    with pytest.raises(ConfigError, match="muc.max_rooms_per_user"):
+    with pytest.raises(ConfigError, match=r"muc\.max_rooms_per_user"):
         config_from_dict({"muc": {"max_rooms_per_user": 0}})
     config = config_from_dict({"muc": {"domain": "Conference.Example.ORG"}})
     assert config.muc.domain == "conference.example.org"
