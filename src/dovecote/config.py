@@ -321,6 +321,57 @@ class PubSubSection(_Section):
     max_payload_bytes: int = Field(default=65536, ge=256)
 
 
+class MucSection(_Section):
+    """XEP-0045 multi-user chat: the service and the defaults and limits of its rooms."""
+
+    #: The MUC service's domain ("conference.example.org"); unset: no MUC service.
+    domain: Domain | None = None
+    #: Who may create rooms: 'all' (anyone, also from other servers), 'local' (accounts
+    #: of this server's domains) or 'admins' (the `[server] admins`).
+    creators: str = "local"
+    #: Rooms one user may own at once (owner affiliation); creating one more gets
+    #: not-allowed.
+    max_rooms_per_user: int = Field(default=100, ge=1)
+    #: Rooms the service holds at once (persistent and in use); beyond, new rooms are
+    #: refused (resource-constraint).
+    max_rooms: int = Field(default=10000, ge=1)
+    #: The cap of any room's maxusers (muc#roomconfig_maxusers).
+    max_occupants: int = Field(default=1000, ge=1)
+    #: maxusers of a new room.
+    default_max_users: int = Field(default=200, ge=1)
+    #: The cap of a room's history length (muc#maxhistoryfetch), messages sent on join.
+    max_history: int = Field(default=100, ge=0)
+    #: History length of a new room.
+    default_history: int = Field(default=20, ge=0)
+    #: New rooms are persistent (kept when the last occupant leaves).
+    default_persistent: bool = False
+    #: New rooms are public (listed in the service's disco#items).
+    default_public: bool = True
+    #: New rooms archive their messages (XEP-0313 on the room JID).
+    default_archive: bool = True
+    #: Days room archives keep messages; 0 keeps them forever.
+    archive_retention_days: int = Field(default=0, ge=0)
+    #: Longest room subject, in characters; a longer one is refused (not-acceptable).
+    max_subject_length: int = Field(default=1024, ge=1)
+    #: Longest room nickname, in characters; a longer one is refused (jid-malformed).
+    max_nick_length: int = Field(default=128, ge=1, le=1023)
+
+    @field_validator("creators")
+    @classmethod
+    def _creators(cls, value: str) -> str:
+        if value not in ("all", "local", "admins"):
+            raise ValueError(f"expected all, local or admins, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> MucSection:
+        if self.default_max_users > self.max_occupants:
+            raise ValueError("muc.default_max_users must not exceed muc.max_occupants")
+        if self.default_history > self.max_history:
+            raise ValueError("muc.default_history must not exceed muc.max_history")
+        return self
+
+
 #: XEP-0114 §3: the secret a component proves in its handshake.
 ComponentSecret = Annotated[str, Field(min_length=1)]
 
@@ -372,7 +423,7 @@ class Config(_Section):
     pep: PepSection = Field(default_factory=PepSection)
     private: PrivateSection = Field(default_factory=PrivateSection)
     blocking: BlockingSection = Field(default_factory=BlockingSection)
-    muc: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
+    muc: MucSection = Field(default_factory=MucSection)
     pubsub: PubSubSection = Field(default_factory=PubSubSection)
     upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
     modules: ModulesSection = Field(default_factory=ModulesSection)
@@ -393,7 +444,9 @@ class Config(_Section):
         if isinstance(server := info.data.get("server"), ServerSection):
             taken.update(server.domains)
         for name in ("muc", "pubsub", "upload"):
-            if isinstance(section := info.data.get(name), ServiceDomainSection | PubSubSection):
+            if isinstance(
+                section := info.data.get(name), ServiceDomainSection | PubSubSection | MucSection
+            ):
                 taken.add(section.domain or "")
         for domain in components:
             if domain in taken:

@@ -54,6 +54,7 @@ DEFAULT_MODULES = [
     "version",
     "time",
     "last",
+    "muc",
 ]
 
 

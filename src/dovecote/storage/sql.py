@@ -80,6 +80,7 @@ from dovecote.storage.sql_archive import (
     room_archive_messages,
     room_archive_usage,
 )
+from dovecote.storage.sql_muc import SQLMucStore
 from dovecote.storage.sql_pubsub import SQLPubSubStore
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -335,6 +336,7 @@ class SQLStorage(Storage):
             self, room_archive_messages, room_archive_usage
         )
         self.pubsub: SQLPubSubStore = SQLPubSubStore(self)
+        self.muc: SQLMucStore = SQLMucStore(self)
 
     @property
     def safe_url(self) -> str:

@@ -1,0 +1,22 @@
+"""Merge the MUC rooms (0008) and the 0011 merge (pubsub options, room archive), written
+side by side.
+
+Revision ID: 0012
+Revises: 0008, 0011
+Create Date: 2026-12-02
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0012"
+down_revision: str | Sequence[str] | None = ("0008", "0011")
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
