@@ -266,6 +266,15 @@ class Server:
             listener.close()
         if self._control is not None:
             await self._control.close()
+        # Services on their own domains say goodbye first (XEP-0045 §11.2, status 332:
+        # every occupant is told the room goes away with the service).
+        for component in list(self.components.values()):
+            shutdown = getattr(component, "shutdown", None)
+            if shutdown is not None:
+                try:
+                    shutdown()
+                except Exception:
+                    log.exception("shutting down %r failed", component)
         for stream in list(self.streams):
             stream.close("system-shutdown", "the server is shutting down")
         for session in list(self.sm_sessions.values()):

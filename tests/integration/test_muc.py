@@ -539,14 +539,16 @@ async def test_persistence_across_restart(data_dir: Path) -> None:
         }
         await join(bob, "Bob")  # a member
         assert await join_error(carol, "Carol") == "forbidden"  # still banned
-        own = await join(alice, "Alice")
+        alice.send(f"<presence to='{ROOM}/Alice'><x xmlns='{MUC}'/></presence>")
+        own = await alice.take(lambda e: is_self_presence(e) and e.get("from") == f"{ROOM}/Alice")
         assert item(own)["affiliation"] == "owner"
-        subject = [e for e in alice.backlog if is_subject(e)]
+        # §7.2.15: the stored subject, after the (empty) history.
+        subject = await alice.take(is_subject)
+        assert subject.findtext(q(CLIENT, "subject")) == "Kept topic"
         alice.send(f"<message to='{ROOM}' type='groupchat'><body>back</body></message>")
         msg = await alice.take(groupchat_from(f"{ROOM}/Alice"))
         # XEP-0421: the same occupant id after a restart.
         assert msg.find(q(OCCUPANT_ID, "occupant-id")).get("id") == own_id  # type: ignore[union-attr]
-        assert subject == [] or True
         bans = await admin(alice, "<item affiliation='outcast'/>", "get")
         ban = bans.find(f"{q(MUC_ADMIN, 'query')}/{q(MUC_ADMIN, 'item')}")
         assert ban is not None and ban.findtext(q(MUC_ADMIN, "reason")) == "spam"
@@ -921,3 +923,20 @@ async def test_room_archive_queries_with_paging(server: Server) -> None:
     assert MAM not in {f.get("var") for f in info.iter(q(DISCO_INFO, "feature"))}
     for res in (alice, bob, carol):
         await res.close()
+
+
+async def test_occupants_are_told_when_the_service_shuts_down(data_dir: Path) -> None:
+    """XEP-0045 §11.2 (service shut down): every occupant gets unavailable presence with
+    status 332 before the server closes the streams."""
+    srv = await muc_server(data_dir)
+    await add_user(srv, "alice")
+    await add_user(srv, "bob")
+    alice = await login_resource(srv, "alice")
+    bob = await login_resource(srv, "bob")
+    await create(alice, "Alice")
+    await join(bob, "Bob")
+    await srv.stop()
+    for res, nick in ((alice, "Alice"), (bob, "Bob")):
+        gone = await res.take(presence_from(f"{ROOM}/{nick}", "unavailable"))
+        assert {"110", "332"} <= codes(gone), ET.tostring(gone)
+        assert item(gone)["role"] == "none"

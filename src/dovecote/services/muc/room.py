@@ -1294,7 +1294,7 @@ class Room:
         await self.host.forget(self)
 
     def shutdown(self) -> None:
-        """§? status 332: the service is going down; every occupant is removed."""
+        """§11.2, status 332: the service is going down; every occupant is removed."""
         for occupant in list(self.occupants.values()):
             self.remove_occupant(occupant, ["332"])
 
