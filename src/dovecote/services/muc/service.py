@@ -52,7 +52,7 @@ SERVICE_FEATURES = (
     ns.MODERATE_0,
     ns.MODERATE_1,
     ns.MUC_REQUEST,
-    ns.REGISTER,
+    # jabber:iq:register is a room's (§7.10, in its disco#info), not the service's.
     "muc_persistent",
     "muc_temporary",
     "muc_public",
