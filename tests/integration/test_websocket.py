@@ -98,7 +98,7 @@ async def test_scram_login_and_chat_with_a_tcp_client(tmp_path: Path) -> None:
             msg = await ws.wait_for(lambda e: e.tag == q(CLIENT, "message"))
             assert msg.get("from", "").startswith("juliet@example.org/")
             assert msg.get("type") == "chat"
-            assert msg.findtext(q(CLIENT, "body")) == "wherefore"
+            assert msg.findtext(q(CLIENT, "body")) == "wherefore art thou"
             # WebSocket -> TCP
             ws.send(
                 f"<message xmlns='{CLIENT}' to='juliet@example.org' type='chat'>"
