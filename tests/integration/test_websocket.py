@@ -30,8 +30,6 @@ from tests.helpers import (
     start_server,
 )
 
-pytestmark = pytest.mark.asyncio
-
 SM = "urn:xmpp:sm:3"
 SECURE = {"consider_websocket_secure": True}
 
@@ -447,3 +445,89 @@ async def test_shutdown_closes_websockets(tmp_path: Path) -> None:
     assert await ws.stream_error() == "system-shutdown"
     assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
     await ws.session.close()
+
+
+async def test_ping_frames_and_dead_clients(tmp_path: Path) -> None:
+    """RFC 7395 §3.8: the server pings; a client that does not answer is dropped, and its
+    session hibernates for resumption."""
+    server = await ws_server(tmp_path, http={"websocket_ping_interval": 0.3})
+    try:
+        await add_user(server, "romeo")
+        connector = aiohttp.TCPConnector()
+        async with aiohttp.ClientSession(connector=connector) as http:
+            raw_ws = await http.ws_connect(ws_url(server), protocols=("xmpp",), autoping=False)
+            ws = WSClient(http, raw_ws)
+            await ws.login("romeo")
+            ws.send(f"<enable xmlns='{SM}' resume='true'/>")
+            previd = (await ws.expect(q(SM, "enabled"))).get("id")
+            msg = await raw_ws.receive(5)
+            assert msg.type == aiohttp.WSMsgType.PING
+            # No pong: the server closes within half the interval after its ping.
+            for _ in range(100):
+                session = server.sm_sessions.get(previd)
+                if session is not None and session.state == "hibernating":
+                    break
+                await asyncio.sleep(0.05)
+            assert server.sm_sessions[previd].state == "hibernating"
+    finally:
+        await server.stop()
+
+
+async def test_a_client_that_does_not_read_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What waits to be written is bounded: past max_write_buffer the connection goes
+    (tcp.py does the same); the sender and the server go on."""
+    from dovecote.transport.websocket import WebSocketTransport
+
+    monkeypatch.setattr(WebSocketTransport, "max_write_buffer", 256 * 1024)
+    server = await ws_server(tmp_path, limits={"c2s_rate": 0})
+    try:
+        await add_user(server, "romeo")
+        await add_user(server, "juliet")
+        ws = await WSClient.open(ws_url(server))
+        jid = await ws.login("romeo", resource="web")
+        sender, _ = await raw_login(server, "juliet")
+        body = "z" * 8000
+        for i in range(2500):
+            sender.send(f"<message to='{jid}' type='chat' id='m{i}'><body>{body}</body></message>")
+            if i % 50 == 0:
+                await sender.writer.drain()
+                if server.sessions.get(JID.parse(jid)) is None:
+                    break
+        for _ in range(200):
+            if server.sessions.get(JID.parse(jid)) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert server.sessions.get(JID.parse(jid)) is None
+        assert "does not read its data; dropping the connection" in caplog.text
+        sender.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        pong = await sender.wait_for(lambda e: e.tag == q(CLIENT, "iq") and e.get("id") == "p", 10)
+        assert pong.get("type") == "result"
+        await sender.close()
+        await ws.session.close()
+    finally:
+        await server.stop()
+
+
+async def test_rate_limit_applies(tmp_path: Path) -> None:
+    server = await ws_server(
+        tmp_path, limits={"c2s_rate": 100_000, "c2s_burst": 10_000, "max_stanza_size": 10_000}
+    )
+    try:
+        await add_user(server, "romeo")
+        ws = await WSClient.open(ws_url(server))
+        jid = await ws.login("romeo")
+        (transport,) = [s.transport for s in server.streams]
+        started = asyncio.get_running_loop().time()
+        for i in range(20):
+            ws.send(f"<iq type='get' id='p{i}'><ping xmlns='urn:xmpp:ping'/>{' ' * 9000}</iq>")
+        for i in range(20):
+            await ws.wait_for(lambda e, i=i: e.get("id") == f"p{i}", 10)
+        # 20 x ~9 KB at 100 KB/s after a 10 KB burst: over a second and a half.
+        assert asyncio.get_running_loop().time() - started > 1.2
+        assert transport.throttled > 0
+        assert jid
+        await ws.close()
+    finally:
+        await server.stop()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("dovecote.http.access")
 
 _CLIENT = "dovecote.client"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Seconds a shutting-down server waits for HTTP handlers to finish.
 SHUTDOWN_TIMEOUT = 5.0
 #: CORS preflight answers are cached this long by browsers (seconds).
@@ -98,7 +99,7 @@ class HttpService:
         self._any_origin = "*" in config.cors_origins
         self._origins = frozenset(config.cors_origins)
         self.alt_connections: list[AltConnection] = []
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._preflight])
         self.app[SERVICE] = self
         self.app.on_response_prepare.append(self._cors_headers)
         self._runner: web.AppRunner | None = None
@@ -106,8 +107,6 @@ class HttpService:
 
         websocket.setup(self)
         hostmeta.setup(self)
-        # CORS preflight (any path: routes added later are covered too).
-        self.app.router.add_route("OPTIONS", "/{path:.*}", self._preflight)
 
     def add_alt_connection(self, rel: str, path: str, *, websocket: bool = False) -> None:
         """List a connection method in host-meta (XEP-0156 §3): BOSH registers
@@ -217,8 +216,15 @@ class HttpService:
         if allowed != "*":
             response.headers.add(hdrs.VARY, "Origin")
 
-    async def _preflight(self, request: web.Request) -> web.Response:
-        """CORS preflight (Fetch standard §3.2): the methods and headers web clients use."""
+    @web.middleware
+    async def _preflight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """CORS preflight (Fetch standard §3.2.2), on every path: the methods and headers
+        web clients use."""
+        if (
+            request.method != hdrs.METH_OPTIONS
+            or hdrs.ACCESS_CONTROL_REQUEST_METHOD not in request.headers
+        ):
+            return await handler(request)
         response = web.Response(status=204)
         if self.allowed_origin(request.headers.get(hdrs.ORIGIN)) is not None:
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = "GET, HEAD, POST, PUT, OPTIONS"
