@@ -537,3 +537,47 @@ async def test_rate_limit_applies(tmp_path: Path) -> None:
         await ws.close()
     finally:
         await server.stop()
+
+
+async def test_carbons_and_csi_over_websocket(tmp_path: Path) -> None:
+    """XEP-0280 and XEP-0352 work on a WebSocket session as on TCP: a message sent by the
+    TCP resource is copied to the WebSocket one; an inactive WebSocket client still gets
+    chat messages at once."""
+    carbons = "urn:xmpp:carbons:2"
+    csi = "urn:xmpp:csi:0"
+    server = await ws_server(tmp_path, modules={"enabled": ["carbons", "csi"]})
+    try:
+        await add_user(server, "romeo")
+        await add_user(server, "juliet")
+        ws = await WSClient.open(ws_url(server))
+        await ws.login("romeo", resource="web")
+        ws.send(f"<iq type='set' id='c1'><enable xmlns='{carbons}'/></iq>")
+        result = await ws.wait_for(lambda e: e.get("id") == "c1")
+        assert result.get("type") == "result"
+        ws.send("<presence/>")
+        await ws.wait_for(lambda e: e.tag == q(CLIENT, "presence"))
+        raw, _ = await raw_login(server, "romeo", "tcp")
+        raw.send(
+            "<message to='juliet@example.org/x' type='chat' id='m1'>"
+            "<body>sent from tcp</body></message>"
+        )
+        copy = await ws.wait_for(lambda e: e.tag == q(CLIENT, "message"))
+        sent = copy.find(q(carbons, "sent"))
+        assert sent is not None
+        forwarded = sent.find("{urn:xmpp:forward:0}forwarded")
+        assert forwarded is not None
+        inner = forwarded.find(q(CLIENT, "message"))
+        assert inner is not None and inner.findtext(q(CLIENT, "body")) == "sent from tcp"
+
+        ws.send(f"<inactive xmlns='{csi}'/>")
+        await ws.flush()
+        await asyncio.sleep(0.1)
+        raw.send("<message to='romeo@example.org/web' type='chat'><body>urgent</body></message>")
+        urgent = await ws.wait_for(
+            lambda e: e.tag == q(CLIENT, "message") and e.find(q(CLIENT, "body")) is not None
+        )
+        assert urgent.findtext(q(CLIENT, "body")) == "urgent"
+        await raw.close()
+        await ws.close()
+    finally:
+        await server.stop()
