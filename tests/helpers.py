@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import scramp
 import slixmpp
 
@@ -310,6 +311,145 @@ class RawClient:
             await self.writer.wait_closed()
         except (ConnectionError, ssl.SSLError):
             pass
+
+
+# ---- XMPP over WebSocket (RFC 7395), raw frames -------------------------------------------
+FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
+
+
+class WSClient:
+    """XMPP over WebSocket with raw frames (slixmpp has no WebSocket): one element per
+    message each way. `send` is synchronous like RawClient's, so that RawClient's SASL
+    helpers work unchanged."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse):
+        self.session = session
+        self.ws = ws
+        self.close_code: int | None = None
+        self.closed_by_server = False  # <close/> received
+        self._sends: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        protocols: tuple[str, ...] = ("xmpp",),
+        headers: dict[str, str] | None = None,
+        source: str | None = None,
+    ) -> WSClient:
+        """Connect to `url` (ws:// or wss://, any certificate); `source`: the client's
+        loopback address."""
+        connector = aiohttp.TCPConnector(
+            ssl=client_ssl_context(), local_addr=(source, 0) if source else None
+        )
+        session = aiohttp.ClientSession(connector=connector)
+        try:
+            ws = await session.ws_connect(
+                url, protocols=protocols, headers=headers, autoclose=False, max_msg_size=0
+            )
+        except BaseException:
+            await session.close()
+            raise
+        return cls(session, ws)
+
+    def send(self, data: str | bytes) -> None:
+        text = data.decode() if isinstance(data, bytes) else data
+        self._sends.append(asyncio.ensure_future(self.ws.send_str(text)))
+
+    async def flush(self) -> None:
+        sends, self._sends = self._sends, []
+        for send in sends:
+            await send
+
+    async def next(self, timeout: float = 5) -> ET.Element:
+        """The next element from the server (one per message); EOFError once closed."""
+        await self.flush()
+        msg = await self.ws.receive(timeout)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            self.close_code = msg.data if msg.type == aiohttp.WSMsgType.CLOSE else None
+            if self.close_code is None:
+                self.close_code = self.ws.close_code
+            raise EOFError(f"WebSocket closed ({self.close_code})")
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise EOFError(f"unexpected WebSocket message {msg.type}")
+        el = ET.fromstring(msg.data)
+        if el.tag == q(FRAMING, "close"):
+            self.closed_by_server = True
+        return el
+
+    async def expect(self, tag: str, timeout: float = 5) -> ET.Element:
+        el = await self.next(timeout)
+        assert el.tag == tag, f"expected {tag}, got {el.tag}: {ET.tostring(el)!r}"
+        return el
+
+    async def wait_for(
+        self, predicate: Callable[[ET.Element], bool], timeout: float = 5
+    ) -> ET.Element:
+        while True:
+            el = await self.next(timeout)
+            if predicate(el):
+                return el
+
+    def open_stream(self, to: str = DOMAIN) -> None:
+        self.send(f"<open xmlns='{FRAMING}' to='{to}' version='1.0'/>")
+
+    async def features(self) -> ET.Element:
+        """Our <open/> is answered by the server's, then the features."""
+        await self.expect(q(FRAMING, "open"))
+        return await self.expect(q(STREAMS, "features"))
+
+    auth_plain = RawClient.auth_plain
+    auth_scram = RawClient.auth_scram
+
+    async def login(
+        self,
+        local: str,
+        password: str = PASSWORD,
+        resource: str = "ws",
+        mechanism: str = "SCRAM-SHA-1",
+    ) -> str:
+        """SASL (SCRAM or PLAIN), restart, bind; returns the bound JID."""
+        self.open_stream()
+        await self.features()
+        if mechanism == "PLAIN":
+            el = await self.auth_plain(local, password)
+        else:
+            el = await self.auth_scram(local, password, mechanism)
+        assert el.tag == q(SASL, "success"), ET.tostring(el)
+        self.open_stream()
+        await self.features()
+        self.send(
+            f"<iq type='set' id='bind1' xmlns='{CLIENT}'><bind xmlns='{BIND}'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
+        el = await self.expect(q(CLIENT, "iq"))
+        assert el.get("type") == "result", ET.tostring(el)
+        return el.find(f"{q(BIND, 'bind')}/{q(BIND, 'jid')}").text  # type: ignore[union-attr]
+
+    async def stream_error(self, timeout: float = 5) -> str:
+        """Read until a stream error; return its condition after the <close/> and the
+        WebSocket's closing (`close_code`)."""
+        el = await self.wait_for(lambda e: e.tag == q(STREAMS, "error"), timeout)
+        conditions = [
+            c.tag.split("}")[1]
+            for c in el
+            if c.tag.startswith(f"{{{STREAM_ERRORS}}}") and not c.tag.endswith("}text")
+        ]
+        await self.closed(timeout)
+        return conditions[0]
+
+    async def closed(self, timeout: float = 5) -> None:
+        """Read until the WebSocket closes (`close_code` is then set)."""
+        while True:
+            try:
+                await self.next(timeout)
+            except EOFError:
+                return
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
 
 
 def error_condition(el: ET.Element) -> tuple[str | None, str | None]:

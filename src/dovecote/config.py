@@ -6,10 +6,12 @@ Every error names the key and the bad value, so `dovecote check-config` and a fa
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -114,7 +116,11 @@ class ListenSection(_Section):
     c2s: ListenAddress = "0.0.0.0:5222"
     c2s_tls: ListenAddress = "0.0.0.0:5223"
     s2s: ListenAddress = "0.0.0.0:5269"
+    #: Plain HTTP (WebSocket, host-meta; BOSH and upload to come), for use behind a
+    #: reverse proxy that terminates TLS; empty: off.
     http: ListenAddress = "0.0.0.0:5280"
+    #: The same HTTP application over TLS with the `[tls]` certificate; empty: off.
+    https: ListenAddress = ""
     #: XEP-0114 external components ("127.0.0.1:5347"); empty: off.
     component: ListenAddress = ""
 
@@ -294,6 +300,66 @@ class BlockingSection(_Section):
     max_items: int = Field(default=5000, ge=1)
 
 
+def _check_network(value: str) -> str:
+    """An address ("192.0.2.7", "::1") or a network in CIDR notation ("10.0.0.0/8")."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+    return value
+
+
+def _check_public_url(value: str) -> str:
+    if value == "":
+        return value
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"the public URL {value!r} may not have a query or fragment")
+    return value.rstrip("/")
+
+
+def _check_origin(value: str) -> str:
+    if value == "*":
+        return value
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path:
+        raise ValueError(f"expected '*' or an origin like https://chat.example.org, got {value!r}")
+    return value.lower()
+
+
+class HttpSection(_Section):
+    """The HTTP application (`[listen] http`/`https`): WebSocket, XEP-0156 host-meta."""
+
+    #: The base URL clients reach this server under (say "https://chat.example.org"
+    #: when a reverse proxy serves it there): the links of host-meta are built on it.
+    #: Empty: built from each request (its Host, and the scheme it came in with).
+    public_url: Annotated[str, AfterValidator(_check_public_url)] = ""
+    #: Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / Forwarded
+    #: (RFC 7239) headers are believed: the client address used for per-address limits
+    #: and logs, and whether the client came over TLS (X-Forwarded-Proto).
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_network)]] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"]
+    )
+    #: Origins web clients may be served from (CORS, and the Origin of a WebSocket
+    #: handshake); "*": any.
+    cors_origins: list[Annotated[str, AfterValidator(_check_origin)]] = Field(
+        default_factory=lambda: ["*"]
+    )
+    #: Seconds an idle HTTP connection (keep-alive, or one that sends no request) is kept.
+    keepalive_timeout: float = Field(default=75.0, gt=0)
+    #: Seconds a request body may take to arrive.
+    request_timeout: float = Field(default=60.0, gt=0)
+    #: Seconds between WebSocket ping frames (RFC 7395 §3.8); a connection that does not
+    #: answer within half of it is dropped (its session hibernates with XEP-0198). 0: off.
+    websocket_ping_interval: float = Field(default=60.0, ge=0)
+    #: Treat plain ws:// connections as encrypted (TLS ends at a reverse proxy on the same
+    #: host that does not send X-Forwarded-Proto): `[tls] required` then allows them to log
+    #: in, and PLAIN is offered. Like Prosody's consider_websocket_secure.
+    consider_websocket_secure: bool = False
+
+
 class ServiceDomainSection(_Section):
     domain: Domain | None = None
 
@@ -430,6 +496,7 @@ class Config(_Section):
     logging: LoggingSection = Field(default_factory=LoggingSection)
     #: XEP-0114 external components: domain -> shared secret.
     components: dict[Domain, ComponentSecret] = Field(default_factory=dict)
+    http: HttpSection = Field(default_factory=HttpSection)
 
     #: Where the file was read from (None: built-in defaults).
     source: str | None = None

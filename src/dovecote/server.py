@@ -8,6 +8,7 @@ import errno
 import gc
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -96,6 +97,8 @@ class Server:
         #: Background writes that acks wait for (`spawn_durable`).
         self._durable_tasks: set[asyncio.Task[Any]] = set()
         self._control: Any = None
+        #: The HTTP application (WebSocket, host-meta, ...) when `[listen] http`/`https`.
+        self.http: Any = None
 
     # ---- background work ------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -151,6 +154,7 @@ class Server:
             await self._listen("c2s", config.listen.c2s, direct_tls=False)
             await self._listen("c2s_tls", config.listen.c2s_tls, direct_tls=True)
             await self._listen_components()
+            await self._listen_http()
         except StartupError:
             await self.stop()
             raise
@@ -179,15 +183,19 @@ class Server:
         address: str,
         direct_tls: bool,
         protocol: Callable[[], asyncio.Protocol] | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        """Listen on `address` for client streams, or for what `protocol` makes."""
+        """Listen on `address` for client streams, or for what `protocol` makes (with
+        `tls_context` rather than the XMPP one when given)."""
         if not address:
             return
         from dovecote.transport.tcp import C2STCPProtocol
 
         host, port = parse_listen(address)
         loop = asyncio.get_running_loop()
-        ssl_context = self.tls.context if (direct_tls and self.tls) else None
+        ssl_context = None
+        if direct_tls and self.tls:
+            ssl_context = tls_context or self.tls.context
         try:
             listener = await loop.create_server(
                 protocol or (lambda: C2STCPProtocol(self, self.tls, direct_tls)),
@@ -220,6 +228,19 @@ class Server:
             raise StartupError(str(exc)) from None
         address = self.config.listen.component
         await self._listen("component", address, False, lambda: ComponentTCPProtocol(self))
+
+    async def _listen_http(self) -> None:
+        """The HTTP application on `[listen] http` and `https` (http/app.py)."""
+        listen = self.config.listen
+        if not (listen.http or listen.https):
+            return
+        from dovecote.http import HttpService
+
+        self.http = HttpService(self)
+        factory = await self.http.start()
+        await self._listen("http", listen.http, False, factory)
+        https_context = self.tls.http_context if self.tls else None
+        await self._listen("https", listen.https, True, factory, https_context)
 
     async def _start_control(self, data_dir: Path) -> None:
         from dovecote.control import ControlServer
@@ -283,6 +304,10 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(listener.wait_closed(), 2)
         self._listeners.clear()
+        if self.http is not None:
+            # After the streams: WebSocket handlers end with their streams.
+            await self.http.stop()
+            self.http = None
         # Background work (unavailable broadcasts, offline storage of unacknowledged
         # messages, ...) may start more of it: wait until none is left, within bounds.
         loop = asyncio.get_running_loop()

@@ -384,9 +384,14 @@ class Router:
         if len(sessions) == 1:
             sessions[0].send(stanza)
             return
-        data = sessions[0].serialize(stanza)
+        # Once per kind of connection (TCP and WebSocket serialize differently).
+        serialized: dict[Any, bytes] = {}
         for session in sessions:
             try:
+                kind = getattr(session, "wire", None)
+                data = serialized.get(kind)
+                if data is None:
+                    data = serialized[kind] = session.serialize(stanza)
                 session.send(stanza, data)
             except Exception:
                 log_failure("deliver", session.send, (session, stanza))

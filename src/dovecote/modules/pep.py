@@ -496,7 +496,7 @@ def setup(server: Server) -> None:
             copy = message.shallow_copy()
             to = str(session.jid)
             copy.attrs["to"] = to
-            kind = type(getattr(session, "transport", session))
+            kind = getattr(session, "wire", None) or type(session)
             if kind not in templates:
                 data = session.serialize(message)
                 templates[kind] = data if data.startswith(b"<message ") else None

@@ -101,6 +101,7 @@ class C2SStream(StreamBase):
                     sm_enabled=self._sm_enabled,
                     pre_auth_features=server.pre_auth_features,
                     stream_features=server.stream_features,
+                    framing=transport.framing,
                 ),
                 secure=transport.secure,
                 can_starttls=transport.can_starttls,

@@ -190,6 +190,9 @@ class Framing:
 
 #: RFC 6120 §4.8: <stream:stream xmlns='jabber:client' xmlns:stream='...streams'>.
 TCP_FRAMING = Framing(ns.STREAMS, "stream", "stream", ns.CLIENT)
+#: RFC 7395 §3.3.2, §3.4: <open xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>, any prefix;
+#: every frame carries its own namespaces, so there is no content namespace to declare.
+WEBSOCKET_FRAMING = Framing(ns.FRAMING, "open", None, None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ class ServerTLS:
     cert_path: Path
     #: RFC 5929 §4.1: hash of the server certificate for tls-server-end-point.
     end_point_hash: bytes
+    #: The same certificate for HTTPS (`[listen] https`): ALPN http/1.1, not xmpp-client.
+    http_context: ssl.SSLContext | None = None
 
 
 def ensure_self_signed(data_dir: Path, domains: list[str]) -> tuple[Path, Path]:
@@ -102,18 +104,24 @@ def make_server_tls(cert_path: Path, key_path: Path) -> ServerTLS:
                 pass
         except OSError as exc:
             raise CertificateError(f"cannot read {path}: {exc.strerror}") from None
+    context = _context(cert_path, key_path, "xmpp-client")  # XEP-0368
+    http_context = _context(cert_path, key_path, "http/1.1")
+    try:
+        digest = end_point_hash(cert_path.read_bytes())
+    except ValueError as exc:
+        raise CertificateError(f"cannot parse certificate {cert_path}: {exc}") from None
+    return ServerTLS(context, cert_path, digest, http_context)
+
+
+def _context(cert_path: Path, key_path: Path, alpn: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION
-    context.set_alpn_protocols(["xmpp-client"])  # XEP-0368
+    context.set_alpn_protocols([alpn])
     try:
         context.load_cert_chain(cert_path, key_path)
     except (ssl.SSLError, ValueError) as exc:
         raise CertificateError(
             f"cannot use certificate {cert_path} with key {key_path}: {exc}"
         ) from None
-    try:
-        digest = end_point_hash(cert_path.read_bytes())
-    except ValueError as exc:
-        raise CertificateError(f"cannot parse certificate {cert_path}: {exc}") from None
-    return ServerTLS(context, cert_path, digest)
+    return context

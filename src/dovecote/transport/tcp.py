@@ -13,8 +13,9 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dovecote.core.throttle import address_key
 from dovecote.stream.c2s import C2SStream
+from dovecote.stream.negotiation import TCP_FRAMING
+from dovecote.transport.base import TokenBucket, count_connection, uncount_connection
 from dovecote.xml import ns
 from dovecote.xml.element import Element, escape_attr, serialize
 from dovecote.xml.parser import StreamParser, XMLStreamError
@@ -53,6 +54,7 @@ class XMLStreamProtocol(asyncio.Protocol):
     max_write_buffer = 8 * 1024 * 1024
     secure = False
     can_starttls = False
+    framing = TCP_FRAMING
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -64,9 +66,8 @@ class XMLStreamProtocol(asyncio.Protocol):
         self._closing = False
         #: Why reading is paused: "backlog" (the stream is behind), "rate" (shaping).
         self._paused_for: set[str] = set()
-        self._rate, self._burst = self.rate_limit()
-        self._tokens = float(self._burst)
-        self._tokens_at = 0.0
+        rate, burst = self.rate_limit()
+        self._bucket = TokenBucket(rate, burst) if rate else None
         #: How many times the rate limit paused reading (for tests and metrics).
         self.throttled = 0
         #: asyncio paused our writing: the peer reads slower than we write.
@@ -111,42 +112,18 @@ class XMLStreamProtocol(asyncio.Protocol):
 
     def _count_connection(self) -> bool:
         """Count this connection against its address; False when over the limit."""
-        limit = self.connection_limit()
-        if not limit:
-            return True
-        key = address_key(self.peer_address)
-        counts = self.server.connections_per_address
-        count = counts.get(key, 0)
-        if count >= limit:
-            refused = self.server.refused_per_address
-            # One WARNING per flood (for fail2ban), not one per refused connection.
-            level = logging.DEBUG if key in refused else logging.WARNING
-            refused[key] = refused.get(key, 0) + 1
-            log.log(level, "too many connections from %s: refused", self.peer_address)
-            return False
-        counts[key] = count + 1
+        key = count_connection(self.server, self.peer_address, self.connection_limit())
         self._counted_as = key
-        return True
+        return key is not None
 
     def _uncount_connection(self) -> None:
-        key = self._counted_as
-        if key is None:
-            return
-        self._counted_as = None
-        counts = self.server.connections_per_address
-        refused = self.server.refused_per_address.pop(key, 0)
-        if refused > 1:
-            log.info("%d connections from %s were refused (too many)", refused, key)
-        left = counts.get(key, 1) - 1
-        if left > 0:
-            counts[key] = left
-        else:
-            counts.pop(key, None)
+        key, self._counted_as = self._counted_as, None
+        uncount_connection(self.server, key)
 
     def data_received(self, data: bytes) -> None:
         if self.stream is None:
             return
-        if self._rate:
+        if self._bucket is not None:
             self._shape(len(data))
         try:
             events = self.parser.feed(data)
@@ -190,18 +167,14 @@ class XMLStreamProtocol(asyncio.Protocol):
         self.stream = None
 
     def _shape(self, size: int) -> None:
-        """Token bucket: past its burst, a peer is read at its rate (a flood slows down
-        itself, not the server)."""
+        """Past its burst, a peer is read at its rate (`TokenBucket`)."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._tokens_at:
-            self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
-        self._tokens_at = now
-        self._tokens -= size
-        if self._tokens < 0 and "rate" not in self._paused_for:
+        assert self._bucket is not None
+        pause = self._bucket.take(size, loop.time())
+        if pause and "rate" not in self._paused_for:
             self.throttled += 1
             self._pause("rate")
-            loop.call_later(-self._tokens / self._rate, self._resume, "rate")
+            loop.call_later(pause, self._resume, "rate")
 
     def _negotiation_timeout(self) -> None:
         # Cancelled by `stream_bound` once negotiation is over.

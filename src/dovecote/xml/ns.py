@@ -1,6 +1,7 @@
 """Namespace constants (RFC 6120, RFC 6121 and the XEPs)."""
 
 STREAMS = "http://etherx.jabber.org/streams"
+FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"  # RFC 7395 §3.3
 CLIENT = "jabber:client"
 SERVER = "jabber:server"
 COMPONENT = "jabber:component:accept"
