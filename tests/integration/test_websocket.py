@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from dovecote.jid import JID
+from dovecote.modules import caps as caps_module
 from dovecote.server import Server
 from tests.helpers import (
     BIND,
@@ -29,6 +30,7 @@ from tests.helpers import (
     send_presence,
     start_server,
 )
+from tests.integration.test_pep import CAPS, CLIENT_NODE, EVENT, TUNE, caps_answer
 
 SM = "urn:xmpp:sm:3"
 SECURE = {"consider_websocket_secure": True}
@@ -577,6 +579,56 @@ async def test_carbons_and_csi_over_websocket(tmp_path: Path) -> None:
             lambda e: e.tag == q(CLIENT, "message") and e.find(q(CLIENT, "body")) is not None
         )
         assert urgent.findtext(q(CLIENT, "body")) == "urgent"
+        await raw.close()
+        await ws.close()
+    finally:
+        await server.stop()
+
+
+async def test_pep_notifications_to_websocket_and_tcp_resources(tmp_path: Path) -> None:
+    """Regression: PEP grouped its notification templates by a `transport` attribute
+    sessions do not have, so a WebSocket resource could get the TCP bytes (no
+    xmlns='jabber:client', not a complete element in a frame of its own)."""
+    server = await ws_server(tmp_path)
+    try:
+        await add_user(server, "romeo")
+        raw, raw_jid = await raw_login(server, "romeo", "tcp")
+        ws = await WSClient.open(ws_url(server))
+        ws_jid = await ws.login("romeo", resource="web")
+        query, ver = caps_answer([f"{TUNE}+notify"])
+        caps = f"<c xmlns='{CAPS}' hash='sha-1' node='{CLIENT_NODE}' ver='{ver}'/>"
+        for client in (raw, ws):
+            client.send(f"<presence>{caps}</presence>")
+        # The server asks one of them for the caps' features (XEP-0115 §6.3).
+        asked = False
+        for client in (raw, ws):
+            try:
+                request = await client.wait_for(
+                    lambda e: e.tag == q(CLIENT, "iq") and e.get("type") == "get", timeout=2
+                )
+            except (TimeoutError, AssertionError):
+                continue
+            client.send(f"<iq type='result' id='{request.get('id')}' to='example.org'>{query}</iq>")
+            asked = True
+            break
+        assert asked
+        for jid in (raw_jid, ws_jid):
+            for _ in range(100):
+                session = server.sessions.get(JID.parse(jid))
+                if session is not None and f"{TUNE}+notify" in caps_module.features_of(session):
+                    break
+                await asyncio.sleep(0.02)
+        raw.send(
+            "<iq type='set' id='pub'><pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+            f"<publish node='{TUNE}'><item><tune xmlns='{TUNE}'><title>Both</title></tune>"
+            "</item></publish></pubsub></iq>"
+        )
+        for client, jid in ((raw, raw_jid), (ws, ws_jid)):
+            event = await client.wait_for(
+                lambda e: e.tag == q(CLIENT, "message") and e.find(q(EVENT, "event")) is not None
+            )
+            assert event.get("to") == jid
+            assert event.findtext(f".//{q(TUNE, 'title')}") == "Both"
         await raw.close()
         await ws.close()
     finally:
