@@ -505,6 +505,21 @@ async def test_connections_per_address(tmp_path: Path) -> None:
         await srv.stop()
 
 
+async def test_connections_in_all(tmp_path: Path) -> None:
+    srv = await start(tmp_path / "data", max_connections=2, max_connections_per_ip=0)
+    try:
+        first = await Socks.open(srv)
+        second = await Socks.open(srv)
+        third = await Socks.open(srv)
+        assert await third.read_until_closed() == b""
+        second.send(b"\x05\x01\x00")
+        assert await second.read_exactly(2) == b"\x05\x00"
+        await first.close()
+        await second.close()
+    finally:
+        await srv.stop()
+
+
 async def test_bandwidth_cap(tmp_path: Path) -> None:
     """200 KB at 100 KB/s take at least 1.5 s to arrive (no upper bound: CI is noisy)."""
     srv = await start(tmp_path / "data", max_bandwidth=100_000)

@@ -70,7 +70,8 @@ class Socks5Connection(asyncio.Protocol):
         try:
             reply, dst_addr = handshake.feed(data)
         except HandshakeError as exc:
-            log.info("SOCKS5 connection from %s refused: %s", self.peer_address, exc)
+            # DEBUG: scanners knock on open ports; one line each would flood the log.
+            log.debug("SOCKS5 connection from %s refused: %s", self.peer_address, exc)
             self.handshake = None
             if exc.reply is not None:
                 self.write(exc.reply)
