@@ -195,13 +195,23 @@ async def test_streamhost_address(server: Server, alice: tuple[RawClient, str]) 
     assert server.ports["proxy65"] != 0
 
 
-async def test_public_host_is_announced(tmp_path: Path) -> None:
-    srv = await start(tmp_path / "data", public_host="files.example.org")
+@pytest.mark.parametrize(
+    ("settings", "announced"),
+    [
+        ({"public_host": "files.example.org"}, "files.example.org"),
+        ({"public_host": "[2001:DB8:0:0::1]"}, "2001:db8::1"),  # RFC 5952 (§4)
+        ({"address": "0.0.0.0:0"}, DOMAIN),  # every address: the server's first domain
+    ],
+)
+async def test_public_host_is_announced(
+    tmp_path: Path, settings: dict[str, str], announced: str
+) -> None:
+    srv = await start(tmp_path / "data", **settings)
     try:
         raw, _jid = await raw_login(srv, "alice")
         result = await iq(raw, f"<query xmlns='{BYTESTREAMS}'/>")
         host = result.find(f"{q(BYTESTREAMS, 'query')}/{q(BYTESTREAMS, 'streamhost')}")
-        assert host is not None and host.get("host") == "files.example.org"
+        assert host is not None and host.get("host") == announced
         await raw.close()
     finally:
         await srv.stop()

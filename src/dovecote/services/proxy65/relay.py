@@ -238,6 +238,8 @@ class Relay:
         if count:
             destination.write(data[:count])
             data = data[count:]
+            # Paced writes are activity too: a slow cap reads seldom.
+            self.last_activity = self.loop.time()
         if data:
             self.pending[source] = data
             source.set_reading(False)
