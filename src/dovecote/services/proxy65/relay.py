@@ -188,8 +188,8 @@ class Relay:
         )
         first.activated(self)
         second.activated(self)
-        # Reading resumes on both ends now: bytes sent before are ignored (§9.1) and were
-        # already read and dropped.
+        # Both ends were read all along: what they sent before activation was dropped
+        # (§9.1); from now on it is relayed.
         first.set_reading(True)
         second.set_reading(True)
 
