@@ -52,7 +52,8 @@ def render() -> str:
             out += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
             for option in options(info.config):
                 doc = option.doc.replace("|", "\\|").replace("<", "&lt;")
-                out.append(f"| `{option.name}` | {option.type} | `{option.default}` | {doc} |")
+                kind = option.type.replace("|", "\\|")
+                out.append(f"| `{option.name}` | {kind} | `{option.default}` | {doc} |")
             out.append("")
     return "\n".join(out)
 

@@ -438,6 +438,57 @@ class MucSection(_Section):
         return self
 
 
+class Proxy65Section(_Section):
+    """XEP-0065 SOCKS5 bytestreams proxy: a file transfer relay at its own domain, listed
+    in the server's disco#items; off while `domain` is unset."""
+
+    #: The proxy's JID ("proxy.example.org"); unset: no proxy.
+    domain: Domain | None = None
+    #: HOST:PORT the SOCKS5 listener binds (port 0: any free port).
+    address: ListenAddress = "0.0.0.0:7777"
+    #: The host clients are told to connect to (<streamhost host=.../>): an IP address or
+    #: a DNS name resolving to this machine. Unset: the listener's address, or the first
+    #: `[server] domains` entry when it listens on every address (0.0.0.0 or ::).
+    public_host: str | None = None
+    #: Bytes per second one transfer (both directions together) is relayed at most;
+    #: 0: no limit. Faster senders are read more slowly (TCP pushes back on them).
+    max_bandwidth: int = Field(default=10 * 1024 * 1024, ge=0)
+    #: Bytes one transfer may relay in all; beyond, both connections are closed. 0: no
+    #: limit (bandwidth and time are what a transfer costs, both capped elsewhere).
+    max_transfer_size: int = Field(default=0, ge=0)
+    #: SOCKS5 connections open at once; beyond, new connections are closed at once.
+    max_connections: int = Field(default=1000, ge=2)
+    #: SOCKS5 connections open at once from one IPv4 address or IPv6 /64 (0: no limit).
+    max_connections_per_ip: int = Field(default=20, ge=0)
+    #: Seconds from connecting until the transfer is activated; then the connection closes
+    #: (a half-connected pair, or a pair never activated).
+    activation_timeout: float = Field(default=60.0, gt=0)
+    #: Seconds an activated transfer may pass without relaying a byte; then it is closed.
+    idle_timeout: float = Field(default=300.0, gt=0)
+    #: Who may use the proxy (ask for its address and activate transfers): "local"
+    #: (accounts of this server's domains) or "all" (also JIDs of other servers).
+    allowed: Literal["local", "all"] = "local"
+
+    @field_validator("address")
+    @classmethod
+    def _address_set(cls, value: str) -> str:
+        if value == "":
+            raise ValueError("the proxy needs an address to listen on (HOST:PORT)")
+        return value
+
+    @field_validator("public_host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host = value.strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not host or any(c.isspace() for c in host) or "/" in host:
+            raise ValueError(f"expected an IP address or a host name, got {value!r}")
+        return host
+
+
 #: XEP-0114 §3: the secret a component proves in its handshake.
 ComponentSecret = Annotated[str, Field(min_length=1)]
 
@@ -492,6 +543,7 @@ class Config(_Section):
     muc: MucSection = Field(default_factory=MucSection)
     pubsub: PubSubSection = Field(default_factory=PubSubSection)
     upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
+    proxy65: Proxy65Section = Field(default_factory=Proxy65Section)
     modules: ModulesSection = Field(default_factory=ModulesSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     #: XEP-0114 external components: domain -> shared secret.
@@ -500,6 +552,21 @@ class Config(_Section):
 
     #: Where the file was read from (None: built-in defaults).
     source: str | None = None
+
+    @field_validator("proxy65")
+    @classmethod
+    def _proxy_domain_free(cls, proxy: Proxy65Section, info: ValidationInfo) -> Proxy65Section:
+        """The proxy's domain is its own: not a server domain nor another service's."""
+        if proxy.domain is None:
+            return proxy
+        server = info.data.get("server")
+        if isinstance(server, ServerSection) and proxy.domain in server.domains:
+            raise ValueError(f"proxy65.domain {proxy.domain!r} is already served by this server")
+        for name in ("muc", "pubsub", "upload"):
+            section = info.data.get(name)
+            if getattr(section, "domain", None) == proxy.domain:
+                raise ValueError(f"proxy65.domain {proxy.domain!r} is already {name}.domain")
+        return proxy
 
     @field_validator("components")
     @classmethod
@@ -510,9 +577,10 @@ class Config(_Section):
         taken: set[str] = set()
         if isinstance(server := info.data.get("server"), ServerSection):
             taken.update(server.domains)
-        for name in ("muc", "pubsub", "upload"):
+        for name in ("muc", "pubsub", "upload", "proxy65"):
             if isinstance(
-                section := info.data.get(name), ServiceDomainSection | PubSubSection | MucSection
+                section := info.data.get(name),
+                ServiceDomainSection | PubSubSection | MucSection | Proxy65Section,
             ):
                 taken.add(section.domain or "")
         for domain in components:

@@ -155,6 +155,7 @@ class Server:
             await self._listen("c2s_tls", config.listen.c2s_tls, direct_tls=True)
             await self._listen_components()
             await self._listen_http()
+            await self._start_components()
         except StartupError:
             await self.stop()
             raise
@@ -241,6 +242,18 @@ class Server:
         await self._listen("http", listen.http, False, factory)
         https_context = self.tls.http_context if self.tls else None
         await self._listen("https", listen.https, True, factory, https_context)
+
+    async def _start_components(self) -> None:
+        """Services on their own domains that listen themselves (the XEP-0065 proxy's
+        SOCKS5 port) start here; one that cannot is a StartupError."""
+        for component in list(self.components.values()):
+            start = getattr(component, "start", None)
+            if start is None:
+                continue
+            try:
+                await start()
+            except Exception as exc:
+                raise StartupError(str(exc)) from None
 
     async def _start_control(self, data_dir: Path) -> None:
         from dovecote.control import ControlServer

@@ -406,3 +406,61 @@ def test_pubsub_section() -> None:
     message = error_of({"pubsub": {"domain": "pubsub.example.org"}, "components": {
         "pubsub.example.org": "secret"}})  # fmt: skip
     assert "already served" in message
+
+
+# ---- [proxy65] (XEP-0065) -----------------------------------------------------------
+def test_proxy65_section(tmp_path: Path) -> None:
+    config = config_from_dict({})
+    assert config.proxy65.domain is None
+    assert config.proxy65.address == "0.0.0.0:7777"
+    assert config.proxy65.public_host is None
+    assert config.proxy65.max_bandwidth == 10 * 1024 * 1024
+    assert config.proxy65.allowed == "local"
+    path = write(
+        tmp_path,
+        '[proxy65]\ndomain = "Proxy.Example.org"\naddress = "[::1]:7777"\n'
+        'public_host = "[2001:db8::1]"\nmax_bandwidth = 0\nallowed = "all"\n'
+        "activation_timeout = 30\nidle_timeout = 60\nmax_connections = 10\n"
+        "max_connections_per_ip = 0\nmax_transfer_size = 1048576\n",
+    )
+    config = load_config(path)
+    assert config.proxy65.domain == "proxy.example.org"
+    assert config.proxy65.address == "[::1]:7777"
+    assert config.proxy65.public_host == "2001:db8::1"
+    assert config.proxy65.max_bandwidth == 0
+    assert config.proxy65.allowed == "all"
+    assert config.proxy65.max_transfer_size == 1048576
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"domain": "no spaces.example"}, "proxy65.domain"),
+        ({"address": "7777"}, "proxy65.address"),
+        ({"address": ""}, "proxy65.address"),
+        ({"address": "0.0.0.0:99999"}, "proxy65.address"),
+        ({"public_host": "a host"}, "proxy65.public_host"),
+        ({"public_host": ""}, "proxy65.public_host"),
+        ({"max_bandwidth": -1}, "proxy65.max_bandwidth"),
+        ({"max_connections": 1}, "proxy65.max_connections"),
+        ({"max_connections_per_ip": -1}, "proxy65.max_connections_per_ip"),
+        ({"activation_timeout": 0}, "proxy65.activation_timeout"),
+        ({"idle_timeout": -5}, "proxy65.idle_timeout"),
+        ({"allowed": "everyone"}, "proxy65.allowed"),
+        ({"port": 7777}, "proxy65.port"),
+    ],
+)
+def test_proxy65_invalid(values: dict[str, Any], key: str) -> None:
+    assert repr(key) in error_of({"proxy65": values})
+
+
+def test_proxy65_domain_must_be_its_own() -> None:
+    message = error_of(
+        {"server": {"domains": ["example.org"]}, "proxy65": {"domain": "example.org"}}
+    )
+    assert "proxy65.domain" in message and "already served" in message
+    for section in ("muc", "pubsub", "upload"):
+        message = error_of({section: {"domain": "x.example"}, "proxy65": {"domain": "x.example"}})
+        assert "proxy65.domain" in message and f"{section}.domain" in message
+    message = error_of({"proxy65": {"domain": "x.example"}, "components": {"x.example": "secret"}})
+    assert "already served" in message

@@ -55,6 +55,8 @@ DEFAULT_MODULES = [
     "time",
     "last",
     "muc",
+    # Serves `[proxy65] domain` when set, nothing otherwise.
+    "proxy65",
 ]
 
 
