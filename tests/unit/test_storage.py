@@ -335,7 +335,7 @@ async def test_data_persists_across_restart(backend: Backend) -> None:
 async def test_migrations_are_idempotent(backend: Backend) -> None:
     storage = await backend.open()
     try:
-        assert head_revision() == "0010"  # 0003 and 0004 (side by side) merged in 0005
+        assert head_revision() == "0013"  # 0003 and 0004 (side by side) merged in 0005
         assert await storage.schema_revision() == head_revision()
         await storage.accounts.create("alice", D, CREDS)
         await storage.migrate()

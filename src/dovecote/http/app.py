@@ -107,6 +107,8 @@ class HttpService:
 
         websocket.setup(self)
         hostmeta.setup(self)
+        for add_routes in server.http_routes:
+            add_routes(self)
 
     def add_alt_connection(self, rel: str, path: str, *, websocket: bool = False) -> None:
         """List a connection method in host-meta (XEP-0156 §3): BOSH registers

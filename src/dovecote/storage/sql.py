@@ -81,6 +81,7 @@ from dovecote.storage.sql_archive import (
     room_archive_usage,
 )
 from dovecote.storage.sql_pubsub import SQLPubSubStore
+from dovecote.storage.sql_upload import SQLUploadStore
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -335,6 +336,8 @@ class SQLStorage(Storage):
             self, room_archive_messages, room_archive_usage
         )
         self.pubsub: SQLPubSubStore = SQLPubSubStore(self)
+        #: XEP-0363 upload slots and stored files.
+        self.upload: SQLUploadStore = SQLUploadStore(self)
 
     @property
     def safe_url(self) -> str:
