@@ -52,6 +52,7 @@ DEFAULT_MODULES = [
     "version",
     "time",
     "last",
+    "upload",
 ]
 
 

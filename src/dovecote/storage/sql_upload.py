@@ -111,18 +111,10 @@ class SQLUploadStore(UploadStore):
         async with self._storage.read() as conn:
             return await self._usage(conn, owner, now)
 
-    async def holdings(self, owner: str, now: datetime) -> list[tuple[datetime, int]]:
+    async def holdings(self, owner: str, now: datetime) -> list[UploadRecord]:
         async with self._storage.read() as conn:
-            rows = await conn.execute(
-                select(_T.c.state, _T.c.slot_expires, _T.c.stored_at, _T.c.size).where(
-                    _held(owner, now)
-                )
-            )
-            result = []
-            for state, slot_expires, stored_at, size in rows:
-                when = stored_at if state == UploadState.STORED else slot_expires
-                result.append((_utc(when), int(size)))
-            return result
+            rows = await conn.execute(select(_T).where(_held(owner, now)))
+            return [_record(row) for row in rows]
 
     async def add_slot(
         self, record: UploadRecord, now: datetime, *, quota: int, max_slots: int
@@ -133,9 +125,7 @@ class SQLUploadStore(UploadStore):
                     text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": record.owner}
                 )
             usage = await self._usage(conn, record.owner, now)
-            if usage.pending_slots >= max_slots or (
-                quota and usage.bytes + record.size > quota
-            ):
+            if usage.pending_slots >= max_slots or (quota and usage.bytes + record.size > quota):
                 return usage
             await conn.execute(
                 insert(_T).values(

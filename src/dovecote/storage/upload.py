@@ -60,9 +60,9 @@ class UploadStore(ABC):
         """Bytes of `owner`'s stored files and live slots, and its live unused slots."""
 
     @abstractmethod
-    async def holdings(self, owner: str, now: datetime) -> list[tuple[datetime, int]]:
-        """When each of `owner`'s files and live slots goes (its expiry, for stored files
-        the time of storing: the caller adds the retention), with its size."""
+    async def holdings(self, owner: str, now: datetime) -> list[UploadRecord]:
+        """`owner`'s records that count against its quota: files stored or being
+        uploaded, and slots whose link is still valid."""
 
     @abstractmethod
     async def add_slot(
