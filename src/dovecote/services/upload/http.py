@@ -20,6 +20,7 @@ the HTTP application's (`http/app.py`, `[http] cors_origins`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from pathlib import Path
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bytes of a PUT's body gathered before they are handed to the writer thread.
-WRITE_BUFFER = 1024 * 1024
+WRITE_BUFFER = 256 * 1024
 #: Types served inline (shown by the browser); everything else is an attachment. SVG
 #: can carry scripts: attachment.
 INLINE_PREFIXES = ("image/", "audio/", "video/")
@@ -114,7 +115,13 @@ class UploadHttp:
         if await service.store.begin_upload(id, now) is None:
             raise web.HTTPConflict(text="this slot has been used\n")
         try:
-            await self._receive(request, id, record.size)
+            try:
+                await self._receive(request, id, record.size)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                log.error("upload %s: the disk is full", id)
+                raise web.HTTPInsufficientStorage(text="the server's disk is full\n") from None
             await service.store.finish_upload(id, stored_type, utcnow())
         except BaseException:
             await asyncio.shield(self._abort(id))
