@@ -592,6 +592,33 @@ async def test_aborted_upload_leaves_nothing(server: Server, alice: Resource) ->
     assert record is not None and record.state == 0  # pending again
 
 
+async def test_expect_100_continue(server: Server, alice: Resource) -> None:
+    """The client learns that its PUT is refused before sending the body, and is told to
+    go on when it is accepted."""
+    put_url, _get = await slot_urls(alice, "big.bin", 100_000)
+    parts = urlsplit(put_url)
+
+    async def head_of_put(length: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(
+            f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        status = await asyncio.wait_for(reader.readline(), 5)
+        return reader, writer, status
+
+    _reader, writer, status = await head_of_put(99_999)
+    assert status.startswith(b"HTTP/1.1 400 ")
+    writer.close()
+    reader, writer, status = await head_of_put(100_000)
+    assert status == b"HTTP/1.1 100 Continue\r\n"
+    await reader.readline()  # the blank line after the interim response
+    writer.write(b"e" * 100_000)
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 201 ")
+    writer.close()
+    assert upload_files(server)[0].read_bytes() == b"e" * 100_000
+
+
 # ---- CORS ----------------------------------------------------------------------------------
 async def test_cors_preflight_and_headers(alice: Resource, http: aiohttp.ClientSession) -> None:
     put_url, get_url = await slot_urls(alice, "web.png", 3, "image/png")

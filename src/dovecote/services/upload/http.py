@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
@@ -32,7 +34,7 @@ from aiohttp import hdrs, web
 from dovecote.services.upload.files import ID_PATTERN
 from dovecote.services.upload.service import PATH_PREFIX, media_type, utcnow
 from dovecote.storage.base import StorageError
-from dovecote.storage.upload import UploadState
+from dovecote.storage.upload import UploadRecord, UploadState
 
 if TYPE_CHECKING:
     from dovecote.http.app import HttpService
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[["UploadHttp", web.Request], Awaitable[Any]]
 #: Bytes of a PUT's body gathered before they are handed to the writer thread.
 WRITE_BUFFER = 256 * 1024
 #: Types served inline (shown by the browser); everything else is an attachment. SVG
@@ -65,6 +68,22 @@ def content_disposition(content_type: str, filename: str) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def storage_guard(handler: Handler) -> Handler:
+    """A database that is locked or down answers 503 (try again later), not 500."""
+
+    @functools.wraps(handler)
+    async def guarded(self: UploadHttp, request: web.Request) -> Any:
+        try:
+            return await handler(self, request)
+        except StorageError as exc:
+            log.warning("upload %s %s: storage unavailable: %s", request.method, request.path, exc)
+            raise web.HTTPServiceUnavailable(
+                text="storage unavailable, retry later\n", headers={hdrs.RETRY_AFTER: "5"}
+            ) from None
+
+    return guarded
+
+
 class UploadHttp:
     def __init__(self, service: UploadService, http: HttpService) -> None:
         self.service = service
@@ -73,11 +92,13 @@ class UploadHttp:
     def add_routes(self) -> None:
         route = PATH_PREFIX + "/{id}/{filename}"
         router = self.http.app.router
-        router.add_put(route, self.put)
+        router.add_put(route, self.put, expect_handler=self.expect)
         router.add_get(route, self.get)  # HEAD too
 
     # ---- PUT ----------------------------------------------------------------------------------
-    async def put(self, request: web.Request) -> web.StreamResponse:
+    async def _check(self, request: web.Request) -> tuple[UploadRecord, str]:
+        """The slot a PUT is for, and the type to store, if the PUT may go ahead (§7);
+        the HTTP error otherwise."""
         service = self.service
         id = request.match_info["id"]
         filename = request.match_info["filename"]
@@ -86,7 +107,6 @@ class UploadHttp:
         except ValueError:
             raise web.HTTPForbidden(text="this link is not signed\n") from None
         signature = request.query.get("s", "")
-        now = utcnow()
         if not ID_PATTERN.fullmatch(id):
             raise web.HTTPForbidden(text="this link is not valid\n")
         record = await service.store.get(id)
@@ -94,7 +114,7 @@ class UploadHttp:
             signature, id, filename, record.size, record.content_type, expires
         ):
             raise web.HTTPForbidden(text="this link is not valid\n")
-        if expires != int(record.slot_expires.timestamp()) or record.slot_expires <= now:
+        if expires != int(record.slot_expires.timestamp()) or record.slot_expires <= utcnow():
             raise web.HTTPForbidden(text="this link has expired\n")
         if record.state != UploadState.PENDING:
             raise web.HTTPConflict(text="this slot has been used\n")
@@ -111,7 +131,25 @@ class UploadHttp:
             raise web.HTTPUnsupportedMediaType(
                 text=f"Content-Type must be {record.content_type}, as in the slot request\n"
             )
-        stored_type = record.content_type or given_type or "application/octet-stream"
+        return record, record.content_type or given_type or "application/octet-stream"
+
+    @storage_guard
+    async def expect(self, request: web.Request) -> None:
+        """`Expect: 100-continue` (RFC 9110 §10.1.1): the client is told to send its body
+        only when the PUT would be accepted, else gets the error at once."""
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="only 100-continue is understood\n")
+        await self._check(request)
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+
+    @storage_guard
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        service = self.service
+        record, stored_type = await self._check(request)
+        id = record.id
+        now = utcnow()
         if await service.store.begin_upload(id, now) is None:
             raise web.HTTPConflict(text="this slot has been used\n")
         try:
@@ -173,6 +211,7 @@ class UploadHttp:
             log.error("cleaning up after the failed upload %s: %s", id, exc)
 
     # ---- GET / HEAD ----------------------------------------------------------------------------
+    @storage_guard
     async def get(self, request: web.Request) -> web.StreamResponse:
         service = self.service
         id = request.match_info["id"]
