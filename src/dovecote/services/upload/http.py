@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[["UploadHttp", web.Request], Awaitable[Any]]
+#: Bytes of a PUT's body taken from aiohttp at once.
+READ_SIZE = 64 * 1024
 #: Bytes of a PUT's body gathered before they are handed to the writer thread.
 WRITE_BUFFER = 256 * 1024
 #: Types served inline (shown by the browser); everything else is an attachment. SVG
@@ -185,7 +187,7 @@ class UploadHttp:
                     raise web.HTTPRequestTimeout(text="the upload is too slow\n")
                 try:
                     async with asyncio.timeout(min(stall, remaining)):
-                        chunk = await request.content.readany()
+                        chunk = await request.content.read(READ_SIZE)
                 except TimeoutError:
                     raise web.HTTPRequestTimeout(text="the upload stalled\n") from None
                 if not chunk:
@@ -193,10 +195,11 @@ class UploadHttp:
                 received += len(chunk)
                 buffer += chunk
                 if len(buffer) >= WRITE_BUFFER:
-                    await asyncio.to_thread(handle.write, bytes(buffer))
-                    buffer.clear()
+                    # The thread writes this buffer while the next one fills (no copy).
+                    await asyncio.to_thread(handle.write, buffer)
+                    buffer = bytearray()
             if buffer:
-                await asyncio.to_thread(handle.write, bytes(buffer))
+                await asyncio.to_thread(handle.write, buffer)
             await asyncio.to_thread(_flush_and_sync, handle)
         finally:
             await asyncio.to_thread(handle.close)
