@@ -1,10 +1,12 @@
 """The HTTP side of XEP-0363: `PUT` and `GET`/`HEAD` on `/upload/{id}/{filename}`.
 
-PUT (§7): the link's signature and expiry are checked, then the slot is taken (once:
-a second PUT gets 409), Content-Length must be the slot's size (411 without one, 400
-otherwise) and Content-Type the slot's type when one was given (415). The body is read
-in chunks into `tmp/<id>.part` (written by a worker thread, at most `WRITE_BUFFER` held
-in memory) and renamed into place when complete: 201. Stalling for `[http]
+PUT (§7): the link's signature and expiry are checked (403), the slot must be unused
+(409: single use), Content-Length must be the slot's size (411 without one, 400
+otherwise) and Content-Type the slot's type when one was given (415); with `Expect:
+100-continue` these checks answer before the client sends its body. The body is read
+`READ_SIZE` bytes at a time into `tmp/<id>.part` (written by a worker thread, at most
+`WRITE_BUFFER` gathered) and renamed into place when complete: 201; a full disk is 507,
+a database that cannot be reached 503. Stalling for `[http]
 request_timeout`, or taking longer than that plus the size at `[upload] min_upload_rate`,
 ends it with 408; any failure deletes the partial file and frees the slot again for the
 rest of its validity.
