@@ -2,7 +2,7 @@
 the stored file once its PUT completes.
 
 Revision ID: 0013
-Revises: 0010 (on the `upload` branch; 0012 once merged after the merges of main)
+Revises: 0012 (on the `upload` branch; 0012 once merged after the merges of main)
 Create Date: 2026-12-03
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | Sequence[str] | None = "0010"
+down_revision: str | Sequence[str] | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
