@@ -489,6 +489,58 @@ class Proxy65Section(_Section):
         return host
 
 
+MIB = 1024 * 1024
+
+
+class UploadSection(ServiceDomainSection):
+    """XEP-0363 HTTP file upload: the service at `domain` hands out slots; the files are
+    PUT and served on the HTTP application (`[listen] http`/`https`)."""
+
+    #: The upload service's domain (say "upload.example.org"); unset: no upload service.
+    domain: Domain | None = None
+    #: The largest file accepted, in bytes (advertised in disco, XEP-0363 §3). Prosody's
+    #: default is 10 MiB; phones send videos, so 100 MiB here.
+    max_file_size: int = Field(default=100 * MIB, ge=1)
+    #: Bytes of stored files (and slots not yet used) per account; 0: no limit. A slot
+    #: request beyond gets resource-constraint with the time room frees up.
+    quota_per_user: int = Field(default=1024 * MIB, ge=0)
+    #: Seconds files are kept after their upload; 0 keeps them forever.
+    expire_after: int = Field(default=30 * 86400, ge=0)
+    #: Where the files are kept; empty: "upload" under `[server] data_dir`.
+    storage_dir: str = ""
+    #: The base URL of the PUT and GET links (say "https://upload.example.org", where a
+    #: reverse proxy passes /upload/ to this server); empty: `[http] public_url`, else
+    #: built from `[listen] https` or `http` (a wildcard address becomes the domain).
+    public_url: Annotated[str, AfterValidator(_check_public_url)] = ""
+    #: Seconds a PUT link is valid after the slot was handed out (XEP-0363 §7: ~300).
+    slot_timeout: int = Field(default=300, ge=1)
+    #: Who may request slots: "local" (accounts of this server) or "all".
+    allowed: str = "local"
+    #: Slots handed out but not yet used, per account; one more gets resource-constraint.
+    #: (Also bounds the uploads one account runs at once.)
+    max_slots_per_user: int = Field(default=10, ge=1)
+    #: Bytes per second an upload must keep up on average: a PUT is cut off (408) once it
+    #: has taken `[http] request_timeout` plus its size at this rate; one that sends
+    #: nothing for `[http] request_timeout` is cut off too.
+    min_upload_rate: int = Field(default=16 * 1024, ge=1)
+
+    @field_validator("allowed")
+    @classmethod
+    def _allowed(cls, value: str) -> str:
+        if value not in ("local", "all"):
+            raise ValueError(f"expected local or all, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _quota_holds_a_file(self) -> UploadSection:
+        if self.quota_per_user and self.quota_per_user < self.max_file_size:
+            raise ValueError(
+                f"quota_per_user ({self.quota_per_user}) is smaller than max_file_size "
+                f"({self.max_file_size})"
+            )
+        return self
+
+
 #: XEP-0114 §3: the secret a component proves in its handshake.
 ComponentSecret = Annotated[str, Field(min_length=1)]
 
@@ -542,7 +594,7 @@ class Config(_Section):
     blocking: BlockingSection = Field(default_factory=BlockingSection)
     muc: MucSection = Field(default_factory=MucSection)
     pubsub: PubSubSection = Field(default_factory=PubSubSection)
-    upload: ServiceDomainSection = Field(default_factory=ServiceDomainSection)
+    upload: UploadSection = Field(default_factory=UploadSection)
     proxy65: Proxy65Section = Field(default_factory=Proxy65Section)
     modules: ModulesSection = Field(default_factory=ModulesSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)

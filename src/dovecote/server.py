@@ -99,6 +99,9 @@ class Server:
         self._control: Any = None
         #: The HTTP application (WebSocket, host-meta, ...) when `[listen] http`/`https`.
         self.http: Any = None
+        #: Route sets modules add to the HTTP application (HTTP upload, ...): each is
+        #: called with the `HttpService` when it is built, after the modules' setup.
+        self.http_routes: list[Callable[[Any], None]] = []
 
     # ---- background work ------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

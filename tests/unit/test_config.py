@@ -464,3 +464,42 @@ def test_proxy65_domain_must_be_its_own() -> None:
         assert "proxy65.domain" in message and f"{section}.domain" in message
     message = error_of({"proxy65": {"domain": "x.example"}, "components": {"x.example": "secret"}})
     assert "already served" in message
+
+
+# ---- [upload] (XEP-0363) ---------------------------------------------------------------
+def test_upload_defaults() -> None:
+    upload = config_from_dict({}).upload
+    assert upload.domain is None
+    assert upload.max_file_size == 100 * 1024 * 1024
+    assert upload.quota_per_user == 1024 * 1024 * 1024
+    assert upload.expire_after == 30 * 86400
+    assert upload.slot_timeout == 300
+    assert upload.allowed == "local"
+    assert upload.storage_dir == "" and upload.public_url == ""
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "bad"),
+    [
+        ({"allowed": "everyone"}, "upload.allowed", "'everyone'"),
+        ({"max_file_size": 0}, "upload.max_file_size", "0"),
+        ({"slot_timeout": 0}, "upload.slot_timeout", "0"),
+        ({"public_url": "ftp://files.example"}, "upload.public_url", "'ftp://files.example'"),
+        ({"max_slots_per_user": 0}, "upload.max_slots_per_user", "0"),
+    ],
+)
+def test_upload_invalid_values(values: dict[str, Any], key: str, bad: str) -> None:
+    message = error_of({"upload": values})
+    assert key in message and bad in message
+
+
+def test_upload_quota_must_hold_a_file() -> None:
+    message = error_of({"upload": {"max_file_size": 2000, "quota_per_user": 1000}})
+    assert "upload" in message and "quota_per_user" in message
+    # 0: no quota.
+    assert config_from_dict({"upload": {"quota_per_user": 0}}).upload.quota_per_user == 0
+
+
+def test_upload_public_url_loses_its_trailing_slash() -> None:
+    config = config_from_dict({"upload": {"public_url": "https://files.example/"}})
+    assert config.upload.public_url == "https://files.example"

@@ -335,7 +335,7 @@ async def test_data_persists_across_restart(backend: Backend) -> None:
 async def test_migrations_are_idempotent(backend: Backend) -> None:
     storage = await backend.open()
     try:
-        assert head_revision() == "0012"  # side-by-side branches merged in 0005, 0011, 0012
+        assert head_revision() == "0013"  # side-by-side branches merged in 0005, 0011, 0012
         assert await storage.schema_revision() == head_revision()
         await storage.accounts.create("alice", D, CREDS)
         await storage.migrate()

@@ -57,6 +57,8 @@ DEFAULT_MODULES = [
     "muc",
     # Serves `[proxy65] domain` when set, nothing otherwise.
     "proxy65",
+    # Serves `[upload] domain` when set, nothing otherwise.
+    "upload",
 ]
 
 

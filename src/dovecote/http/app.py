@@ -2,7 +2,8 @@
 use behind a reverse proxy) and `[listen] https` (the `[tls]` certificate).
 
 Features add their routes here (`HttpService.app.router`): WebSocket (`http/websocket.py`),
-XEP-0156 host-meta (`http/hostmeta.py`), and BOSH and HTTP upload to come; a connection
+XEP-0156 host-meta (`http/hostmeta.py`), HTTP upload (modules add routes through
+`server.http_routes`, services/upload/http.py), BOSH to come; a connection
 method a client should discover registers itself with `add_alt_connection`.
 
 Shared by every route:
@@ -107,6 +108,8 @@ class HttpService:
 
         websocket.setup(self)
         hostmeta.setup(self)
+        for add_routes in server.http_routes:
+            add_routes(self)
 
     def add_alt_connection(self, rel: str, path: str, *, websocket: bool = False) -> None:
         """List a connection method in host-meta (XEP-0156 §3): BOSH registers

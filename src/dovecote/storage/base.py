@@ -19,6 +19,7 @@ from dovecote.storage.credentials import ScramCredentials
 if TYPE_CHECKING:
     from dovecote.storage.archive import ArchiveStore
     from dovecote.storage.pubsub import PubSubStore
+    from dovecote.storage.upload import UploadStore
 
 
 class StorageError(Exception):
@@ -213,6 +214,7 @@ class Storage(ABC):
     #: MUC room archives, keyed by (room local part, service domain).
     room_archive: ArchiveStore
     pubsub: PubSubStore
+    upload: UploadStore
 
     @abstractmethod
     async def open(self) -> None:

@@ -82,6 +82,7 @@ from dovecote.storage.sql_archive import (
 )
 from dovecote.storage.sql_muc import SQLMucStore
 from dovecote.storage.sql_pubsub import SQLPubSubStore
+from dovecote.storage.sql_upload import SQLUploadStore
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -337,6 +338,8 @@ class SQLStorage(Storage):
         )
         self.pubsub: SQLPubSubStore = SQLPubSubStore(self)
         self.muc: SQLMucStore = SQLMucStore(self)
+        #: XEP-0363 upload slots and stored files.
+        self.upload: SQLUploadStore = SQLUploadStore(self)
 
     @property
     def safe_url(self) -> str:
