@@ -43,4 +43,4 @@ def setup(server: Server) -> None:
         UploadHttp(service, http).add_routes()
 
     server.http_routes.append(add_routes)
-    service.start()
+    # The server calls service.start() (the expiry sweeps) once it listens.

@@ -285,9 +285,10 @@ class UploadService:
         return None
 
     # ---- expiry ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """At start: interrupted uploads go back to their slots, then the first sweep;
-        then one sweep per `PURGE_INTERVAL` (sooner when files are kept less long)."""
+    async def start(self) -> None:
+        """Called by the server once it listens (`Server._start_components`): interrupted
+        uploads go back to their slots, then the first sweep; then one sweep per
+        `PURGE_INTERVAL` (sooner when files are kept less long)."""
         self.server.spawn(self._first_sweep())
 
     async def _first_sweep(self) -> None:
