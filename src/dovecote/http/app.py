@@ -103,9 +103,11 @@ class HttpService:
         self.app[SERVICE] = self
         self.app.on_response_prepare.append(self._cors_headers)
         self._runner: web.AppRunner | None = None
-        from dovecote.http import hostmeta, websocket
+        from dovecote.http import bosh, hostmeta, websocket
 
         websocket.setup(self)
+        if server.config.bosh.enabled:
+            bosh.setup(self)
         hostmeta.setup(self)
 
     def add_alt_connection(self, rel: str, path: str, *, websocket: bool = False) -> None:
