@@ -116,7 +116,7 @@ class ListenSection(_Section):
     c2s: ListenAddress = "0.0.0.0:5222"
     c2s_tls: ListenAddress = "0.0.0.0:5223"
     s2s: ListenAddress = "0.0.0.0:5269"
-    #: Plain HTTP (WebSocket, host-meta; BOSH and upload to come), for use behind a
+    #: Plain HTTP (WebSocket, BOSH, host-meta; upload to come), for use behind a
     #: reverse proxy that terminates TLS; empty: off.
     http: ListenAddress = "0.0.0.0:5280"
     #: The same HTTP application over TLS with the `[tls]` certificate; empty: off.

@@ -2,7 +2,7 @@
 use behind a reverse proxy) and `[listen] https` (the `[tls]` certificate).
 
 Features add their routes here (`HttpService.app.router`): WebSocket (`http/websocket.py`),
-XEP-0156 host-meta (`http/hostmeta.py`), and BOSH and HTTP upload to come; a connection
+XEP-0156 host-meta (`http/hostmeta.py`), BOSH (`http/bosh.py`), HTTP upload to come; a connection
 method a client should discover registers itself with `add_alt_connection`.
 
 Shared by every route:
