@@ -769,3 +769,113 @@ async def test_bosh_can_be_disabled(tmp_path: Path, enabled: bool) -> None:
                 assert response.status in (404, 405)
     finally:
         await server.stop()
+
+
+async def test_a_held_rid_sent_again_takes_its_place(tmp_path: Path) -> None:
+    """XEP-0124 §14.3: the first copy gets the recoverable error, the answer goes to the
+    second."""
+    server = await bosh_server(tmp_path)
+    bosh = await BoshClient.open(server)
+    try:
+        await add_user(server, "romeo")
+        await add_user(server, "juliet")
+        jid = await bosh.login("romeo")
+        held = bosh.send_soon()
+        await asyncio.sleep(0.2)
+        again = asyncio.ensure_future(bosh.post_body(bosh.body()))  # the same rid
+        first = await asyncio.wait_for(held, 2)
+        assert first.get("type") == "error" and list(first) == []
+        await asyncio.sleep(0.2)
+        assert not again.done()
+        juliet, _ = await raw_login(server, "juliet", "tcp")
+        juliet.send(f"<message to='{jid}'><body>to the second copy</body></message>")
+        el = await asyncio.wait_for(again, 5)
+        assert el.findtext(f"{q(CLIENT, 'message')}/{q(CLIENT, 'body')}") == "to the second copy"
+        await juliet.close()
+    finally:
+        await bosh.close()
+        await server.stop()
+
+
+async def test_a_client_that_never_polls_is_dropped(tmp_path: Path) -> None:
+    """What waits for a client is bounded by [bosh] max_buffer: past it the session is
+    dropped like a TCP client that does not read."""
+    server = await bosh_server(
+        tmp_path, bosh={"max_buffer": 65536}, stream_management={"enabled": False}
+    )
+    bosh = await BoshClient.open(server)
+    try:
+        await add_user(server, "romeo")
+        await add_user(server, "juliet")
+        jid = await bosh.login("romeo")
+        juliet, _ = await raw_login(server, "juliet", "tcp")
+        text = "x" * 1000
+        for i in range(100):
+            juliet.send(f"<message to='{jid}' type='headline'><body>{i} {text}</body></message>")
+        for _ in range(100):
+            if server.sessions.get(JID.parse(jid)) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert server.sessions.get(JID.parse(jid)) is None
+        el = await bosh.send()
+        assert el.get("type") == "terminate" and el.get("condition") == "item-not-found"
+        await juliet.close()
+    finally:
+        await bosh.close()
+        await server.stop()
+
+
+async def test_stream_management_csi_and_carbons(tmp_path: Path) -> None:
+    """XEP-0206: the features of TCP work the same: XEP-0198 acks and resumption on a
+    new BOSH session, XEP-0352, XEP-0280."""
+    server = await bosh_server(tmp_path)
+    bosh = await BoshClient.open(server)
+    try:
+        await add_user(server, "romeo")
+        await add_user(server, "juliet")
+        el = await bosh.create()
+        await bosh.features(el)
+        await bosh.auth_scram("romeo")
+        features = await bosh.restart()
+        assert features.find(q("urn:xmpp:csi:0", "csi")) is not None
+        jid = await bosh.bind("web")
+        el = await bosh.send(
+            f"<iq xmlns='{CLIENT}' type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq>"
+        )
+        iq = el.find(q(CLIENT, "iq"))
+        assert iq is not None and iq.get("type") == "result"
+        el = await bosh.send(f"<enable xmlns='{SM}' resume='true'/>")
+        enabled = el.find(q(SM, "enabled"))
+        assert enabled is not None
+        previd = enabled.get("id") or ""
+        el = await bosh.send(
+            f"<iq xmlns='{CLIENT}' type='get' id='p1'><ping xmlns='{PING}'/></iq><r xmlns='{SM}'/>"
+        )
+        acked = el.find(q(SM, "a"))
+        assert acked is not None and acked.get("h") == "1"
+        bosh.send_soon("<inactive xmlns='urn:xmpp:csi:0'/>")  # nothing to answer: held
+        await asyncio.sleep(0.2)
+
+        # Juliet's message goes to the session while its BOSH session is given up.
+        juliet, _ = await raw_login(server, "juliet", "tcp")
+        juliet.send(f"<message to='{jid}' type='chat'><body>resumed</body></message>")
+        await asyncio.sleep(0.2)
+        await bosh.close()
+
+        # A new BOSH session resumes it (the old one is dropped).
+        second = await BoshClient.open(server)
+        await second.features(await second.create())
+        await second.auth_scram("romeo")
+        await second.restart()
+        el = await second.send(f"<resume xmlns='{SM}' previd='{previd}' h='1'/>")
+        resumed = el.find(q(SM, "resumed"))
+        assert resumed is not None and resumed.get("previd") == previd
+        message = el.find(q(CLIENT, "message"))
+        if message is None:
+            message = await second.wait_for(lambda e: e.tag == q(CLIENT, "message"))
+        assert message.findtext(q(CLIENT, "body")) == "resumed"
+        await juliet.close()
+        await second.close()
+    finally:
+        await bosh.close()
+        await server.stop()

@@ -386,3 +386,13 @@ def test_storage_busy_timeout_bounds(value: float) -> None:
     assert config_from_dict({"storage": {"busy_timeout": 0.25}}).storage.busy_timeout == 0.25
     with pytest.raises(ConfigError):
         config_from_dict({"storage": {"busy_timeout": value}})
+
+
+def test_bosh_defaults_and_limits() -> None:
+    bosh = config_from_dict({}).bosh
+    assert (bosh.max_wait, bosh.max_inactivity, bosh.max_hold, bosh.max_requests) == (60, 60, 1, 2)
+    assert bosh.max_pause == 300 and bosh.enabled and not bosh.consider_secure
+    assert "bosh.max_wait" in error_of({"bosh": {"max_wait": 0}})
+    assert "bosh.max_body_size" in error_of({"bosh": {"max_body_size": 10}})
+    # The rid window must exceed the requests held.
+    assert "bosh.max_requests" in error_of({"bosh": {"max_hold": 2, "max_requests": 2}})
