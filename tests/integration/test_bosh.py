@@ -638,6 +638,30 @@ async def test_acks_and_hold(tmp_path: Path) -> None:
         await server.stop()
 
 
+async def test_report_of_a_response_the_client_lacks(tmp_path: Path) -> None:
+    """XEP-0124 §9.3: the client's ack says a response never arrived: the next response
+    comes at once and reports it, and the request can be sent again."""
+    server = await bosh_server(tmp_path)
+    bosh = await BoshClient.open(server)
+    try:
+        await bosh.features(await bosh.create(ack="1", wait="5"))
+        lost_rid = bosh.rid + 1
+        lost = await bosh.send(
+            f"<auth xmlns='{SASL}' mechanism='PLAIN'>=</auth>", ack=str(bosh.rid)
+        )
+        lost_raw = bosh.last_raw
+        assert lost.find(q(SASL, "failure")) is not None
+        await asyncio.sleep(1.1)
+        el = await asyncio.wait_for(bosh.send(ack=str(lost_rid - 1)), 2)
+        assert el.get("report") == str(lost_rid)
+        assert int(el.get("time") or 0) >= 1000
+        await bosh.post_body(bosh.body(rid=lost_rid))
+        assert bosh.last_raw == lost_raw
+    finally:
+        await bosh.close()
+        await server.stop()
+
+
 async def test_key_sequencing(tmp_path: Path) -> None:
     """XEP-0124 §15: each key hashes to the previous one; a wrong key ends the session."""
     server = await bosh_server(tmp_path)

@@ -66,6 +66,8 @@ XBOSH = "urn:xmpp:xbosh"
 VERSION = (1, 11)
 #: A stream opens with the session creation `<body/>` (its attributes the header's).
 BOSH_FRAMING = Framing(HTTPBIND, "body", None, None)
+#: Seconds after which a response the client says it lacks is reported (§9.3).
+REPORT_AFTER = 1.0
 #: Bytes waiting for a request before backlogs (offline messages) wait for the client.
 WRITE_HIGH_WATER = 64 * 1024
 _XBOSH_VERSION = f"{{{XBOSH}}}version"
@@ -248,7 +250,9 @@ class BoshSession:
         #: Requests handled and waiting for something to answer (oldest first).
         self._held: deque[_Request] = deque()
         #: The last responses by rid, for retransmission (§14.3).
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
+        #: §9.3: a response the client says it has not received: (rid, ms since sent).
+        self._report: tuple[int, int] | None = None
         #: Serialized elements waiting for a request to carry them.
         self._out: list[bytes] = []
         self._out_size = 0
@@ -330,7 +334,7 @@ class BoshSession:
             cached = self._cache.get(rid)
             if cached is not None:
                 self._idle_if_done()
-                return Reply(cached)
+                return Reply(cached[0])
             for old in self._held:
                 if old.rid == rid:
                     # Answered at once (recoverable), the answer goes to the new request.
@@ -343,7 +347,10 @@ class BoshSession:
         if self._terminal is not None and not self._held:
             # Our side ended the session: the first request to come gets it.
             return self._answer_terminal_now(rid)
-        if rid > self.rid + self.params.requests:
+        window = self.params.requests
+        if "pause" in parsed.attrs or parsed.attrs.get("type") == "terminate":
+            window += 1  # §12: one more request to pause or terminate
+        if rid > self.rid + window:
             return self.terminate_with("item-not-found", "rid outside the window")
         waiting = self._inbox.get(rid)
         if waiting is not None:
@@ -374,6 +381,10 @@ class BoshSession:
             except BoshError as exc:
                 self.terminate_with(exc.condition, exc.text, request)
                 return
+            except Exception:
+                log.exception("internal error on %r", self)
+                self.terminate_with("internal-server-error", "", request)
+                return
             creation = False
 
     def _handle(self, request: _Request, creation: bool) -> None:
@@ -391,6 +402,11 @@ class BoshSession:
             acked = int(ack)
             for rid in [rid for rid in self._cache if rid <= acked]:
                 del self._cache[rid]
+            missing = self._cache.get(acked + 1)
+            if self.params.acks and missing is not None and now - missing[1] >= REPORT_AFTER:
+                # §9.3: a response the client has not seen, sent a while ago (not one
+                # still on its way): tell it which (it may send that request again).
+                self._report = (acked + 1, int((now - missing[1]) * 1000))
         kind = attrs.get("type")
         pause = attrs.get("pause")
         restart = attrs.get(_XBOSH_RESTART) in ("true", "1")
@@ -436,6 +452,10 @@ class BoshSession:
         request.held_at = now
         request.timer = loop.call_later(params.wait, self._wait_over, request)
         self._held.append(request)
+        if self._report is not None:
+            report, time = self._report
+            self._report = None
+            self._answer(self._held.popleft(), {"report": str(report), "time": str(time)})
         self._schedule_flush()
 
     def _check_key(self, attrs: dict[str, str]) -> None:
@@ -583,7 +603,8 @@ class BoshSession:
             request.timer.cancel()
             request.timer = None
         if cache and reply.status == 200:
-            self._cache[request.rid] = reply.body
+            now = asyncio.get_running_loop().time()
+            self._cache[request.rid] = (reply.body, now)
             while len(self._cache) > self.params.requests:
                 self._cache.popitem(last=False)
         _resolve(request.future, reply)
