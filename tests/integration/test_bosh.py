@@ -442,7 +442,7 @@ async def test_unknown_sid_and_bad_requests(tmp_path: Path) -> None:
         await server.stop()
 
 
-async def test_bad_xml_in_a_session_ends_nothing_else(tmp_path: Path) -> None:
+async def test_bad_xml_in_a_session_ends_it(tmp_path: Path) -> None:
     server = await bosh_server(tmp_path)
     bosh = await BoshClient.open(server)
     try:
@@ -453,6 +453,20 @@ async def test_bad_xml_in_a_session_ends_nothing_else(tmp_path: Path) -> None:
         el = ET.fromstring(bosh.last_raw)
         assert response.status == 200
         assert el.get("type") == "terminate" and el.get("condition") == "bad-request"
+        # The session it named is over.
+        assert bosh.sid not in server.http.app[_bosh_key()].sessions
+        el = await bosh.send()
+        assert el.get("condition") == "item-not-found"
+
+        # A stanza over [limits] max_stanza_size: policy-violation.
+        bosh.sid = None
+        await bosh.login("romeo", resource="big")
+        bosh.rid += 1
+        big = "x" * 300_000
+        response = await bosh.post(bosh.body(f"<message><body>{big}</body></message>"))
+        el = ET.fromstring(bosh.last_raw)
+        assert el.get("type") == "terminate" and el.get("condition") == "policy-violation"
+        assert bosh.sid not in server.http.app[_bosh_key()].sessions
     finally:
         await bosh.close()
         await server.stop()

@@ -88,6 +88,10 @@ class BoshService:
             parsed = parse_body(data, self.server.config.limits.max_stanza_size)
         except BoshError as exc:
             log.debug("bad BOSH request: %s", exc)
+            broken = self.sessions.get(exc.sid) if exc.sid is not None else None
+            if broken is not None:
+                # A terminal condition: the session ends (§17.2).
+                return broken.terminate_with(exc.condition, exc.text)
             return terminate(exc.condition)
         sid = parsed.attrs.get("sid")
         if sid is None:

@@ -70,6 +70,8 @@ BOSH_FRAMING = Framing(HTTPBIND, "body", None, None)
 REPORT_AFTER = 1.0
 #: Bytes waiting for a request before backlogs (offline messages) wait for the client.
 WRITE_HIGH_WATER = 64 * 1024
+#: How far the start tag of a body that does not parse is looked for.
+_START_TAG_MAX = 4096
 _XBOSH_VERSION = f"{{{XBOSH}}}version"
 _XBOSH_RESTART = f"{{{XBOSH}}}restart"
 _STREAM_PREFIXES = {ns.STREAMS: "stream"}
@@ -82,12 +84,14 @@ _CREATION_CONDITIONS = frozenset(("host-unknown", "improper-addressing"))
 
 
 class BoshError(Exception):
-    """A terminal binding condition (XEP-0124 §17.2)."""
+    """A terminal binding condition (XEP-0124 §17.2); `sid`: the session of a request
+    whose `<body/>` start tag could be read."""
 
-    def __init__(self, condition: str, text: str = "") -> None:
+    def __init__(self, condition: str, text: str = "", sid: str | None = None) -> None:
         super().__init__(f"{condition}: {text}" if text else condition)
         self.condition = condition
         self.text = text
+        self.sid = sid
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +112,14 @@ def parse_body(data: bytes, max_stanza_size: int) -> ParsedBody:
     """One request's `<body/>` (XEP-0124 §4): its attributes and payload elements, with
     the RFC 6120 §11 restrictions and the stanza size limit of TCP. Stanzas that do not
     declare 'jabber:client' are taken as in it (XEP-0206 §3 notes clients that leave the
-    namespace out). Raises BoshError('bad-request') for anything else."""
+    namespace out). Raises BoshError: 'bad-request' for anything else, 'policy-violation'
+    for a stanza over the size limit, naming the session when the start tag was read."""
     parser = StreamParser(max_stanza_size)
     try:
         events = parser.feed(data)
     except XMLStreamError as exc:
-        raise BoshError("bad-request", str(exc)) from None
+        condition = "policy-violation" if exc.condition == "policy-violation" else "bad-request"
+        raise BoshError(condition, str(exc), _sid_of(data)) from None
     finally:
         parser.close()
     if not events or not isinstance(events[0], StreamOpened):
@@ -127,6 +133,25 @@ def parse_body(data: bytes, max_stanza_size: int) -> ParsedBody:
     for event in elements:
         _as_client(event.element)
     return ParsedBody(header.attrs, elements)
+
+
+def _sid_of(data: bytes) -> str | None:
+    """The 'sid' of a body that does not parse, if its start tag does (read a byte at a
+    time, so that no error after it hides it; rare, and bounded)."""
+    parser = StreamParser(_START_TAG_MAX)
+    try:
+        for start in range(min(len(data), _START_TAG_MAX)):
+            for event in parser.feed(data[start : start + 1]):
+                if isinstance(event, StreamOpened):
+                    header = event.header
+                    if header.ns == HTTPBIND and header.tag == "body":
+                        return header.attrs.get("sid")
+                    return None
+    except XMLStreamError:
+        return None
+    finally:
+        parser.close()
+    return None
 
 
 def _as_client(element: Element) -> None:
