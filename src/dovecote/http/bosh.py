@@ -114,10 +114,8 @@ class BoshService:
         wait = _number(attrs.get("wait"), config.max_wait)
         hold = _number(attrs.get("hold"), 1)
         acks = attrs.get("ack")
-        if rid is None or wait is None or hold is None or acks not in (None, "1"):
+        if rid is None or wait is None or hold is None or _number(acks, 0) is None:
             return terminate("bad-request", legacy=legacy)
-        if acks is not None:
-            acks = "1"
         version = parse_version(ver)
         if ver is not None and version is None:
             return terminate("bad-request", legacy=legacy)
