@@ -220,6 +220,7 @@ class Room:
     window: int
     sent: int = 0
     delivered: int = 0
+    received_bytes: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -238,14 +239,19 @@ class CountingProtocol(asyncio.Protocol):
         self.room = room
         self.tail = b""
         self.closed = False
+        #: The first bytes read, kept for one occupant per run (--sample).
+        self.sample: bytes | None = None
 
     def data_received(self, data: bytes) -> None:
         count = data.count(END_TAG)
         if self.tail:
             count += (self.tail + data[:TAIL]).count(END_TAG)
         self.tail = data[-TAIL:]
+        room = self.room
+        room.received_bytes += len(data)
+        if self.sample is not None and len(self.sample) < 4096:
+            self.sample += data[: 4096 - len(self.sample)]
         if count:
-            room = self.room
             room.delivered += count
             if not room.wake.is_set() and room.in_flight() < room.window:
                 room.wake.set()
@@ -445,6 +451,7 @@ class Options:
     join_concurrency: int
     step_timeout: float
     body_bytes: int
+    sample_path: str | None = None
 
 
 async def wait_server_idle(pid: int, limit: float, threshold: float = 0.05) -> float:
@@ -587,12 +594,16 @@ async def flood(
         by_room.setdefault(occupant.room.name, []).append(occupant)
     for room in rooms:
         room.sent = room.delivered = 0
+    watched = occupants[-1].counter
+    if options.sample_path and watched is not None:
+        watched.sample = b""
     tasks = [asyncio.create_task(feed(room, by_room[room.name][: room.senders])) for room in rooms]
 
     def snapshot() -> dict[str, float]:
         return {
             "t": time.monotonic(),
             "delivered": sum(r.delivered for r in rooms),
+            "bytes": sum(r.received_bytes for r in rooms),
             "sent": sum(r.sent for r in rooms),
             "server_cpu": process_cpu_seconds(server.pid),
             "client_cpu": self_cpu_seconds(),
@@ -616,6 +627,9 @@ async def flood(
     while sum(r.delivered for r in rooms) < expected and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     missing = expected - sum(r.delivered for r in rooms)
+    if options.sample_path and watched is not None and watched.sample is not None:
+        header = f"\n\n==== {server.name}: what u{occupants[-1].index} read\n".encode()
+        await asyncio.to_thread(_append, Path(options.sample_path), header + watched.sample)
     wall = after["t"] - before["t"]
     deliveries = after["delivered"] - before["delivered"]
     messages = after["sent"] - before["sent"]
@@ -627,6 +641,9 @@ async def flood(
         "deliveries": deliveries,
         "deliveries_per_s": round(deliveries / wall) if wall > 0 else None,
         "messages_per_s": round(messages / wall) if wall > 0 else None,
+        "bytes_per_delivery": (
+            round((after["bytes"] - before["bytes"]) / deliveries) if deliveries else None
+        ),
         "server_cpu_s": round(server_cpu, 2),
         "server_cpu_us_per_delivery": (
             round(server_cpu * 1e6 / deliveries, 1) if deliveries else None
@@ -637,6 +654,11 @@ async def flood(
         "missing_after_drain": missing,
         "disconnected": disconnected,
     }
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as out:
+        out.write(data)
 
 
 # ------------------------------------------------------------------------ runs
@@ -731,6 +753,7 @@ ROWS = [
     ("deliveries/s", "deliveries_per_s", "{:,.0f}"),
     ("messages/s", "messages_per_s", "{:,.0f}"),
     ("server CPU µs/delivery", "server_cpu_us_per_delivery", "{:.1f}"),
+    ("bytes per delivery", "bytes_per_delivery", "{:.0f}"),
     ("server CPU % of its core", "server_cpu_pct", "{:.0f}"),
     ("client CPU % of its core", "client_cpu_pct", "{:.0f}"),
     ("server RSS joined (MB)", "rss_joined_kib", "{:.1f}", 1 / 1024),
@@ -819,6 +842,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="before each scenario, wait up to this long for <15%% busy",
     )
     parser.add_argument("--json", help="also write every number to this file")
+    parser.add_argument("--sample", help="append the first 4 KiB one occupant reads to this file")
     parser.add_argument("--keep-tmp", action="store_true")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
@@ -856,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         join_concurrency=args.join_concurrency,
         step_timeout=args.step_timeout,
         body_bytes=args.body_bytes,
+        sample_path=args.sample,
     )
     watchdog_after = len(args.server_list) * (len(scenarios) * (args.timeout + 60) + 300)
 
