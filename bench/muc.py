@@ -452,6 +452,7 @@ class Options:
     step_timeout: float
     body_bytes: int
     sample_path: str | None = None
+    py_spy: str | None = None
 
 
 async def wait_server_idle(pid: int, limit: float, threshold: float = 0.05) -> float:
@@ -609,14 +610,30 @@ async def flood(
             "client_cpu": self_cpu_seconds(),
         }
 
+    profiler: asyncio.subprocess.Process | None = None
     try:
         await asyncio.sleep(options.warmup)
+        if options.py_spy and server.name == "dovecote":
+            # Profile the measured window (collapsed stacks, for flame graphs and sums).
+            profiler = await asyncio.create_subprocess_exec(
+                options.py_spy, "record", "--nonblocking", "--format", "raw",
+                "--rate", "200", "--duration", str(int(options.duration)),
+                "--pid", str(server.pid),
+                "--output", f"/tmp/py-spy-{server.name}-{len(rooms)}x{rooms[0].occupants}.txt",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
         machine_before = machine_cpu_times()
         before = snapshot()
         await asyncio.sleep(options.duration)
         after = snapshot()
         machine = machine_busy_pct(machine_before, machine_cpu_times())
+        if profiler is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(profiler.wait(), 30)
     finally:
+        if profiler is not None and profiler.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                profiler.kill()
         running = False
         for room in rooms:
             room.wake.set()
@@ -843,6 +860,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", help="also write every number to this file")
     parser.add_argument("--sample", help="append the first 4 KiB one occupant reads to this file")
+    parser.add_argument(
+        "--py-spy", metavar="PY_SPY",
+        help="profile Dovecote's measured window with this py-spy executable (raw stacks "
+        "written next to the temp dir, /tmp/py-spy-dovecote-N.txt)",
+    )  # fmt: skip
     parser.add_argument("--keep-tmp", action="store_true")
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args(argv)
@@ -881,6 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         step_timeout=args.step_timeout,
         body_bytes=args.body_bytes,
         sample_path=args.sample,
+        py_spy=args.py_spy,
     )
     watchdog_after = len(args.server_list) * (len(scenarios) * (args.timeout + 60) + 300)
 
