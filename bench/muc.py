@@ -459,22 +459,12 @@ class Occupant:
             if "110" in codes:  # §7.2.3: the self-presence ends the join
                 return "201" in codes
 
-    async def configure_room(self, broadcast_roles: list[str] | None) -> None:
-        """XEP-0045 §10.1.2 (instant room: the default configuration, which unlocks a
-        new room) or §10.2 with ``muc#roomconfig_presencebroadcast`` (§15.5.3): only
-        these roles' presence is broadcast."""
-        fields = ""
-        if broadcast_roles is not None:
-            values = "".join(f"<value>{role}</value>" for role in broadcast_roles)
-            fields = (
-                "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig"
-                "</value></field>"
-                f"<field var='muc#roomconfig_presencebroadcast'>{values}</field>"
-            )
+    async def configure_instant_room(self) -> None:
+        """XEP-0045 §10.1.2: accept the default configuration (unlocks the room)."""
         self._send(
             f"<iq type='set' id='instant' to='{self.room.jid}'>"
-            f"<query xmlns='{NS_MUC_OWNER}'><x xmlns='{NS_DATA}' type='submit'>{fields}</x>"
-            "</query></iq>".encode()
+            f"<query xmlns='{NS_MUC_OWNER}'><x xmlns='{NS_DATA}' type='submit'/></query>"
+            "</iq>".encode()
         )
         while True:
             element = await self._next()
@@ -593,7 +583,6 @@ class Options:
     step_timeout: float
     body_bytes: int
     sample_path: str | None = None
-    join_presence: str = "all"
     py_spy: str | None = None
 
 
@@ -670,9 +659,8 @@ async def run_scenario(server: Server, scenario: Scenario, options: Options) -> 
         first = [occupants[r * scenario.occupants] for r in range(scenario.rooms)]
         for occupant in first:  # the room's creator (owner) first, alone
             created = await asyncio.wait_for(occupant.join(), options.step_timeout)
-            roles = ["moderator"] if options.join_presence == "owner" else None
-            if created or roles is not None:
-                await asyncio.wait_for(occupant.configure_room(roles), options.step_timeout)
+            if created:
+                await asyncio.wait_for(occupant.configure_instant_room(), options.step_timeout)
             occupant.start_counting()
         rest = [o for o in occupants if o.counter is None]
 
@@ -976,13 +964,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--history", type=int, default=0, help="room history length on both servers"
     )
-    parser.add_argument(
-        "--join-presence", choices=["all", "owner"], default="owner",
-        help="whose presence rooms broadcast: 'all' (the default of rooms: every join "
-        "costs presence to and from every occupant, N² stanzas; a 1000 join takes Prosody "
-        "~3 min) or 'owner' (muc#roomconfig_presencebroadcast = moderator, set by the "
-        "room's creator before the others join: joins cost O(N)); messages are the same",
-    )  # fmt: skip
     parser.add_argument("--login-concurrency", type=int, default=50)
     parser.add_argument("--join-concurrency", type=int, default=50)
     parser.add_argument(
@@ -1056,7 +1037,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         step_timeout=args.step_timeout,
         body_bytes=args.body_bytes,
         sample_path=args.sample,
-        join_presence=args.join_presence,
         py_spy=args.py_spy,
     )
     watchdog_after = len(args.server_list) * (len(scenarios) * (args.timeout + 60) + 300)
