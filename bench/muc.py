@@ -355,7 +355,7 @@ class CountingProtocol(asyncio.Protocol):
         count = data.count(END_TAG)
         if self.tail:
             count += (self.tail + data[:TAIL]).count(END_TAG)
-        self.tail = data[-TAIL:]
+        self.tail = data[-TAIL:] if len(data) >= TAIL else (self.tail + data)[-TAIL:]
         room = self.room
         room.received_bytes += len(data)
         if self.sample is not None and len(self.sample) < 4096:
