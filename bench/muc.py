@@ -836,6 +836,7 @@ def make_server(name: str, workdir: Path, args: argparse.Namespace, users: int) 
         return MucEjabberd(workdir, core, args.history, users)
     if name == "prosody":
         binary = args.prosody_bin or ensure_prosody_installed()
+        binary = str(Path(binary).resolve()) if os.sep in binary else binary
         return MucProsody(workdir, binary, core, args.history, args.prosody_tuned)
     if args.dovecote_src:
         binary = dovecote_from_source(workdir, Path(args.dovecote_src))
@@ -843,7 +844,7 @@ def make_server(name: str, workdir: Path, args: argparse.Namespace, users: int) 
         found = find_dovecote_binary(args.dovecote_bin)
         if found is None:
             raise ServerError("no `dovecote` executable (pip install -e ., or --dovecote-src)")
-        binary = found
+        binary = str(Path(found).resolve()) if os.sep in found else found
     return MucDovecote(workdir, binary, core, args.history, users)
 
 
@@ -1082,6 +1083,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, result in report["results"].items():
         print(f"{name}: {result.get('server', '?')}")
     print(table(report, args.server_list, scenarios))
+    for name, result in report["results"].items():
+        errors = [("", result["error"])] if "error" in result else []
+        errors += [(f" {label}", e["error"]) for label, e in result.get("scenarios", {}).items()
+                   if "error" in e]  # fmt: skip
+        for where, error in errors:
+            print(f"{name}{where}: {error.splitlines()[0] if error else error}")
     failed = any(
         "error" in r or any("error" in e for e in r.get("scenarios", {}).values())
         for r in report["results"].values()
