@@ -153,9 +153,8 @@ class MucDovecote(DovecoteServer):
     Room archiving (``default_archive``) off and history as ``--history``, like the
     Prosody side (which loads no mod_muc_mam); ``max_occupants`` and
     ``default_max_users`` raised to the largest room; the per-connection read rate
-    (``c2s_rate``) off like Prosody's mod_limits. ``src`` runs the server from a
-    source tree (``python -m dovecote`` with that PYTHONPATH) instead of the
-    installed ``dovecote``.
+    (``c2s_rate``) off like Prosody's mod_limits. ``binary`` may be the wrapper of
+    ``dovecote_from_source`` (``--dovecote-src``).
     """
 
     def __init__(
