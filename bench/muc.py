@@ -1006,7 +1006,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--wait-quiet",
         type=float,
-        default=60.0,
+        default=20.0,
         help="before each scenario, wait up to this long for <15%% busy",
     )
     parser.add_argument("--json", help="also write every number to this file")
