@@ -1,0 +1,110 @@
+"""A real web client in a real browser: Converse.js in headless Chromium logs in to Dovecote
+over WebSocket (RFC 7395) from a page served on another origin, and chats with a slixmpp
+client over TCP. Each test leaves a screenshot of the chat (listed at the end of the run)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dovecote.server import Server
+from dovecote.storage.base import RosterItem
+from tests.browser.support import Browser, PageServer, keep_screenshot
+from tests.helpers import DOMAIN, PASSWORD, Client, add_user, connect, disconnect, start_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+JULIET = f"juliet@{DOMAIN}"  # in the browser
+ROMEO = f"romeo@{DOMAIN}"  # slixmpp
+
+
+async def befriend(server: Server) -> None:
+    """juliet and romeo in each other's roster with subscription both (set in storage before
+    anyone logs in), so Converse lists romeo and shows his presence."""
+    await server.storage.roster.put("juliet", DOMAIN, RosterItem(ROMEO, "Romeo", "both"))
+    await server.storage.roster.put("romeo", DOMAIN, RosterItem(JULIET, "Juliet", "both"))
+
+
+def js(value: Any) -> str:
+    return json.dumps(value)
+
+
+async def chat_in_browser(browser: Browser, romeo: Client, label: str, tmp_path: Path) -> Path:
+    """The browser is logged in as juliet: open a chat with romeo, type a message, check
+    romeo gets it, have romeo answer, check it shows in the chat, take a screenshot."""
+    # The roster arrived and romeo's presence made him online in it.
+    await browser.wait(
+        f"dovecoteTest.api.contacts.get({js(ROMEO)})"
+        f".then(c => c && c.presence && c.presence.get('presence') === 'online')"
+    )
+    await browser.eval(f"dovecoteTest.api.chats.open({js(ROMEO)}, {{}}, true).then(() => true)")
+    textarea = f'converse-chat[jid="{ROMEO}"] textarea.chat-textarea'
+    await browser.wait(f"document.querySelector({js(textarea)})")
+
+    text = f"Wherefore art thou, Romeo? ({label}, typed in Chromium)"
+    await browser.fill(textarea, text)
+    await browser.press(textarea, "Enter")
+    msg = await asyncio.wait_for(romeo.messages.get(), 20)
+    assert msg["type"] == "chat"
+    assert msg["body"] == text
+    assert msg["from"].bare == JULIET
+    assert msg["to"].bare == ROMEO
+
+    reply = f"By a name I know not how to tell thee who I am ({label}, from slixmpp)"
+    romeo.send_message(mto=msg["from"], mbody=reply, mtype="chat")
+    bubbles = f'converse-chat[jid="{ROMEO}"] .chat-msg__text'
+    await browser.wait(
+        f"[...document.querySelectorAll({js(bubbles)})]"
+        f".some(el => el.textContent.includes({js(reply)}))"
+    )
+    shown = await browser.texts(bubbles)
+    assert [t for t in shown if text in t], shown
+    assert [t for t in shown if reply in t], shown
+    # Let the message finish rendering (avatars, time stamps) before the picture.
+    await asyncio.sleep(0.5)
+    shot = await browser.screenshot(tmp_path / f"converse-{label}.png")
+    kept = keep_screenshot(shot)
+    print(f"screenshot: {shot} (copy: {kept})")
+    return shot
+
+
+async def test_converse_websocket_chat_with_slixmpp(chromium: str, tmp_path: Path) -> None:
+    page = await PageServer().start()
+    server = await start_server(
+        tmp_path / "data",
+        listen={"http": "127.0.0.1:0"},
+        # ws:// on loopback counts as encrypted, as behind a TLS-terminating proxy; the page's
+        # origin is the only one allowed (CORS and the WebSocket handshake's Origin).
+        http={"consider_websocket_secure": True, "cors_origins": [page.origin]},
+    )
+    romeo: Client | None = None
+    try:
+        await add_user(server, "juliet")
+        await add_user(server, "romeo")
+        await befriend(server)
+        romeo = await connect(server, ROMEO)
+        ws_url = f"ws://127.0.0.1:{server.ports['http']}/xmpp-websocket"
+        page.config = {
+            "websocket_url": ws_url,
+            "discover_connection_methods": False,
+            "auto_login": True,
+            "jid": JULIET,
+            "password": PASSWORD,
+        }
+        async with Browser(chromium) as browser:
+            assert await browser.goto(page.url) == 200
+            await browser.wait("window.dovecoteTest && dovecoteTest.api.connection.connected()")
+            assert await browser.eval("dovecoteTest.api.connection.isType('websocket')") is True
+            assert browser.websockets == [ws_url]
+            bound = await browser.eval("dovecoteTest.api.connection.get().jid")
+            assert bound.startswith(JULIET + "/")
+            await chat_in_browser(browser, romeo, "websocket", tmp_path)
+    finally:
+        if romeo is not None:
+            await disconnect(romeo)
+        await server.stop()
+        await page.stop()
