@@ -32,6 +32,10 @@ const ops = {
         text: `${req.method()} ${req.url()}: ${req.failure()?.errorText}`,
       }),
     );
+    page.on("response", (res) => {
+      if (res.status() >= 400)
+        emit({ event: "console", type: "http", text: `${res.status()} ${res.url()}` });
+    });
     page.on("websocket", (ws) => {
       emit({ event: "console", type: "websocket", text: `open ${ws.url()}` });
       ws.on("close", () => emit({ event: "console", type: "websocket", text: `close ${ws.url()}` }));

@@ -83,7 +83,7 @@ PAGE = """<!DOCTYPE html>
 converse.plugins.add("dovecote-test", {
   initialize() {
     const _converse = this._converse;
-    const state = { api: _converse.api, events: [] };
+    const state = { api: _converse.api, converse: _converse, events: [] };
     for (const name of ["connected", "reconnected", "disconnected"]) {
       _converse.api.listen.on(name, () => state.events.push(name));
     }
@@ -158,9 +158,16 @@ class Browser:
     """Headless Chromium behind driver.mjs. `log` keeps the page's console lines, failed
     requests and WebSocket opens/closes, in order."""
 
-    def __init__(self, chromium: str, args: list[str] | None = None) -> None:
+    def __init__(
+        self, chromium: str, args: list[str] | None = None, hosts: dict[str, str] | None = None
+    ) -> None:
+        """`hosts`: name -> "127.0.0.1:PORT" the browser resolves it to; every other name
+        fails to resolve, so the page reaches nothing beyond loopback (Converse's login page
+        links a few images on its project's site)."""
         self.chromium = chromium
-        self.args = args or []
+        rules = [f"MAP {name} {target}" for name, target in (hosts or {}).items()]
+        rules += ["MAP * ~NOTFOUND", "EXCLUDE 127.0.0.1", "EXCLUDE localhost"]
+        self.args = [f"--host-resolver-rules={', '.join(rules)}", *(args or [])]
         self.log: list[str] = []
         self.websockets: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dovecote.jid import JID
 from dovecote.server import Server
 from dovecote.storage.base import RosterItem
 from tests.browser.support import Browser, PageServer, keep_screenshot
@@ -106,5 +107,95 @@ async def test_converse_websocket_chat_with_slixmpp(chromium: str, tmp_path: Pat
     finally:
         if romeo is not None:
             await disconnect(romeo)
+        await server.stop()
+        await page.stop()
+
+
+async def test_converse_discovers_websocket_via_host_meta(chromium: str, tmp_path: Path) -> None:
+    """XEP-0156 as a browser does it: Converse fetches https://example.org/.well-known/host-meta
+    (cross-origin, so Dovecote's CORS headers must allow the page), takes the wss:// link from
+    it and logs in there with what the person typed into Converse's login form. Chromium
+    resolves example.org to Dovecote's https listener and accepts its self-signed
+    certificate; nothing else tells Converse where the server is."""
+    page = await PageServer().start()
+    server = await start_server(
+        tmp_path / "data",
+        listen={"http": "", "https": "127.0.0.1:0"},
+        http={"cors_origins": [page.origin]},
+    )
+    romeo: Client | None = None
+    try:
+        await add_user(server, "juliet")
+        await add_user(server, "romeo")
+        await befriend(server)
+        romeo = await connect(server, ROMEO)
+        # No URL and no account in the configuration: the person types them in the form.
+        page.config = {"discover_connection_methods": True, "auto_login": False}
+        https = {DOMAIN: f"127.0.0.1:{server.ports['https']}"}
+        async with Browser(chromium, ["--ignore-certificate-errors"], https) as browser:
+            assert await browser.goto(page.url) == 200
+            form = "converse-login-form form"
+            await browser.wait(f"document.querySelector({js(form + ' input[name=password]')})")
+            await browser.fill(f"{form} input[name=jid]", JULIET)
+            await browser.fill(f"{form} input[name=password]", PASSWORD)
+            await browser.press(f"{form} input[name=password]", "Enter")
+            await browser.wait("window.dovecoteTest && dovecoteTest.api.connection.connected()")
+            wss = f"wss://{DOMAIN}/xmpp-websocket"
+            assert await browser.eval("dovecoteTest.api.settings.get('websocket_url')") == wss
+            assert await browser.eval("dovecoteTest.api.connection.isType('websocket')") is True
+            assert browser.websockets == [wss]
+            await chat_in_browser(browser, romeo, "host-meta-wss", tmp_path)
+    finally:
+        if romeo is not None:
+            await disconnect(romeo)
+        await server.stop()
+        await page.stop()
+
+
+async def test_converse_from_an_origin_not_allowed(chromium: str, tmp_path: Path) -> None:
+    """A page from an origin missing from [http] cors_origins: host-meta answers without
+    Access-Control-Allow-Origin, so the browser hides it from the page (no discovery), and
+    the WebSocket handshake with that Origin is refused: Converse never logs in."""
+    page = await PageServer().start()
+    server = await start_server(
+        tmp_path / "data",
+        listen={"http": "127.0.0.1:0"},
+        http={"consider_websocket_secure": True, "cors_origins": ["https://chat.example"]},
+    )
+    try:
+        await add_user(server, "juliet")
+        ws_url = f"ws://127.0.0.1:{server.ports['http']}/xmpp-websocket"
+        page.config = {
+            "websocket_url": ws_url,
+            "discover_connection_methods": False,
+            "auto_login": True,
+            "jid": JULIET,
+            "password": PASSWORD,
+        }
+        async with Browser(chromium) as browser:
+            assert await browser.goto(page.url) == 200
+            # The page itself reads host-meta: the browser blocks the response.
+            host_meta = f"http://127.0.0.1:{server.ports['http']}/.well-known/host-meta"
+            outcome = await browser.eval(
+                f"fetch({js(host_meta)}, {{mode: 'cors'}})"
+                ".then(r => 'read ' + r.status, e => 'blocked: ' + e.name)"
+            )
+            assert outcome == "blocked: TypeError"
+            # Converse's connection attempt ends without a session.
+            await browser.wait(
+                "window.dovecoteTest && dovecoteTest.events.includes('disconnected')"
+            )
+            assert set(await browser.eval("dovecoteTest.events")) == {"disconnected"}
+            assert await browser.eval("dovecoteTest.api.connection.connected()") is not True
+            # What the person sees on the login form.
+            feedback = "dovecoteTest.converse.state.connfeedback.get('message')"
+            message = "The WebSocket connection could not be established or was disconnected."
+            assert await browser.eval(feedback) == message
+            await browser.wait(f"document.body.innerText.includes({js(message)})")
+            assert browser.websockets == [ws_url]
+            assert not server.sessions.is_online(JID.parse(JULIET))
+            shot = await browser.screenshot(tmp_path / "converse-origin-refused.png")
+            print(f"screenshot: {shot} (copy: {keep_screenshot(shot)})")
+    finally:
         await server.stop()
         await page.stop()
