@@ -6,7 +6,7 @@
 // console and errors, so the Python side can keep them as the test's log. The assertions
 // live in the Python test; this file only does what it is told.
 //
-// Commands: launch {executablePath, args}, goto {url}, eval {expr}, wait {expr, timeout},
+// Commands: launch {executablePath, args}, init_script {script}, goto {url}, eval {expr}, wait {expr, timeout},
 // text {selector}, fill {selector, value}, press {selector, key}, screenshot {path}, close.
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -41,6 +41,11 @@ const ops = {
       ws.on("close", () => emit({ event: "console", type: "websocket", text: `close ${ws.url()}` }));
     });
     return browser.version();
+  },
+  async init_script({ script }) {
+    // Runs in every page of the context before the page's own scripts.
+    await page.context().addInitScript({ content: script });
+    return null;
   },
   async goto({ url }) {
     const response = await page.goto(url, { waitUntil: "load" });
