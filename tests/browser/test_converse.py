@@ -248,9 +248,10 @@ async def test_converse_bosh_chat_with_slixmpp(chromium: str, tmp_path: Path) ->
 
             # Reload: the page is gone (its held request with it) and comes back attached to
             # the same BOSH session, with the next rid; no new login. The reload waits out
-            # [bosh] polling (2 s by default): the held request of the old page still counts, and a new
-            # empty request sooner than that after it is overactivity (XEP-0124 §11), which
-            # ends the session with policy-violation (Converse then shows its login form).
+            # [bosh] polling (2 s by default): the held request of the old page still
+            # counts, and a new empty request sooner than that after it is overactivity
+            # (XEP-0124 §11), which ends the session with policy-violation (Converse then
+            # shows its login form).
             await asyncio.sleep(server.config.bosh.polling + 0.5)
             assert await browser.goto(page.url) == 200
             await browser.wait("window.dovecoteTest && dovecoteTest.api.connection.connected()")
