@@ -21,7 +21,11 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-CHROMIUM=${CHROMIUM:-}
+CHROMIUM=${CHROMIUM:-}  # another Chromium build to drive, e.g. CHROMIUM=/opt/chromium/chrome
+if [ -n "$CHROMIUM" ] && [ ! -x "$CHROMIUM" ]; then
+  echo "browser-setup: CHROMIUM=$CHROMIUM is not an executable file" >&2
+  exit 3
+fi
 if [ -z "$CHROMIUM" ]; then
   CHROMIUM=$(command -v chromium || true)
 fi

@@ -43,8 +43,13 @@ def run_setup() -> str:
         reason = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         raise SetupFailed(f"scripts/browser-setup.sh failed: {reason[0]}")
     chromium = done.stdout.strip().splitlines()[-1]
-    if not (Path(chromium).exists() and DIST.is_dir() and shutil.which("node")):
-        raise SetupFailed("browser-setup.sh ran, yet chromium, node or converse.js is missing")
+    for missing, what in (
+        (not Path(chromium).exists(), f"chromium ({chromium})"),
+        (not shutil.which("node"), "node"),
+        (not DIST.is_dir(), f"converse.js ({DIST})"),
+    ):
+        if missing:
+            raise SetupFailed(f"browser-setup.sh ran, yet {what} is missing")
     return chromium
 
 
