@@ -116,7 +116,7 @@ class ListenSection(_Section):
     c2s: ListenAddress = "0.0.0.0:5222"
     c2s_tls: ListenAddress = "0.0.0.0:5223"
     s2s: ListenAddress = "0.0.0.0:5269"
-    #: Plain HTTP (WebSocket, host-meta; BOSH and upload to come), for use behind a
+    #: Plain HTTP (WebSocket, BOSH, host-meta; upload to come), for use behind a
     #: reverse proxy that terminates TLS; empty: off.
     http: ListenAddress = "0.0.0.0:5280"
     #: The same HTTP application over TLS with the `[tls]` certificate; empty: off.
@@ -360,6 +360,41 @@ class HttpSection(_Section):
     consider_websocket_secure: bool = False
 
 
+class BoshSection(_Section):
+    """XEP-0124/XEP-0206 BOSH at `/http-bind` on the HTTP application: the caps the
+    server puts on what a client asks for at session creation (XEP-0124 §7)."""
+
+    #: Serve `/http-bind` (and list it in host-meta) when the HTTP application runs.
+    enabled: bool = True
+    #: Longest a request is held without anything to answer (XEP-0124 `wait`, seconds).
+    max_wait: int = Field(default=60, ge=1, le=3600)
+    #: Seconds without a pending request before the session is taken for disconnected
+    #: (`inactivity`): the XMPP session then hibernates (XEP-0198) or ends.
+    max_inactivity: int = Field(default=60, ge=1, le=3600)
+    #: Requests held at once (`hold`).
+    max_hold: int = Field(default=1, ge=0, le=10)
+    #: Simultaneous requests (`requests`, the rid window); must exceed max_hold.
+    max_requests: int = Field(default=2, ge=1, le=11)
+    #: Longest pause a client may ask for (XEP-0124 §10 `maxpause`, seconds); 0: none.
+    max_pause: int = Field(default=300, ge=0, le=86400)
+    #: Shortest interval between empty polls (`polling`, seconds; XEP-0124 §11, §12).
+    polling: int = Field(default=2, ge=0, le=60)
+    #: Largest request body (bytes); a larger one is refused with 413.
+    max_body_size: int = Field(default=1048576, ge=10000)
+    #: Bytes waiting for the client to collect them; past this the session is dropped
+    #: as a TCP connection that does not read (it hibernates with XEP-0198).
+    max_buffer: int = Field(default=8 * 1024 * 1024, ge=65536)
+    #: Treat plain http:// BOSH requests as encrypted (TLS ends at a proxy that sends no
+    #: X-Forwarded-Proto), as `[http] consider_websocket_secure` does for WebSocket.
+    consider_secure: bool = False
+
+    @model_validator(mode="after")
+    def _window(self) -> BoshSection:
+        if self.max_requests <= self.max_hold:
+            raise ValueError("bosh.max_requests must be greater than bosh.max_hold")
+        return self
+
+
 class ServiceDomainSection(_Section):
     domain: Domain | None = None
 
@@ -601,6 +636,7 @@ class Config(_Section):
     #: XEP-0114 external components: domain -> shared secret.
     components: dict[Domain, ComponentSecret] = Field(default_factory=dict)
     http: HttpSection = Field(default_factory=HttpSection)
+    bosh: BoshSection = Field(default_factory=BoshSection)
 
     #: Where the file was read from (None: built-in defaults).
     source: str | None = None

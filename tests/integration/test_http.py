@@ -51,6 +51,8 @@ async def test_host_meta_xrd(tmp_path: Path) -> None:
             "<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n"
             "  <Link rel='urn:xmpp:alt-connections:websocket' "
             f"href='ws://127.0.0.1:{port}/xmpp-websocket'/>\n"
+            "  <Link rel='urn:xmpp:alt-connections:xbosh' "
+            f"href='http://127.0.0.1:{port}/http-bind'/>\n"
             "</XRD>\n"
         )
     finally:
@@ -72,7 +74,11 @@ async def test_host_meta_json(tmp_path: Path) -> None:
                 {
                     "rel": "urn:xmpp:alt-connections:websocket",
                     "href": f"ws://127.0.0.1:{port}/xmpp-websocket",
-                }
+                },
+                {
+                    "rel": "urn:xmpp:alt-connections:xbosh",
+                    "href": f"http://127.0.0.1:{port}/http-bind",
+                },
             ]
         }
     finally:
@@ -87,7 +93,11 @@ async def test_host_meta_public_url(tmp_path: Path) -> None:
             {
                 "rel": "urn:xmpp:alt-connections:websocket",
                 "href": "wss://chat.example.org/xmpp/xmpp-websocket",
-            }
+            },
+            {
+                "rel": "urn:xmpp:alt-connections:xbosh",
+                "href": "https://chat.example.org/xmpp/http-bind",
+            },
         ]
         _, _, xrd = await get(f"{base(server)}/.well-known/host-meta")
         assert "href='wss://chat.example.org/xmpp/xmpp-websocket'" in xrd

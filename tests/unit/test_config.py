@@ -503,3 +503,13 @@ def test_upload_quota_must_hold_a_file() -> None:
 def test_upload_public_url_loses_its_trailing_slash() -> None:
     config = config_from_dict({"upload": {"public_url": "https://files.example/"}})
     assert config.upload.public_url == "https://files.example"
+
+
+def test_bosh_defaults_and_limits() -> None:
+    bosh = config_from_dict({}).bosh
+    assert (bosh.max_wait, bosh.max_inactivity, bosh.max_hold, bosh.max_requests) == (60, 60, 1, 2)
+    assert bosh.max_pause == 300 and bosh.enabled and not bosh.consider_secure
+    assert "bosh.max_wait" in error_of({"bosh": {"max_wait": 0}})
+    assert "bosh.max_body_size" in error_of({"bosh": {"max_body_size": 10}})
+    # The rid window must exceed the requests held.
+    assert "bosh.max_requests" in error_of({"bosh": {"max_hold": 2, "max_requests": 2}})

@@ -2,8 +2,8 @@
 use behind a reverse proxy) and `[listen] https` (the `[tls]` certificate).
 
 Features add their routes here (`HttpService.app.router`): WebSocket (`http/websocket.py`),
-XEP-0156 host-meta (`http/hostmeta.py`), HTTP upload (modules add routes through
-`server.http_routes`, services/upload/http.py), BOSH to come; a connection
+XEP-0156 host-meta (`http/hostmeta.py`), BOSH (`http/bosh.py`), HTTP upload (modules add
+routes through `server.http_routes`, services/upload/http.py); a connection
 method a client should discover registers itself with `add_alt_connection`.
 
 Shared by every route:
@@ -104,9 +104,11 @@ class HttpService:
         self.app[SERVICE] = self
         self.app.on_response_prepare.append(self._cors_headers)
         self._runner: web.AppRunner | None = None
-        from dovecote.http import hostmeta, websocket
+        from dovecote.http import bosh, hostmeta, websocket
 
         websocket.setup(self)
+        if server.config.bosh.enabled:
+            bosh.setup(self)
         hostmeta.setup(self)
         for add_routes in server.http_routes:
             add_routes(self)

@@ -1,7 +1,7 @@
 """XEP-0156 §3: connection discovery over HTTP — `/.well-known/host-meta` (XRD, RFC 6415)
 and `/.well-known/host-meta.json` (JRD, RFC 6415 Appendix A), listing the connection
-methods registered with `HttpService.add_alt_connection` (WebSocket; BOSH once it
-exists). Links are built on `[http] public_url`, or on the request's scheme and host as
+methods registered with `HttpService.add_alt_connection` (WebSocket, BOSH).
+Links are built on `[http] public_url`, or on the request's scheme and host as
 the client sees them (behind trusted proxies: X-Forwarded-Proto / -Host)."""
 
 from __future__ import annotations

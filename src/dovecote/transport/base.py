@@ -1,4 +1,4 @@
-"""What a stream needs of its transport (TCP, WebSocket; BOSH later), and what the
+"""What a stream needs of its transport (TCP, WebSocket, BOSH), and what the
 transports share: counting connections per address and shaping what a peer sends.
 
 The transport owns the socket, the framing, the XML parser and the timers; the stream
