@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from dovecote.config import Config
 from dovecote.jid import JID
 from dovecote.server import Server
 from dovecote.storage.base import RosterItem
@@ -19,12 +18,6 @@ from tests.browser.support import Browser, PageServer, keep_screenshot
 from tests.helpers import DOMAIN, PASSWORD, Client, add_user, connect, disconnect, start_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
-
-# BOSH (/http-bind, [bosh]) is built on its own branch; until it is merged the BOSH tests
-# say so instead of failing.
-needs_bosh = pytest.mark.skipif(
-    "bosh" not in Config.model_fields, reason="BOSH ([bosh], /http-bind) is not in this build"
-)
 
 JULIET = f"juliet@{DOMAIN}"  # in the browser
 ROMEO = f"romeo@{DOMAIN}"  # slixmpp
@@ -218,7 +211,6 @@ async def test_converse_from_an_origin_not_allowed(chromium: str, tmp_path: Path
         await page.stop()
 
 
-@needs_bosh
 async def test_converse_bosh_chat_with_slixmpp(chromium: str, tmp_path: Path) -> None:
     """The same chat over BOSH (XEP-0124/XEP-0206): Converse with only a bosh_service_url,
     cross-origin (CORS preflight and headers on /http-bind), then a page reload: Converse
