@@ -56,8 +56,25 @@ const ops = {
     return await page.evaluate(expr);
   },
   async wait({ expr, timeout = 20000 }) {
-    const handle = await page.waitForFunction(expr, null, { timeout, polling: 100 });
-    return await handle.jsonValue();
+    // Polls `expr` until it is truthy; a Promise counts by what it resolves to (unlike
+    // page.waitForFunction, where a pending Promise is already truthy). Errors (e.g. a name
+    // not defined yet) count as false and the last one is reported on timeout.
+    const deadline = Date.now() + timeout;
+    const check = `(async () => Boolean(await (${expr})))()`;
+    let lastError = null;
+    for (;;) {
+      try {
+        if (await page.evaluate(check)) return true;
+        lastError = null;
+      } catch (err) {
+        lastError = err;
+      }
+      if (Date.now() > deadline) {
+        const why = lastError ? ` (last error: ${lastError.message})` : "";
+        throw new Error(`timed out after ${timeout} ms waiting for: ${expr}${why}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   },
   async text({ selector }) {
     return await page.locator(selector).allInnerTexts();

@@ -264,10 +264,11 @@ class Browser:
     async def eval(self, expr: str) -> Any:
         return await self.call("eval", expr=expr)
 
-    async def wait(self, expr: str, timeout: float = 20) -> Any:
-        """Wait until the page expression `expr` is truthy; its value."""
+    async def wait(self, expr: str, timeout: float = 20) -> None:
+        """Wait until the page expression `expr` is truthy (a Promise: once it resolves to a
+        truthy value)."""
         try:
-            return await self.call("wait", expr=expr, timeout=int(timeout * 1000))
+            await self.call("wait", expr=expr, timeout=int(timeout * 1000))
         except BrowserError as exc:
             raise BrowserError(f"{exc}\n--- page log ---\n" + "\n".join(self.log[-60:])) from None
 

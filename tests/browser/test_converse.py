@@ -1,11 +1,15 @@
 """A real web client in a real browser: Converse.js in headless Chromium logs in to Dovecote
-over WebSocket (RFC 7395) from a page served on another origin, and chats with a slixmpp
-client over TCP. Each test leaves a screenshot of the chat (listed at the end of the run)."""
+over WebSocket (RFC 7395) or BOSH (XEP-0124/XEP-0206) from a page served on another origin,
+and chats with a slixmpp client over TCP. Each test leaves a screenshot of the chat (listed
+at the end of the run)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,51 @@ def js(value: Any) -> str:
     return json.dumps(value)
 
 
+@dataclass
+class Scene:
+    server: Server
+    page: PageServer
+    romeo: Client | None
+
+    def url(self, listener: str, path: str) -> str:
+        scheme = "https" if listener == "https" else "http"
+        return f"{scheme}://127.0.0.1:{self.server.ports[listener]}{path}"
+
+
+@contextlib.asynccontextmanager
+async def scene(
+    tmp_path: Path, *, romeo: bool = True, **sections: dict[str, Any]
+) -> AsyncIterator[Scene]:
+    """The page server, Dovecote (`sections` as in start_server; in [http] cors_origins the
+    string "page" stands for the page's origin), juliet and romeo as friends, and romeo
+    logged in with slixmpp over TCP."""
+    page = await PageServer().start()
+    http = sections.setdefault("http", {})
+    origins = http.get("cors_origins", ["page"])
+    http["cors_origins"] = [page.origin if o == "page" else o for o in origins]
+    server = await start_server(tmp_path / "data", **sections)
+    client: Client | None = None
+    try:
+        await add_user(server, "juliet")
+        await add_user(server, "romeo")
+        await befriend(server)
+        if romeo:
+            client = await connect(server, ROMEO)
+        yield Scene(server, page, client)
+    finally:
+        if client is not None:
+            await disconnect(client)
+        await server.stop()
+        await page.stop()
+
+
+def auto_login(**config: Any) -> dict[str, Any]:
+    return {"auto_login": True, "jid": JULIET, "password": PASSWORD, **config}
+
+
+CONNECTED = "window.dovecoteTest && dovecoteTest.api.connection.connected()"
+
+
 async def chat_in_browser(browser: Browser, romeo: Client, label: str, tmp_path: Path) -> Path:
     """The browser is logged in as juliet: open a chat with romeo, type a message, check
     romeo gets it, have romeo answer, check it shows in the chat, take a screenshot."""
@@ -55,7 +104,7 @@ async def chat_in_browser(browser: Browser, romeo: Client, label: str, tmp_path:
         f".then(c => c && c.presence && c.presence.get('presence') === 'online')"
     )
     await browser.eval(f"dovecoteTest.api.chats.open({js(ROMEO)}, {{}}, true).then(() => true)")
-    await browser.wait(f"document.querySelector({js(TEXTAREA)})")
+    await browser.wait(f"!!document.querySelector({js(TEXTAREA)})")
 
     text = f"Wherefore art thou, Romeo? ({label}, typed in Chromium)"
     await browser.fill(TEXTAREA, text)
@@ -84,41 +133,22 @@ async def chat_in_browser(browser: Browser, romeo: Client, label: str, tmp_path:
 
 
 async def test_converse_websocket_chat_with_slixmpp(chromium: str, tmp_path: Path) -> None:
-    page = await PageServer().start()
-    server = await start_server(
-        tmp_path / "data",
-        listen={"http": "127.0.0.1:0"},
-        # ws:// on loopback counts as encrypted, as behind a TLS-terminating proxy; the page's
-        # origin is the only one allowed (CORS and the WebSocket handshake's Origin).
-        http={"consider_websocket_secure": True, "cors_origins": [page.origin]},
-    )
-    romeo: Client | None = None
-    try:
-        await add_user(server, "juliet")
-        await add_user(server, "romeo")
-        await befriend(server)
-        romeo = await connect(server, ROMEO)
-        ws_url = f"ws://127.0.0.1:{server.ports['http']}/xmpp-websocket"
-        page.config = {
-            "websocket_url": ws_url,
-            "discover_connection_methods": False,
-            "auto_login": True,
-            "jid": JULIET,
-            "password": PASSWORD,
-        }
+    # ws:// on loopback counts as encrypted, as behind a TLS-terminating proxy; the page's
+    # origin is the only one allowed (CORS and the WebSocket handshake's Origin).
+    async with scene(
+        tmp_path, listen={"http": "127.0.0.1:0"}, http={"consider_websocket_secure": True}
+    ) as sc:
+        assert sc.romeo is not None
+        ws_url = "ws" + sc.url("http", "/xmpp-websocket")[4:]
+        sc.page.config = auto_login(websocket_url=ws_url, discover_connection_methods=False)
         async with Browser(chromium) as browser:
-            assert await browser.goto(page.url) == 200
-            await browser.wait("window.dovecoteTest && dovecoteTest.api.connection.connected()")
+            assert await browser.goto(sc.page.url) == 200
+            await browser.wait(CONNECTED)
             assert await browser.eval("dovecoteTest.api.connection.isType('websocket')") is True
             assert browser.websockets == [ws_url]
             bound = await browser.eval("dovecoteTest.api.connection.get().jid")
             assert bound.startswith(JULIET + "/")
-            await chat_in_browser(browser, romeo, "websocket", tmp_path)
-    finally:
-        if romeo is not None:
-            await disconnect(romeo)
-        await server.stop()
-        await page.stop()
+            await chat_in_browser(browser, sc.romeo, "websocket", tmp_path)
 
 
 async def test_converse_discovers_websocket_via_host_meta(chromium: str, tmp_path: Path) -> None:
@@ -127,65 +157,42 @@ async def test_converse_discovers_websocket_via_host_meta(chromium: str, tmp_pat
     it and logs in there with what the person typed into Converse's login form. Chromium
     resolves example.org to Dovecote's https listener and accepts its self-signed
     certificate; nothing else tells Converse where the server is."""
-    page = await PageServer().start()
-    server = await start_server(
-        tmp_path / "data",
-        listen={"http": "", "https": "127.0.0.1:0"},
-        http={"cors_origins": [page.origin]},
-    )
-    romeo: Client | None = None
-    try:
-        await add_user(server, "juliet")
-        await add_user(server, "romeo")
-        await befriend(server)
-        romeo = await connect(server, ROMEO)
+    async with scene(tmp_path, listen={"http": "", "https": "127.0.0.1:0"}) as sc:
+        assert sc.romeo is not None
         # No URL and no account in the configuration: the person types them in the form.
-        page.config = {"discover_connection_methods": True, "auto_login": False}
-        https = {DOMAIN: f"127.0.0.1:{server.ports['https']}"}
+        sc.page.config = {"discover_connection_methods": True, "auto_login": False}
+        https = {DOMAIN: f"127.0.0.1:{sc.server.ports['https']}"}
         async with Browser(chromium, ["--ignore-certificate-errors"], https) as browser:
-            assert await browser.goto(page.url) == 200
+            assert await browser.goto(sc.page.url) == 200
             form = "converse-login-form form"
-            await browser.wait(f"document.querySelector({js(form + ' input[name=password]')})")
+            await browser.wait(f"!!document.querySelector({js(form + ' input[name=password]')})")
             await browser.fill(f"{form} input[name=jid]", JULIET)
             await browser.fill(f"{form} input[name=password]", PASSWORD)
             await browser.press(f"{form} input[name=password]", "Enter")
-            await browser.wait("window.dovecoteTest && dovecoteTest.api.connection.connected()")
+            await browser.wait(CONNECTED)
             wss = f"wss://{DOMAIN}/xmpp-websocket"
             assert await browser.eval("dovecoteTest.api.settings.get('websocket_url')") == wss
             assert await browser.eval("dovecoteTest.api.connection.isType('websocket')") is True
             assert browser.websockets == [wss]
-            await chat_in_browser(browser, romeo, "host-meta-wss", tmp_path)
-    finally:
-        if romeo is not None:
-            await disconnect(romeo)
-        await server.stop()
-        await page.stop()
+            await chat_in_browser(browser, sc.romeo, "host-meta-wss", tmp_path)
 
 
 async def test_converse_from_an_origin_not_allowed(chromium: str, tmp_path: Path) -> None:
     """A page from an origin missing from [http] cors_origins: host-meta answers without
     Access-Control-Allow-Origin, so the browser hides it from the page (no discovery), and
     the WebSocket handshake with that Origin is refused: Converse never logs in."""
-    page = await PageServer().start()
-    server = await start_server(
-        tmp_path / "data",
+    async with scene(
+        tmp_path,
+        romeo=False,
         listen={"http": "127.0.0.1:0"},
         http={"consider_websocket_secure": True, "cors_origins": ["https://chat.example"]},
-    )
-    try:
-        await add_user(server, "juliet")
-        ws_url = f"ws://127.0.0.1:{server.ports['http']}/xmpp-websocket"
-        page.config = {
-            "websocket_url": ws_url,
-            "discover_connection_methods": False,
-            "auto_login": True,
-            "jid": JULIET,
-            "password": PASSWORD,
-        }
+    ) as sc:
+        ws_url = "ws" + sc.url("http", "/xmpp-websocket")[4:]
+        sc.page.config = auto_login(websocket_url=ws_url, discover_connection_methods=False)
         async with Browser(chromium) as browser:
-            assert await browser.goto(page.url) == 200
+            assert await browser.goto(sc.page.url) == 200
             # The page itself reads host-meta: the browser blocks the response.
-            host_meta = f"http://127.0.0.1:{server.ports['http']}/.well-known/host-meta"
+            host_meta = sc.url("http", "/.well-known/host-meta")
             outcome = await browser.eval(
                 f"fetch({js(host_meta)}, {{mode: 'cors'}})"
                 ".then(r => 'read ' + r.status, e => 'blocked: ' + e.name)"
@@ -203,12 +210,15 @@ async def test_converse_from_an_origin_not_allowed(chromium: str, tmp_path: Path
             assert await browser.eval(feedback) == message
             await browser.wait(f"document.body.innerText.includes({js(message)})")
             assert browser.websockets == [ws_url]
-            assert not server.sessions.is_online(JID.parse(JULIET))
+            assert not sc.server.sessions.is_online(JID.parse(JULIET))
             shot = await browser.screenshot(tmp_path / "converse-origin-refused.png")
             print(f"screenshot: {shot} (copy: {keep_screenshot(shot)})")
-    finally:
-        await server.stop()
-        await page.stop()
+
+
+BOSH_SCENE: dict[str, Any] = {
+    "listen": {"http": "127.0.0.1:0"},
+    "bosh": {"consider_secure": True},
+}
 
 
 async def test_converse_bosh_chat_with_slixmpp(chromium: str, tmp_path: Path) -> None:
@@ -216,30 +226,14 @@ async def test_converse_bosh_chat_with_slixmpp(chromium: str, tmp_path: Path) ->
     cross-origin (CORS preflight and headers on /http-bind), then a page reload: Converse
     keeps its BOSH session (sid and next rid in session storage) and resumes it, so romeo's
     next message reaches the same session."""
-    page = await PageServer().start()
-    server = await start_server(
-        tmp_path / "data",
-        listen={"http": "127.0.0.1:0"},
-        http={"cors_origins": [page.origin]},
-        bosh={"consider_secure": True},
-    )
-    romeo: Client | None = None
-    try:
-        await add_user(server, "juliet")
-        await add_user(server, "romeo")
-        await befriend(server)
-        romeo = await connect(server, ROMEO)
-        bosh_url = f"http://127.0.0.1:{server.ports['http']}/http-bind"
-        page.config = {
-            "bosh_service_url": bosh_url,
-            "discover_connection_methods": False,
-            "auto_login": True,
-            "jid": JULIET,
-            "password": PASSWORD,
-        }
+    async with scene(tmp_path, **BOSH_SCENE) as sc:
+        romeo = sc.romeo
+        assert romeo is not None
+        bosh_url = sc.url("http", "/http-bind")
+        sc.page.config = auto_login(bosh_service_url=bosh_url, discover_connection_methods=False)
         async with Browser(chromium) as browser:
-            assert await browser.goto(page.url) == 200
-            await browser.wait("window.dovecoteTest && dovecoteTest.api.connection.connected()")
+            assert await browser.goto(sc.page.url) == 200
+            await browser.wait(CONNECTED)
             assert await browser.eval("dovecoteTest.api.connection.isType('bosh')") is True
             assert browser.websockets == []
             sid = await browser.eval("dovecoteTest.api.connection.get()._proto.sid")
@@ -249,13 +243,14 @@ async def test_converse_bosh_chat_with_slixmpp(chromium: str, tmp_path: Path) ->
 
             # Reload: the page is gone (its held request with it) and comes back attached to
             # the same BOSH session, with the next rid; no new login. The reload waits out
-            # [bosh] polling (2 s by default): the held request of the old page still
-            # counts, and a new empty request sooner than that after it is overactivity
-            # (XEP-0124 §11), which ends the session with policy-violation (Converse then
-            # shows its login form).
-            await asyncio.sleep(server.config.bosh.polling + 0.5)
-            assert await browser.goto(page.url) == 200
-            await browser.wait("window.dovecoteTest && dovecoteTest.api.connection.connected()")
+            # [bosh] polling (2 s by default): the old page's held request (its connection
+            # closed by the browser) still counts as held, so a resumed session's first
+            # empty request sooner than that after the last one is overactivity (XEP-0124
+            # §11) and ends the session with policy-violation; Converse then shows its
+            # login form.
+            await asyncio.sleep(sc.server.config.bosh.polling + 0.5)
+            assert await browser.goto(sc.page.url) == 200
+            await browser.wait(CONNECTED)
             assert await browser.eval("dovecoteTest.api.connection.get().status") == ATTACHED
             assert await browser.eval("dovecoteTest.api.connection.get()._proto.sid") == sid
             assert await browser.eval("dovecoteTest.api.connection.get().jid") == juliet_full
@@ -276,8 +271,3 @@ async def test_converse_bosh_chat_with_slixmpp(chromium: str, tmp_path: Path) ->
             await asyncio.sleep(0.5)
             shot = await browser.screenshot(first.with_name("converse-bosh-reloaded.png"))
             print(f"screenshot: {shot} (copy: {keep_screenshot(shot)})")
-    finally:
-        if romeo is not None:
-            await disconnect(romeo)
-        await server.stop()
-        await page.stop()
