@@ -19,6 +19,7 @@ def _under_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only for selected browser tests
 def pytest_collection_modifyitems(config, items) -> None:  # type: ignore[no-untyped-def]
     if config.option.collectonly or not any(item.get_closest_marker("browser") for item in items):
         return
