@@ -634,6 +634,16 @@ class ComponentSection(_Section):
     #: Seconds the server waits for the component's answer to a delegated IQ.
     delegation_timeout: float = Field(default=30.0, gt=0, le=600)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        """`"domain" = "secret"` is short for `[components."domain"] secret = "secret"`."""
+        if isinstance(data, str):
+            if not data:
+                raise ValueError("the shared secret is empty")
+            return {"secret": data}
+        return data
+
     @field_validator("delegations")
     @classmethod
     def _unique(cls, namespaces: list[str]) -> list[str]:
@@ -730,17 +740,6 @@ class Config(_Section):
             if getattr(section, "domain", None) == proxy.domain:
                 raise ValueError(f"proxy65.domain {proxy.domain!r} is already {name}.domain")
         return proxy
-
-    @field_validator("components", mode="before")
-    @classmethod
-    def _component_short_form(cls, components: Any) -> Any:
-        """`"domain" = "secret"` is short for `[components."domain"] secret = "secret"`."""
-        if isinstance(components, dict):
-            return {
-                domain: {"secret": value} if isinstance(value, str) else value
-                for domain, value in components.items()
-            }
-        return components
 
     @field_validator("components")
     @classmethod
