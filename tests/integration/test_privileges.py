@@ -16,6 +16,7 @@ import slixmpp
 
 from dovecote.config import ConfigError, config_from_dict
 from dovecote.server import Server
+from dovecote.storage.base import RosterItem
 from tests.helpers import (
     CLIENT,
     DOMAIN,
@@ -65,7 +66,12 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         components={
             GATEWAY: GATEWAY_SETTINGS,
             PLAIN: "plain-secret",
-            READER: {"secret": "reader-secret", "roster": "get", "roster_push": False},
+            READER: {
+                "secret": "reader-secret",
+                "roster": "get",
+                "roster_push": False,
+                "presence": "roster",
+            },
         },
         modules={"enabled": ["carbons"]},
     )
@@ -178,12 +184,15 @@ async def test_component_without_privileges_is_told_nothing(server: Server) -> N
         await plain.raw.close()
 
 
-async def test_roster_permission_get_only_announced_without_push(server: Server) -> None:
+async def test_roster_get_without_push_and_roster_presence_announced(server: Server) -> None:
     reader = await Component.login(server, READER, "reader-secret")
     try:
         message = await reader.take(privilege_announcement)
         perms = message.findall(f"{q(PRIVILEGE, 'privilege')}/{q(PRIVILEGE, 'perm')}")
-        assert [p.attrib for p in perms] == [{"access": "roster", "type": "get", "push": "false"}]
+        assert [p.attrib for p in perms] == [
+            {"access": "roster", "type": "get", "push": "false"},
+            {"access": "presence", "type": "roster"},
+        ]
     finally:
         await reader.raw.close()
 
@@ -452,6 +461,47 @@ async def test_users_presence_reaches_the_component(server: Server) -> None:
     finally:
         await gateway.raw.close()
         await alice.raw.close()
+
+
+async def test_contacts_presence_reaches_a_roster_presence_component(server: Server) -> None:
+    """§6.4: with "roster", the presence users get from contacts they subscribe to, once
+    per change however many users share the contact; not from strangers."""
+    friend = f"friend@{PLAIN}"
+    for local in ("alice", "bob"):
+        await server.storage.roster.put(local, DOMAIN, RosterItem(friend, subscription="to"))
+    reader = await Component.login(server, READER, "reader-secret")
+    plain = await Component.login(server, PLAIN, "plain-secret")
+    alice = await user(server, "alice")
+    bob = await user(server, "bob")
+    try:
+        await reader.take(privilege_announcement)
+        for someone in (alice, bob):
+            await send_presence(someone.raw, someone.jid)
+        # "roster" includes the users' own presence (§6.1).
+        await reader.take(lambda e: e.tag == cq("presence") and e.get("from") == alice.jid)
+        await reader.drain()
+        for local in ("alice", "bob"):
+            plain.send(
+                f"<presence from='{friend}/legacy' to='{local}@{DOMAIN}'>"
+                f"<show>dnd</show></presence>"
+            )
+        el = await reader.take(
+            lambda e: e.tag == cq("presence") and e.get("from") == f"{friend}/legacy"
+        )
+        assert el.get("to") == READER and el.findtext(cq("show")) == "dnd"
+        got = await alice.take(
+            lambda e: e.tag == q(CLIENT, "presence") and e.get("from") == f"{friend}/legacy"
+        )
+        assert got.findtext(q(CLIENT, "show")) == "dnd"
+        plain.send(f"<presence from='stranger@{PLAIN}/x' to='alice@{DOMAIN}'/>")
+        plain.send(f"<presence from='{friend}/legacy' to='alice@{DOMAIN}' type='unavailable'/>")
+        el = await reader.take(lambda e: e.tag == cq("presence") and e.get("type") == "unavailable")
+        assert el.get("from") == f"{friend}/legacy"
+        # Neither bob's copy of the dnd presence nor the stranger's reached the component.
+        await reader.assert_none(lambda e: e.tag == cq("presence"))
+    finally:
+        for conn in (reader, plain, alice, bob):
+            await conn.raw.close()
 
 
 # ---- XEP-0355: delegation ----------------------------------------------------------------------

@@ -361,7 +361,9 @@ def setup(server: Server) -> None:
         if item is None or item.subscription not in ("to", "both"):
             return False
         key = str(sender)
-        text = serialize(event.stanza)
+        unaddressed = event.stanza.shallow_copy()
+        unaddressed.attrs.pop("to", None)
+        text = serialize(unaddressed)
         for component in wanting:
             seen: dict[str, str] = component.state.setdefault("contact_presences", {})
             if seen.get(key) == text:
