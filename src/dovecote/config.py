@@ -633,6 +633,8 @@ class ComponentSection(_Section):
     delegations: list[Namespace] = Field(default_factory=list)
     #: Seconds the server waits for the component's answer to a delegated IQ.
     delegation_timeout: float = Field(default=30.0, gt=0, le=600)
+    #: Delegated IQs waiting for the component's answer at once; beyond, resource-constraint.
+    delegation_max_pending: int = Field(default=1000, ge=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -52,9 +52,10 @@ GATEWAY_SETTINGS = {
     "roster": "both",
     "message": "outgoing",
     "presence": "managed_entity",
-    "iq": {BLOCKING: "get"},
+    "iq": {BLOCKING: "get", WEATHER: "get"},
     "delegations": [WEATHER],
     "delegation_timeout": 1,
+    "delegation_max_pending": 2,
 }
 
 
@@ -164,7 +165,7 @@ async def test_privileges_are_announced_after_the_handshake(server: Server) -> N
             assert perms["message"].get("type") == "outgoing"
             assert perms["presence"].get("type") == "managed_entity"
             namespaces = [n.attrib for n in perms["iq"].findall(q(PRIVILEGE, "namespace"))]
-            assert namespaces == [{"ns": BLOCKING, "type": "get"}]
+            assert namespaces == [{"ns": WEATHER, "type": "get"}, {"ns": BLOCKING, "type": "get"}]
         # XEP-0355 §4.2: the delegations follow, one message per domain.
         delegations = [await gateway.take(delegation_announcement) for _ in range(2)]
         for message in delegations:
@@ -422,6 +423,21 @@ async def test_privileged_iq_is_answered_as_to_the_user(server: Server) -> None:
                 f"</privileged_iq></iq>"
             )
             assert component_error(await gateway.iq("p2")) == ("auth", "forbidden"), payload
+        # XEP-0355 §4.4: an IQ it sends on a user's behalf in a namespace delegated to it
+        # is handled by the server, not delegated back (nothing answers it here).
+        gateway.send(
+            f"<iq from='{GATEWAY}' to='alice@{DOMAIN}' type='get' id='p4'>"
+            f"<privileged_iq xmlns='{PRIVILEGE}'><iq xmlns='jabber:client' type='get' "
+            f"from='alice@{DOMAIN}' to='alice@{DOMAIN}' id='inner-p4'>"
+            f"<forecast xmlns='{WEATHER}'/></iq></privileged_iq></iq>"
+        )
+        el = await gateway.iq("p4")
+        assert component_error(el) == ("cancel", "service-unavailable"), ET.tostring(el)
+        inner = el.find(f"{q(PRIVILEGE, 'privilege')}/{q(FORWARD, 'forwarded')}/{q(CLIENT, 'iq')}")
+        assert inner is not None and inner.get("type") == "error" and inner.get("id") == "inner-p4"
+        await gateway.assert_none(
+            lambda e: e.tag == cq("iq") and e.find(q(DELEGATION, "delegation")) is not None
+        )
         # On behalf of a JID that is not a user of this server.
         gateway.send(
             f"<iq from='{GATEWAY}' to='x@elsewhere.example' type='get' id='p3'>"
@@ -611,11 +627,16 @@ async def test_delegation_without_the_component(server: Server) -> None:
         alice.send(weather_request("n2", DOMAIN))
         await gateway.take(lambda e: e.tag == cq("iq") and e.get("type") == "get")
         assert error_condition(await alice.iq("n2", timeout=5)) == ("wait", "remote-server-timeout")
+        # Two waiting (delegation_max_pending = 2): a third is refused at once.
+        for iq_id in ("n3", "n4", "n5"):
+            alice.send(weather_request(iq_id, DOMAIN))
+        assert error_condition(await alice.iq("n5")) == ("wait", "resource-constraint")
+        for _ in range(2):
+            await gateway.take(lambda e: e.tag == cq("iq") and e.get("type") == "get")
         # Gone before answering: service-unavailable for what it held.
-        alice.send(weather_request("n3", DOMAIN))
-        await gateway.take(lambda e: e.tag == cq("iq") and e.get("type") == "get")
         await gateway.raw.close()
-        assert error_condition(await alice.iq("n3"))[1] == "service-unavailable"
+        for iq_id in ("n3", "n4"):
+            assert error_condition(await alice.iq(iq_id))[1] == "service-unavailable"
     finally:
         await alice.raw.close()
 

@@ -14,7 +14,8 @@ by that external component (XEP-0114) for every user of this server.
   way; the server sends the inner result or error to the requester with the original id,
   from the address the requester used. IQs the component sends itself (and those it
   sends on a user's behalf with XEP-0356) are not delegated back to it (§4.4).
-- Failure: while the component is not connected, `service-unavailable`; no answer within
+- Failure: while the component is not connected, `service-unavailable`; with
+  `delegation_max_pending` IQs already waiting for it, `resource-constraint`; no answer within
   `delegation_timeout` seconds, `remote-server-timeout`; an answer without a forwarded
   result or error, `internal-server-error`; when the component disconnects, what it had
   not answered gets `service-unavailable`.
@@ -175,8 +176,11 @@ def setup(server: Server) -> None:
     def forward(component: ExternalComponent, event: StanzaEvent) -> bool:
         if component.stream is None:
             raise StanzaError("service-unavailable", f"{component.domain} is not connected")
-        task = server.spawn(relay(component, event))
         tasks = waiting.setdefault(component, set())
+        if len(tasks) >= component.settings.delegation_max_pending:
+            # RFC 6120 §8.3.3.18: the sender may retry later.
+            raise StanzaError("resource-constraint", f"{component.domain} is busy")
+        task = server.spawn(relay(component, event))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         return True
