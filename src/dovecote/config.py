@@ -579,6 +579,92 @@ class UploadSection(ServiceDomainSection):
 #: XEP-0114 §3: the secret a component proves in its handshake.
 ComponentSecret = Annotated[str, Field(min_length=1)]
 
+#: XEP-0356 §3.1 / §5.1 (v0.4): an access type for rosters and IQ namespaces.
+AccessType = Literal["none", "get", "set", "both"]
+
+#: Namespaces that are the server's own business: delegating them or granting IQ access
+#: to them would let a component grant itself more (XEP-0355/0356 security
+#: considerations) or break the stream machinery.
+RESERVED_NAMESPACES = frozenset(
+    (
+        "urn:xmpp:delegation:2",
+        "urn:xmpp:delegation:1",
+        "urn:xmpp:privilege:2",
+        "urn:xmpp:privilege:1",
+        "http://jabber.org/protocol/disco#info",
+        "http://jabber.org/protocol/disco#items",
+        "urn:ietf:params:xml:ns:xmpp-bind",
+        "urn:ietf:params:xml:ns:xmpp-session",
+    )
+)
+
+
+def _check_namespace(value: str) -> str:
+    if not value or value.strip() != value or " " in value:
+        raise ValueError(f"{value!r} is not a namespace")
+    if value in RESERVED_NAMESPACES:
+        raise ValueError(f"{value!r} cannot be granted to a component")
+    return value
+
+
+Namespace = Annotated[str, AfterValidator(_check_namespace)]
+
+
+class ComponentSection(_Section):
+    """One `[components."domain"]` table: the XEP-0114 secret and what the component may do
+    beyond an ordinary component (XEP-0356 privileges, XEP-0355 delegations)."""
+
+    #: XEP-0114 shared secret.
+    secret: ComponentSecret
+    #: XEP-0356 §3: the component gets ("get"), sets ("set") or both the rosters of this
+    #: server's users; "none": neither.
+    roster: AccessType = "none"
+    #: XEP-0356 §3.3: roster pushes to the component (only with "get"/"both").
+    roster_push: bool = True
+    #: XEP-0356 §4: "outgoing": send messages on behalf of this server's users.
+    message: Literal["none", "outgoing"] = "none"
+    #: XEP-0356 §6: "managed_entity": users' presence goes to the component;
+    #: "roster": their contacts' presence too.
+    presence: Literal["none", "managed_entity", "roster"] = "none"
+    #: XEP-0356 §5 (v0.4): IQs on behalf of users, by namespace -> access type.
+    iq: dict[Namespace, AccessType] = Field(default_factory=dict)
+    #: XEP-0355 (admin mode): namespaces whose IQs to the server or to a user's own bare
+    #: JID are handled by this component.
+    delegations: list[Namespace] = Field(default_factory=list)
+    #: Seconds the server waits for the component's answer to a delegated IQ.
+    delegation_timeout: float = Field(default=30.0, gt=0, le=600)
+    #: Delegated IQs waiting for the component's answer at once; beyond, resource-constraint.
+    delegation_max_pending: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        """`"domain" = "secret"` is short for `[components."domain"] secret = "secret"`."""
+        if isinstance(data, str):
+            if not data:
+                raise ValueError("the shared secret is empty")
+            return {"secret": data}
+        return data
+
+    @field_validator("delegations")
+    @classmethod
+    def _unique(cls, namespaces: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for namespace in namespaces:
+            if namespace in seen:
+                raise ValueError(f"{namespace!r} is listed twice")
+            seen.add(namespace)
+        return namespaces
+
+    @property
+    def privileged(self) -> bool:
+        return (
+            self.roster != "none"
+            or self.message != "none"
+            or self.presence != "none"
+            or any(access != "none" for access in self.iq.values())
+        )
+
 
 class ModulesSection(_Section):
     #: Modules to load in addition to the defaults.
@@ -633,8 +719,9 @@ class Config(_Section):
     proxy65: Proxy65Section = Field(default_factory=Proxy65Section)
     modules: ModulesSection = Field(default_factory=ModulesSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
-    #: XEP-0114 external components: domain -> shared secret.
-    components: dict[Domain, ComponentSecret] = Field(default_factory=dict)
+    #: XEP-0114 external components: domain -> shared secret, or domain -> a table with
+    #: the secret and the component's privileges (`ComponentSection`).
+    components: dict[Domain, ComponentSection] = Field(default_factory=dict)
     http: HttpSection = Field(default_factory=HttpSection)
     bosh: BoshSection = Field(default_factory=BoshSection)
 
@@ -659,8 +746,8 @@ class Config(_Section):
     @field_validator("components")
     @classmethod
     def _component_domains_free(
-        cls, components: dict[str, str], info: ValidationInfo
-    ) -> dict[str, str]:
+        cls, components: dict[str, ComponentSection], info: ValidationInfo
+    ) -> dict[str, ComponentSection]:
         """A component domain may not be one the server or a built-in service serves."""
         taken: set[str] = set()
         if isinstance(server := info.data.get("server"), ServerSection):
@@ -671,9 +758,18 @@ class Config(_Section):
                 ServiceDomainSection | PubSubSection | MucSection | Proxy65Section,
             ):
                 taken.add(section.domain or "")
-        for domain in components:
+        delegated: dict[str, str] = {}
+        for domain, section in components.items():
             if domain in taken:
                 raise ValueError(f"{domain!r} is already served by this server")
+            # XEP-0355: one managing entity per namespace.
+            for namespace in section.delegations:
+                if namespace in delegated:
+                    raise ValueError(
+                        f"{domain}.delegations: {namespace!r} is already delegated to "
+                        f"{delegated[namespace]}"
+                    )
+                delegated[namespace] = domain
         return components
 
     @property

@@ -59,6 +59,9 @@ DEFAULT_MODULES = [
     "proxy65",
     # Serves `[upload] domain` when set, nothing otherwise.
     "upload",
+    # Act only for `[components]` granted privileges or delegations.
+    "privilege",
+    "delegation",
 ]
 
 

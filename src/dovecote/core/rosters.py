@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dovecote.core.events import log_failure
 from dovecote.core.slots import SessionSlot
 from dovecote.jid import JID
 from dovecote.storage.base import Roster, RosterItem
@@ -62,6 +64,9 @@ class RosterService:
         # A lock lives as long as someone holds or awaits it (as the blocking service's):
         # locking the rosters of offline contacts leaves nothing behind.
         self._locks: weakref.WeakValueDictionary[JID, asyncio.Lock] = weakref.WeakValueDictionary()
+        #: Called with (user, item element, version) after each push to the user's
+        #: resources: others that get pushes (XEP-0356 §3.3, privileged components).
+        self.push_listeners: list[Callable[[JID, Element, int], None]] = []
         # After the unavailable broadcasts (presence -1000), which still read the roster.
         server.events.add("session/ended", self._session_ended, -2000)
         server.events.add("account/deleted", self._account_deleted)
@@ -137,6 +142,11 @@ class RosterService:
                     [query],
                 )
                 session.send(push)
+        for listener in self.push_listeners:
+            try:
+                listener(user, item, version)
+            except Exception:
+                log_failure("roster push", listener, user)
 
     # ---- cache upkeep ----------------------------------------------------------------------
     def _session_ended(self, session: Any) -> None:

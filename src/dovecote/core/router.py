@@ -8,6 +8,7 @@ Event names (handlers registered by modules, the core's defaults at the lowest p
                               own account), answered by the server on its behalf
   iq/host/result, iq/bare/result, iq/host/error ...: responses to the server
   iq/bare                     any IQ get/set to an account, before the namespaced event
+  iq/host                     any IQ get/set to a served domain, before the namespaced event
   iq/full                     IQ to a full JID
   message/host | message/bare | message/full
   presence/host | presence/bare | presence/full
@@ -327,7 +328,11 @@ class Router:
             if target == "bare":
                 if await self._dispatch_account_iq(event, suffix):
                     return
-            elif await self.events.fire(f"iq/{target}/{suffix}", event):
+            elif await self.events.fire("iq/host", event) or await self.events.fire(
+                f"iq/{target}/{suffix}", event
+            ):
+                # iq/host: any IQ get/set to a served domain, before its namespace's event
+                # (XEP-0355 delegation takes whole namespaces there).
                 return
             # No 'to': addressed to the account, and failing that to the server.
             if not addressed and await self.events.fire(f"iq/host/{suffix}", event):

@@ -49,13 +49,19 @@ def setup(server: Server) -> None:
     events = server.events
 
     @events.on(f"iq/host/get/{ns.DISCO_INFO}:query")
-    def server_info(event: StanzaEvent) -> bool:
+    async def server_info(event: StanzaEvent) -> bool:
         node = event.payload.get("node") if event.payload is not None else None
         if node:
             raise StanzaError("item-not-found")
         # XEP-0030 §3.1; the server is category 'server', type 'im'.
         identities = [("server", "im", "Dovecote")]
-        query = info_query(None, identities, server.features)
+        features = server.features
+        if events.has("disco/host-features"):
+            # Features that come and go (XEP-0355 §7.2: those of delegated namespaces,
+            # while their component is connected).
+            features = set(features)
+            await events.fire_all("disco/host-features", features)
+        query = info_query(None, identities, features)
         contacts = server.config.server.contacts
         if contacts:
             # XEP-0157 through XEP-0128: who to contact about this server, by role.

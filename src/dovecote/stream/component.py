@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dovecote.jid import JID, InvalidJID, prepare_domain
 from dovecote.stream.base import StreamBase
@@ -35,6 +35,7 @@ from dovecote.xml.element import Element
 from dovecote.xml.parser import ElementReceived, ParserEvent, StreamClosed, StreamOpened
 
 if TYPE_CHECKING:
+    from dovecote.config import ComponentSection
     from dovecote.core.router import StanzaEvent
     from dovecote.server import Server
     from dovecote.transport.base import StreamTransport
@@ -62,12 +63,21 @@ def normalise(element: Element) -> Element:
 class ExternalComponent:
     """A configured component domain, as registered in `server.components`."""
 
-    def __init__(self, server: Server, domain: str, secret: str) -> None:
+    def __init__(self, server: Server, domain: str, settings: ComponentSection | str) -> None:
+        from dovecote.config import ComponentSection
+
+        if isinstance(settings, str):
+            settings = ComponentSection(secret=settings)
         self.server = server
         self.domain = domain
-        self.secret = secret
+        #: Its `[components]` table: the secret, XEP-0356 privileges, XEP-0355 delegations.
+        self.settings = settings
+        self.secret = settings.secret
         #: The authenticated connection, None while the component is away.
         self.stream: ComponentStream | None = None
+        #: What modules keep about the component while it is connected (the features of
+        #: its delegated namespaces, ...): emptied when it disconnects.
+        self.state: dict[str, Any] = {}
 
     @property
     def connected(self) -> bool:
@@ -95,10 +105,10 @@ class ExternalComponent:
 
 def register_components(server: Server) -> None:
     """Register every configured `[components]` domain (before the listener opens)."""
-    for domain, secret in server.config.components.items():
+    for domain, settings in server.config.components.items():
         if domain in server.components:
             raise ValueError(f"component domain {domain} is already taken by a service")
-        server.components[domain] = ExternalComponent(server, domain, secret)
+        server.components[domain] = ExternalComponent(server, domain, settings)
     if server.config.components and not server.config.listen.component:
         log.warning("components are configured but listen.component is empty: none can connect")
 
@@ -213,6 +223,9 @@ class ComponentStream(StreamBase):
         # jabber:component:accept by the header's default namespace).
         self.transport.send_element(Element("handshake", ns.CLIENT))
         log.info("component %s connected from %s", component.domain, self.transport.peer_address)
+        # Modules announce what the component may do (XEP-0356 §3.2, XEP-0355 §4.2), after
+        # the empty <handshake/>, once the stream is authenticated.
+        self.server.spawn(self.server.events.fire_all("component/connected", component))
 
     # ---- stanzas (XEP-0114 §3, RFC 6120 §8) ----------------------------------------------
     async def _stanza(self, stanza: Element) -> None:
@@ -241,6 +254,22 @@ class ComponentStream(StreamBase):
                 if stanza.attrs.get("type") not in ("result", "error"):
                     self.send(error_reply(stanza, StanzaError("bad-request", problem)))
                 return
+        # What the component does with privileges (XEP-0356: rosters, messages and IQs on a
+        # user's behalf) is taken by the modules that grant them before routing.
+        try:
+            if await self.server.events.fire("component/stanza", (self.component, stanza)):
+                return
+        except StanzaError as exc:
+            if stanza.attrs.get("type") != "error" and not (
+                stanza.tag == "iq" and stanza.attrs.get("type") == "result"
+            ):
+                self.send(error_reply(stanza, exc))
+            return
+        except Exception:
+            log.exception("component/stanza failed for %s", stanza.tag)
+            if stanza.attrs.get("type") not in ("error", "result"):
+                self.send(error_reply(stanza, StanzaError("internal-server-error")))
+            return
         await self.server.router.route(stanza)
 
     # ---- output -------------------------------------------------------------------------
@@ -258,4 +287,6 @@ class ComponentStream(StreamBase):
         component = self.component
         if component is not None and component.stream is self:
             component.stream = None
+            component.state.clear()
             log.info("component %s disconnected", component.domain)
+            self.server.spawn(self.server.events.fire_all("component/disconnected", component))
