@@ -6,7 +6,9 @@ pointing at each other, self-signed certificates (so dialback authenticates)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,10 +18,14 @@ from typing import Any
 import pytest
 
 from dovecote.server import Server
+from dovecote.stream.s2s_negotiation import dialback_key
 from tests.helpers import (
     CLIENT,
+    STANZA_ERRORS,
+    RawClient,
     Resource,
     add_user,
+    client_ssl_context,
     error_condition,
     login_resource,
     q,
@@ -125,3 +131,277 @@ async def test_peer_down_bounces_remote_server_not_found(tmp_path: Path) -> None
         await alice.close()
     finally:
         await a.stop()
+
+
+# ---- a raw socket acting as a server ---------------------------------------------------------
+SERVER_NS = "jabber:server"
+DB = "jabber:server:dialback"
+STREAMS = "http://etherx.jabber.org/streams"
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+
+
+async def raw_server(address: str, sender: str, target: str) -> tuple[RawClient, ET.Element]:
+    """Connect to `address` as the server of `sender`: header, STARTTLS, header again;
+    returns the client and the features after TLS (`raw.header['id']`: the stream id)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    raw = RawClient(reader, writer)
+
+    def header() -> None:
+        raw._new_parser()
+        raw.header = None
+        raw.send(
+            f"<?xml version='1.0'?><stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS}' "
+            f"xmlns:db='{DB}' from='{sender}' to='{target}' version='1.0'>"
+        )
+
+    header()
+    features = await raw.expect(q(STREAMS, "features"))
+    starttls = features.find(q(TLS_NS, "starttls"))
+    assert starttls is not None and starttls.find(q(TLS_NS, "required")) is not None
+    raw.send(f"<starttls xmlns='{TLS_NS}'/>")
+    await raw.expect(q(TLS_NS, "proceed"))
+    await writer.start_tls(client_ssl_context(), server_hostname=target)
+    header()
+    features = await raw.expect(q(STREAMS, "features"))
+    return raw, features
+
+
+async def test_raw_peer_dialback_then_forged_from(fed: Federation) -> None:
+    """A peer authenticated for a.example by dialback (a key made with a.example's
+    secret, checked by B with the real a.example) sending from another domain gets the
+    stream error invalid-from (RFC 6120 §4.9.3.9)."""
+    bob = await user(fed.b, "bob", B, presence=True)
+    raw, features = await raw_server(fed.b_address, A, B)
+    assert features.find(q("urn:xmpp:features:dialback", "dialback")) is not None
+    assert features.find(q("urn:xmpp:features:bidi", "bidi")) is not None
+    assert raw.header is not None
+    key = dialback_key(fed.a.s2s.secret, B, A, raw.header["id"])
+    raw.send(f"<db:result xmlns:db='{DB}' from='{A}' to='{B}'>{key}</db:result>")
+    result = await raw.expect(q(DB, "result"), timeout=10)
+    assert (result.get("type"), result.get("from"), result.get("to")) == ("valid", B, A)
+    # An honest stanza goes through...
+    raw.send(f"<message from='eve@{A}' to='bob@{B}' type='chat'><body>hi</body></message>")
+    got = await bob.take(is_message, timeout=5)
+    assert got.get("from") == f"eve@{A}"
+    assert got.findtext(q(CLIENT, "body")) == "hi"
+    # ...a forged one ends the stream.
+    raw.send(f"<message from='mallory@evil.example' to='bob@{B}'><body>x</body></message>")
+    assert await raw.stream_error() == "invalid-from"
+    await bob.assert_none(is_message)
+    await bob.close()
+
+
+async def test_raw_peer_addressing_errors(fed: Federation) -> None:
+    raw, _features = await raw_server(fed.b_address, A, B)
+    # Stanzas before any pair is authenticated: not-authorized (RFC 6120 §4.9.3.12).
+    raw.send(f"<message from='eve@{A}' to='bob@{B}'><body>x</body></message>")
+    assert await raw.stream_error() == "not-authorized"
+    raw, _features = await raw_server(fed.b_address, A, B)
+    assert raw.header is not None
+    key = dialback_key(fed.a.s2s.secret, B, A, raw.header["id"])
+    # A dialback request for a domain B does not serve: item-not-found, stream kept.
+    raw.send(f"<db:result xmlns:db='{DB}' from='{A}' to='c.example'>{key}</db:result>")
+    error = await raw.expect(q(DB, "result"))
+    assert error.get("type") == "error"
+    assert error.find(f"{q(SERVER_NS, 'error')}/{q(STANZA_ERRORS, 'item-not-found')}") is not None
+    raw.send(f"<db:result xmlns:db='{DB}' from='{A}' to='{B}'>{key}</db:result>")
+    result = await raw.expect(q(DB, "result"), timeout=10)
+    assert result.get("type") == "valid"
+    # To a domain B does not serve: host-unknown.
+    raw.send(f"<message from='eve@{A}' to='x@c.example'><body>x</body></message>")
+    assert await raw.stream_error() == "host-unknown"
+
+
+async def test_dialback_wrong_key_is_invalid(fed: Federation) -> None:
+    raw, _features = await raw_server(fed.b_address, A, B)
+    raw.send(f"<db:result xmlns:db='{DB}' from='{A}' to='{B}'>{'0' * 64}</db:result>")
+    result = await raw.expect(q(DB, "result"), timeout=10)
+    assert (result.get("type"), result.get("from"), result.get("to")) == ("invalid", B, A)
+    # XEP-0220 §2.2.1: the first (only) pair is invalid: the stream is closed.
+    await raw.closed()
+
+
+async def test_authoritative_server_answers_db_verify(fed: Federation) -> None:
+    """XEP-0220 §2.2.2: A answers <db:verify/> about its own keys."""
+    raw, _features = await raw_server(fed.a_address, B, A)
+    good = dialback_key(fed.a.s2s.secret, B, A, "stream-1")
+    raw.send(f"<db:verify xmlns:db='{DB}' from='{B}' to='{A}' id='stream-1'>{good}</db:verify>")
+    answer = await raw.expect(q(DB, "verify"))
+    assert (answer.get("type"), answer.get("from"), answer.get("to"), answer.get("id")) == (
+        "valid",
+        A,
+        B,
+        "stream-1",
+    )
+    raw.send(f"<db:verify xmlns:db='{DB}' from='{B}' to='{A}' id='stream-2'>{good}</db:verify>")
+    answer = await raw.expect(q(DB, "verify"))
+    assert answer.get("type") == "invalid"
+    raw.send(f"<db:verify xmlns:db='{DB}' from='{B}' to='z.example' id='s'>{good}</db:verify>")
+    answer = await raw.expect(q(DB, "verify"))
+    assert answer.get("type") == "error"
+    await raw.close()
+
+
+async def test_peer_that_never_answers_bounces_timeout(tmp_path: Path) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.3", 0))
+    silent.listen(5)  # accepts into the backlog, never reads or writes
+    route = f"127.0.0.3:{silent.getsockname()[1]}"
+    a = await start_peer(
+        tmp_path / "a",
+        [A],
+        f"127.0.0.2:{free_port('127.0.0.2')}",
+        {B: route},
+        s2s={"connect_timeout": 1},
+    )
+    try:
+        alice = await user(a, "alice", A)
+        alice.send(f"<message to='bob@{B}' id='m1'><body>hello?</body></message>")
+        got = await alice.take(is_message, timeout=10)
+        assert error_condition(got) == ("wait", "remote-server-timeout")
+        assert got.findtext(q(CLIENT, "body")) == "hello?"
+        await alice.close()
+    finally:
+        await a.stop()
+        silent.close()
+
+
+async def test_peer_without_tls_bounces(tmp_path: Path) -> None:
+    """A peer that offers no STARTTLS: our link refuses to go on in clear text."""
+
+    async def plain_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        writer.write(
+            f"<?xml version='1.0'?><stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS}' "
+            f"xmlns:db='{DB}' from='{B}' to='{A}' id='plain1' version='1.0'>"
+            "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/>"
+            "</dialback></stream:features>".encode()
+        )
+        await writer.drain()
+        await reader.read(4096)
+        writer.close()
+
+    peer = await asyncio.start_server(plain_peer, "127.0.0.3", 0)
+    route = f"127.0.0.3:{peer.sockets[0].getsockname()[1]}"
+    a = await start_peer(tmp_path / "a", [A], f"127.0.0.2:{free_port('127.0.0.2')}", {B: route})
+    try:
+        alice = await user(a, "alice", A)
+        alice.send(f"<iq to='bob@{B}' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+        got = await alice.take(lambda e: e.tag == q(CLIENT, "iq"), timeout=10)
+        assert got.get("type") == "error"
+        assert error_condition(got) == ("cancel", "remote-server-not-found")
+        assert (got.get("id"), got.get("from")) == ("v1", f"bob@{B}")
+        await alice.close()
+    finally:
+        await a.stop()
+        peer.close()
+
+
+async def test_piggybacking_two_domains_one_link(tmp_path: Path) -> None:
+    """XEP-0220 §2.6.1: a second sender domain is authenticated on the same stream."""
+    a_addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    b_addr = f"127.0.0.3:{free_port('127.0.0.3')}"
+    a = await start_peer(tmp_path / "a", [A, "a2.example"], a_addr, {B: b_addr})
+    b = await start_peer(tmp_path / "b", [B], b_addr, {A: a_addr, "a2.example": a_addr})
+    try:
+        alice = await user(a, "alice", A)
+        carol = await user(a, "carol", "a2.example")
+        bob = await user(b, "bob", B, presence=True)
+        alice.send(f"<message to='bob@{B}' id='m1'><body>from a</body></message>")
+        first = await bob.take(is_message, timeout=10)
+        carol.send(f"<message to='bob@{B}' id='m2'><body>from a2</body></message>")
+        second = await bob.take(is_message, timeout=10)
+        assert (first.get("from"), second.get("from")) == (alice.jid, carol.jid)
+        outgoing = [link for link in a.s2s.describe() if link["direction"] == "out"]
+        assert len(outgoing) == 1, outgoing
+        assert outgoing[0]["local"] == [A, "a2.example"]
+        assert outgoing[0]["remote"] == [B]
+        incoming = [link for link in b.s2s.describe() if link["direction"] == "in"]
+        assert any(link["remote"] == [A, "a2.example"] for link in incoming), incoming
+        await alice.close()
+        await carol.close()
+        await bob.close()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_idle_link_is_closed(tmp_path: Path) -> None:
+    a_addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    b_addr = f"127.0.0.3:{free_port('127.0.0.3')}"
+    a = await start_peer(tmp_path / "a", [A], a_addr, {B: b_addr}, s2s={"idle_timeout": 1})
+    b = await start_peer(tmp_path / "b", [B], b_addr, {A: a_addr})
+    try:
+        alice = await user(a, "alice", A)
+        bob = await user(b, "bob", B, presence=True)
+        alice.send(f"<message to='bob@{B}' id='m1'><body>once</body></message>")
+        await bob.take(is_message, timeout=10)
+        assert a.s2s.describe()
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if not a.s2s.describe() and not b.s2s.describe():
+                break
+        assert a.s2s.describe() == [] and b.s2s.describe() == []
+        # The next message opens a new link.
+        alice.send(f"<message to='bob@{B}' id='m2'><body>again</body></message>")
+        got = await bob.take(is_message, timeout=10)
+        assert got.findtext(q(CLIENT, "body")) == "again"
+        await alice.close()
+        await bob.close()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_blocked_domain(tmp_path: Path) -> None:
+    a_addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    b_addr = f"127.0.0.3:{free_port('127.0.0.3')}"
+    a = await start_peer(tmp_path / "a", [A], a_addr, {B: b_addr}, s2s={"blocked_domains": [B]})
+    b = await start_peer(tmp_path / "b", [B], b_addr, {A: a_addr})
+    try:
+        alice = await user(a, "alice", A)
+        bob = await user(b, "bob", B)
+        alice.send(f"<message to='bob@{B}' id='m1'><body>x</body></message>")
+        got = await alice.take(is_message, timeout=10)
+        assert error_condition(got) == ("cancel", "not-allowed")
+        # B's attempt is refused by A: B bounces it.
+        bob.send(f"<message to='alice@{A}' id='m2'><body>y</body></message>")
+        got = await bob.take(is_message, timeout=10)
+        assert got.get("type") == "error"
+        assert error_condition(got)[1] == "remote-server-not-found"
+        await alice.assert_none(is_message)
+        await alice.close()
+        await bob.close()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_cli_lists_links(fed: Federation, tmp_path: Path) -> None:
+    alice = await user(fed.a, "alice", A)
+    bob = await user(fed.b, "bob", B, presence=True)
+    alice.send(f"<message to='bob@{B}' id='m1'><body>x</body></message>")
+    await bob.take(is_message, timeout=10)
+    config = tmp_path / "a.toml"
+    config.write_text(f"[server]\ndomains = ['{A}']\ndata_dir = '{fed.a.config.data_path}'\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dovecote",
+        "s2s",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0].split() == ["DIR", "LOCAL", "REMOTE", "AUTH", "TLS", "IDLE"]
+    row = next(line.split() for line in lines[1:] if line.startswith("out"))
+    assert row[:4] == ["out", A, B, "dialback"]
+    assert row[4].startswith("TLSv1.")
+    await alice.close()
+    await bob.close()
