@@ -405,3 +405,124 @@ async def test_cli_lists_links(fed: Federation, tmp_path: Path) -> None:
     assert row[4].startswith("TLSv1.")
     await alice.close()
     await bob.close()
+
+
+# ---- everything local works across servers --------------------------------------------------
+async def subscribe_both_ways(alice: Resource, bob: Resource) -> None:
+    """RFC 6121 §3: alice and bob (on two servers) subscribe to each other."""
+    alice.send(f"<presence to='{bob.bare}' type='subscribe'/>")
+    request = await bob.presence(timeout=10, type="subscribe")
+    assert request.get("from") == alice.bare
+    bob.send(f"<presence to='{alice.bare}' type='subscribed'/>")
+    await alice.presence(timeout=10, type="subscribed")
+    bob.send(f"<presence to='{alice.bare}' type='subscribe'/>")
+    await alice.presence(timeout=10, type="subscribe")
+    alice.send(f"<presence to='{bob.bare}' type='subscribed'/>")
+    await bob.presence(timeout=10, type="subscribed")
+
+
+async def test_subscription_and_presence_both_ways(fed: Federation) -> None:
+    alice = await user(fed.a, "alice", A, roster=True, presence=True)
+    bob = await user(fed.b, "bob", B, roster=True, presence=True)
+    await subscribe_both_ways(alice, bob)
+    item = await alice.push_item(bob.bare)
+    while item.get("subscription") != "both":
+        item = await alice.push_item(bob.bare)
+    item = await bob.push_item(alice.bare)
+    while item.get("subscription") != "both":
+        item = await bob.push_item(alice.bare)
+    # Each gets the other's available presence once subscribed.
+    await alice.presence(timeout=10, from_=bob.jid, type=None)
+    await bob.presence(timeout=10, from_=alice.jid, type=None)
+    # Presence changes travel across.
+    alice.send("<presence><show>away</show></presence>")
+    away = await bob.presence(timeout=10, from_=alice.jid, type=None)
+    while away.findtext(q(CLIENT, "show")) != "away":
+        away = await bob.presence(timeout=10, from_=alice.jid, type=None)
+    # A new session of bob's probes alice's server (RFC 6121 §4.3) and learns her presence.
+    bob2 = await login_resource(fed.b, "bob", "second", domain=B)
+    await bob2.available()
+    probed = await bob2.presence(timeout=10, from_=alice.jid, type=None)
+    assert probed.findtext(q(CLIENT, "show")) == "away"
+    # Logging out sends unavailable to the remote contact (RFC 6121 §4.5.2).
+    await alice.close()
+    await bob.presence(timeout=10, from_=alice.jid, type="unavailable")
+    await bob.close()
+    await bob2.close()
+
+
+async def test_offline_and_mam_for_remote_sender(fed: Federation) -> None:
+    alice = await user(fed.a, "alice", A, roster=True, presence=True)
+    await add_user(fed.b, "bob", domain=B)
+    # bob is offline: stored on B, delivered when he comes.
+    alice.send(f"<message to='bob@{B}' type='chat' id='o1'><body>while away</body></message>")
+    await asyncio.sleep(0.5)
+    bob = await login_resource(fed.b, "bob", domain=B)
+    await bob.available()
+    got = await bob.take(is_message)
+    assert got.get("from") == alice.jid
+    assert got.findtext(q(CLIENT, "body")) == "while away"
+    bob.send(f"<message to='{alice.jid}' type='chat' id='o2'><body>back now</body></message>")
+    await alice.take(is_message, timeout=10)
+    # Both archives (XEP-0313) hold the conversation with the remote party.
+    for res, peer in ((alice, "bob@" + B), (bob, "alice@" + A)):
+        res.send(
+            f"<iq type='set' id='mam1'><query xmlns='urn:xmpp:mam:2' queryid='q1'>"
+            f"<x xmlns='jabber:x:data' type='submit'>"
+            f"<field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>"
+            f"<field var='with'><value>{peer}</value></field></x></query></iq>"
+        )
+        bodies = []
+        while True:
+            el = await res.take(
+                lambda e: (
+                    (
+                        e.tag == q(CLIENT, "message")
+                        and e.find(q("urn:xmpp:mam:2", "result")) is not None
+                    )
+                    or (e.tag == q(CLIENT, "iq") and e.get("id") == "mam1")
+                )
+            )
+            if el.tag == q(CLIENT, "iq"):
+                assert el.get("type") == "result", ET.tostring(el)
+                break
+            forwarded = el.find(
+                f"{q('urn:xmpp:mam:2', 'result')}/{q('urn:xmpp:forward:0', 'forwarded')}"
+            )
+            assert forwarded is not None
+            bodies.append(forwarded.findtext(f"{q(CLIENT, 'message')}/{q(CLIENT, 'body')}"))
+        assert bodies == ["while away", "back now"], (res.jid, bodies)
+    await alice.close()
+    await bob.close()
+
+
+async def test_iq_to_remote_account(fed: Federation) -> None:
+    """vCard and disco#info of an account on the other server (RFC 6120 §10, XEP-0054)."""
+    alice = await user(fed.a, "alice", A, roster=True, presence=True)
+    bob = await user(fed.b, "bob", B, roster=True, presence=True)
+    result = await bob.request("<vCard xmlns='vcard-temp'><FN>Bob B</FN></vCard>", "set")
+    assert result.get("type") == "result", ET.tostring(result)
+    card = await alice.request("<vCard xmlns='vcard-temp'/>", "get", to=bob.bare, timeout=10)
+    assert card.get("type") == "result", ET.tostring(card)
+    assert card.get("from") == bob.bare
+    assert card.findtext(f"{q('vcard-temp', 'vCard')}/{q('vcard-temp', 'FN')}") == "Bob B"
+    # The server's disco#info across.
+    info = await alice.request(
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>", "get", to=B, timeout=10
+    )
+    assert info.get("type") == "result", ET.tostring(info)
+    assert info.get("from") == B
+    # An IQ to a full JID of the other server reaches that client, and the answer comes back.
+    alice.send(f"<iq type='get' id='p1' to='{bob.jid}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    ping = await bob.take(lambda e: e.tag == q(CLIENT, "iq") and e.get("id") == "p1", timeout=10)
+    assert ping.get("from") == alice.jid
+    bob.send(f"<iq type='result' id='p1' to='{alice.jid}'/>")
+    pong = await alice.iq("p1", timeout=10)
+    assert (pong.get("type"), pong.get("from")) == ("result", bob.jid)
+    # No such account there: service-unavailable from B (RFC 6121 §8.5.1).
+    missing = await alice.request(
+        "<vCard xmlns='vcard-temp'/>", "get", to=f"nobody@{B}", timeout=10
+    )
+    assert error_condition(missing) == ("cancel", "service-unavailable")
+    await alice.close()
+    await bob.close()
