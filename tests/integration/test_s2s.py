@@ -526,3 +526,97 @@ async def test_iq_to_remote_account(fed: Federation) -> None:
     assert error_condition(missing) == ("cancel", "service-unavailable")
     await alice.close()
     await bob.close()
+
+
+PEP_MODULES = {"enabled": ["caps", "pep"]}
+CAPS_NS = "http://jabber.org/protocol/caps"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+TUNE = "http://jabber.org/protocol/tune"
+PUBSUB = "http://jabber.org/protocol/pubsub"
+EVENT = f"{PUBSUB}#event"
+
+
+def caps_answer(features: list[str]) -> tuple[str, str]:
+    """A client's disco#info <query/> and its XEP-0115 §5.1 ver."""
+    import base64
+    import hashlib
+
+    node = "https://dovecote.example/s2s-test"
+    all_features = sorted(set(features) | {DISCO_INFO, CAPS_NS})
+    s = "client/pc//Test<" + "".join(f"{f}<" for f in all_features)
+    ver = base64.b64encode(hashlib.sha1(s.encode()).digest()).decode()
+    body = "".join(f"<feature var='{f}'/>" for f in all_features)
+    query = (
+        f"<query xmlns='{DISCO_INFO}' node='{node}#{ver}'>"
+        f"<identity category='client' type='pc' name='Test'/>{body}</query>"
+    )
+    return query, f"<c xmlns='{CAPS_NS}' hash='sha-1' node='{node}' ver='{ver}'/>"
+
+
+def is_caps_query(sender: str) -> Any:
+    def check(el: ET.Element) -> bool:
+        return (
+            el.tag == q(CLIENT, "iq")
+            and el.get("type") == "get"
+            and el.get("from") == sender
+            and el.find(q(DISCO_INFO, "query")) is not None
+        )
+
+    return check
+
+
+async def test_pep_notification_to_remote_contact(tmp_path: Path) -> None:
+    """XEP-0163 §4: bob (on B) publishes; alice (on A, a 'both' contact whose caps say
+    tune+notify) gets the notification over s2s, and B learned her caps by asking her
+    full JID across (XEP-0115 §6.2)."""
+    from dovecote.storage.base import RosterItem
+
+    a_addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    b_addr = f"127.0.0.3:{free_port('127.0.0.3')}"
+    a = await start_peer(tmp_path / "a", [A], a_addr, {B: b_addr}, modules=PEP_MODULES)
+    b = await start_peer(tmp_path / "b", [B], b_addr, {A: a_addr}, modules=PEP_MODULES)
+    try:
+        await add_user(a, "alice", domain=A)
+        await add_user(b, "bob", domain=B)
+        await a.storage.roster.put("alice", A, RosterItem(f"bob@{B}", subscription="both"))
+        await b.storage.roster.put("bob", B, RosterItem(f"alice@{A}", subscription="both"))
+        bob = await login_resource(b, "bob", domain=B, roster=True, presence=True)
+        # A first publication: sent as the last item when alice's caps become known.
+        first = await bob.request(
+            f"<pubsub xmlns='{PUBSUB}'><publish node='{TUNE}'><item id='t1'>"
+            f"<tune xmlns='{TUNE}'><title>First</title></tune></item></publish></pubsub>",
+            "set",
+        )
+        assert first.get("type") == "result", ET.tostring(first)
+        alice = await login_resource(a, "alice", domain=A, roster=True)
+        query, c = caps_answer([f"{TUNE}+notify"])
+        alice.send(f"<presence>{c}</presence>")
+        # Her own server asks, then bob's server asks across.
+        for asker in (A, B):
+            request = await alice.take(is_caps_query(asker), timeout=10)
+            alice.send(f"<iq type='result' id='{request.get('id')}' to='{asker}'>{query}</iq>")
+        last = await alice.take(
+            lambda e: e.tag == q(CLIENT, "message") and e.find(q(EVENT, "event")) is not None,
+            timeout=10,
+        )
+        assert last.get("from") == f"bob@{B}"
+        assert last.get("to") == alice.jid
+        title = f"{q(EVENT, 'event')}/{q(EVENT, 'items')}/{q(EVENT, 'item')}/{q(TUNE, 'tune')}"
+        assert last.findtext(f"{title}/{q(TUNE, 'title')}") == "First"
+        published = await bob.request(
+            f"<pubsub xmlns='{PUBSUB}'><publish node='{TUNE}'><item id='t2'>"
+            f"<tune xmlns='{TUNE}'><title>Second</title></tune></item></publish></pubsub>",
+            "set",
+        )
+        assert published.get("type") == "result", ET.tostring(published)
+        note = await alice.take(
+            lambda e: e.tag == q(CLIENT, "message") and e.find(q(EVENT, "event")) is not None,
+            timeout=10,
+        )
+        assert note.get("from") == f"bob@{B}"
+        assert note.findtext(f"{title}/{q(TUNE, 'title')}") == "Second"
+        await alice.close()
+        await bob.close()
+    finally:
+        await a.stop()
+        await b.stop()
