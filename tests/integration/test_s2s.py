@@ -620,3 +620,63 @@ async def test_pep_notification_to_remote_contact(tmp_path: Path) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = f"{MUC}#user"
+MUC_OWNER = f"{MUC}#owner"
+
+
+async def test_muc_occupant_from_other_server(tmp_path: Path) -> None:
+    """XEP-0045: bob (on B) joins a room on A's MUC service, talks, and leaves; the
+    service domain muc.a.example is authenticated by dialback like any sender domain."""
+    muc = f"muc.{A}"
+    room = f"lounge@{muc}"
+    a_addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    b_addr = f"127.0.0.3:{free_port('127.0.0.3')}"
+    a = await start_peer(tmp_path / "a", [A], a_addr, {B: b_addr}, muc={"domain": muc})
+    b = await start_peer(tmp_path / "b", [B], b_addr, {A: a_addr, muc: a_addr})
+    try:
+        alice = await user(a, "alice", A, presence=True)
+        bob = await user(b, "bob", B, presence=True)
+        alice.send(f"<presence to='{room}/alice'><x xmlns='{MUC}'/></presence>")
+        await alice.presence(from_=f"{room}/alice")
+        form = f"<query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'/></query>"
+        created = await alice.request(form, "set", room)
+        assert created.get("type") == "result", ET.tostring(created)
+
+        bob.send(f"<presence to='{room}/bob'><x xmlns='{MUC}'/></presence>")
+        own = await bob.presence(timeout=10, from_=f"{room}/bob", type=None)
+        statuses = {s.get("code") for s in own.iter(q(MUC_USER, "status"))}
+        assert "110" in statuses, ET.tostring(own)
+        await bob.presence(from_=f"{room}/alice", type=None)
+        joined = await alice.presence(timeout=10, from_=f"{room}/bob", type=None)
+        real = joined.find(f"{q(MUC_USER, 'x')}/{q(MUC_USER, 'item')}")
+        assert real is not None
+
+        bob.send(f"<message to='{room}' type='groupchat' id='g1'><body>hi all</body></message>")
+        for res in (alice, bob):
+            got = await res.take(
+                lambda e: (
+                    e.tag == q(CLIENT, "message")
+                    and e.get("type") == "groupchat"
+                    and e.findtext(q(CLIENT, "body")) == "hi all"
+                ),
+                timeout=10,
+            )
+            assert got.get("from") == f"{room}/bob"
+        alice.send(f"<message to='{room}' type='groupchat' id='g2'><body>welcome</body></message>")
+        got = await bob.take(
+            lambda e: e.tag == q(CLIENT, "message") and e.findtext(q(CLIENT, "body")) == "welcome",
+            timeout=10,
+        )
+        assert (got.get("from"), got.get("type")) == (f"{room}/alice", "groupchat")
+
+        bob.send(f"<presence to='{room}/bob' type='unavailable'/>")
+        await bob.presence(timeout=10, from_=f"{room}/bob", type="unavailable")
+        await alice.presence(timeout=10, from_=f"{room}/bob", type="unavailable")
+        await alice.close()
+        await bob.close()
+    finally:
+        await a.stop()
+        await b.stop()
