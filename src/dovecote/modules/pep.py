@@ -603,8 +603,12 @@ def setup(server: Server) -> None:
         service = await service_of(owner)
         for name in wanted & service.nodes.keys():
             node = service.nodes[name]
-            if node.last is None or not node.sends_last_on("presence") or not node.allows(
-                Asker(str(jid.bare), presence_subscription=True, roster_groups=item.groups)
+            if (
+                node.last is None
+                or not node.sends_last_on("presence")
+                or not node.allows(
+                    Asker(str(jid.bare), presence_subscription=True, roster_groups=item.groups)
+                )
             ):
                 continue
             message = last_item_message(str(owner), node)
