@@ -680,3 +680,90 @@ async def test_muc_occupant_from_other_server(tmp_path: Path) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+CARBONS = "urn:xmpp:carbons:2"
+
+
+async def test_carbons_and_blocking_with_a_remote_contact(fed: Federation) -> None:
+    """XEP-0280 copies of a conversation with a remote contact, and XEP-0191 blocking of
+    a remote JID."""
+    await add_user(fed.a, "alice", domain=A)
+    alice1 = await login_resource(fed.a, "alice", "one", domain=A, presence=True)
+    alice2 = await login_resource(fed.a, "alice", "two", domain=A, presence=True)
+    for res in (alice1, alice2):
+        enabled = await res.request(f"<enable xmlns='{CARBONS}'/>", "set")
+        assert enabled.get("type") == "result", ET.tostring(enabled)
+    bob = await user(fed.b, "bob", B, presence=True)
+    bob.send(f"<message to='{alice1.jid}' type='chat' id='c1'><body>to one</body></message>")
+    direct = await alice1.take(is_message, timeout=10)
+    assert direct.get("from") == bob.jid
+    copy = await alice2.take(
+        lambda e: is_message(e) and e.find(q(CARBONS, "received")) is not None, timeout=10
+    )
+    forwarded = copy.find(f"{q(CARBONS, 'received')}/{{urn:xmpp:forward:0}}forwarded")
+    assert forwarded is not None
+    assert forwarded.find(q(CLIENT, "message")).get("from") == bob.jid  # type: ignore[union-attr]
+    alice1.send(f"<message to='{bob.jid}' type='chat' id='c2'><body>to bob</body></message>")
+    await bob.take(is_message, timeout=10)
+    await alice2.take(
+        lambda e: is_message(e) and e.find(q(CARBONS, "sent")) is not None, timeout=10
+    )
+    # alice blocks bob@b.example: his messages no longer reach her.
+    blocked = await alice1.request(
+        f"<block xmlns='urn:xmpp:blocking'><item jid='bob@{B}'/></block>", "set"
+    )
+    assert blocked.get("type") == "result", ET.tostring(blocked)
+    bob.send(f"<message to='alice@{A}' type='chat' id='c3'><body>blocked?</body></message>")
+    bounced = await bob.take(is_message, timeout=10)
+    assert bounced.get("type") == "error"
+    assert error_condition(bounced)[1] == "service-unavailable"
+    await alice1.assert_none(lambda e: is_message(e) and e.get("id") == "c3")
+    await alice2.assert_none(lambda e: is_message(e) and e.get("id") == "c3")
+    for res in (alice1, alice2, bob):
+        await res.close()
+
+
+async def test_pubsub_subscriber_on_other_server(tmp_path: Path) -> None:
+    """XEP-0060 §6.1, §7.1.2.1: a subscriber on another server gets the notifications of
+    a node on this server's pubsub service."""
+    service = f"pubsub.{A}"
+    a_addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    b_addr = f"127.0.0.3:{free_port('127.0.0.3')}"
+    a = await start_peer(tmp_path / "a", [A], a_addr, {B: b_addr}, pubsub={"domain": service})
+    b = await start_peer(tmp_path / "b", [B], b_addr, {A: a_addr, service: a_addr})
+    try:
+        alice = await user(a, "alice", A, presence=True)
+        bob = await user(b, "bob", B, presence=True)
+        created = await alice.request(
+            f"<pubsub xmlns='{PUBSUB}'><create node='news'/></pubsub>", "set", service
+        )
+        assert created.get("type") == "result", ET.tostring(created)
+        subscribed = await bob.request(
+            f"<pubsub xmlns='{PUBSUB}'><subscribe node='news' jid='{bob.jid}'/></pubsub>",
+            "set",
+            service,
+            timeout=10,
+        )
+        assert subscribed.get("type") == "result", ET.tostring(subscribed)
+        subscription = subscribed.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'subscription')}")
+        assert subscription is not None and subscription.get("subscription") == "subscribed"
+        published = await alice.request(
+            f"<pubsub xmlns='{PUBSUB}'><publish node='news'><item id='n1'>"
+            f"<entry xmlns='http://www.w3.org/2005/Atom'><title>Hello</title></entry>"
+            f"</item></publish></pubsub>",
+            "set",
+            service,
+        )
+        assert published.get("type") == "result", ET.tostring(published)
+        note = await bob.take(
+            lambda e: is_message(e) and e.find(q(EVENT, "event")) is not None, timeout=10
+        )
+        assert note.get("from") == service
+        item = note.find(f"{q(EVENT, 'event')}/{q(EVENT, 'items')}/{q(EVENT, 'item')}")
+        assert item is not None and item.get("id") == "n1"
+        await alice.close()
+        await bob.close()
+    finally:
+        await a.stop()
+        await b.stop()
