@@ -767,3 +767,39 @@ async def test_pubsub_subscriber_on_other_server(tmp_path: Path) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_srv_lookup_and_direct_tls(tmp_path: Path) -> None:
+    """A finds B through DNS (`[s2s] nameservers`: a responder in this test) whose
+    `_xmpps-server._tcp` record points at B's direct TLS port (XEP-0368)."""
+    from tests.unit.test_dns import Responder
+
+    b_tls_port = free_port("127.0.0.3")
+    zone = {(f"_xmpps-server._tcp.{B}.", "SRV"): [f"0 0 {b_tls_port} 127.0.0.3."]}
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: Responder(zone), local_addr=("127.0.0.1", 0)
+    )
+    dns_server = f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"
+    a_addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    a = await start_peer(tmp_path / "a", [A], a_addr, {}, s2s={"nameservers": [dns_server]})
+    b = await start_server(
+        tmp_path / "b",
+        server={"domains": [B], "data_dir": str(tmp_path / "b")},
+        listen={"s2s": "", "s2s_tls": f"127.0.0.3:{b_tls_port}"},
+        s2s={"routes": {A: a_addr}},
+    )
+    try:
+        alice = await user(a, "alice", A)
+        bob = await user(b, "bob", B, presence=True)
+        alice.send(f"<message to='bob@{B}' id='d1'><body>via SRV</body></message>")
+        got = await bob.take(is_message, timeout=10)
+        assert got.findtext(q(CLIENT, "body")) == "via SRV"
+        (link,) = [row for row in a.s2s.describe() if row["direction"] == "out"]
+        assert link["auth"] == "dialback" and link["tls"].startswith("TLSv1.")
+        await alice.close()
+        await bob.close()
+    finally:
+        await a.stop()
+        await b.stop()
+        transport.close()

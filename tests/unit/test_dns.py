@@ -64,6 +64,11 @@ ZONE: dict[tuple[str, str], list[str]] = {
 
 
 class Responder(asyncio.DatagramProtocol):
+    """Answers from `zone`: (name with the final dot, type) -> records as text."""
+
+    def __init__(self, zone: dict[tuple[str, str], list[str]] | None = None) -> None:
+        self.zone = ZONE if zone is None else zone
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
@@ -72,12 +77,12 @@ class Responder(asyncio.DatagramProtocol):
         response = dns.message.make_response(query)
         question = query.question[0]
         rdtype = dns.rdatatype.to_text(question.rdtype)
-        answers = ZONE.get((question.name.to_text(), rdtype))
+        answers = self.zone.get((question.name.to_text(), rdtype))
         if answers:
             response.answer.append(
                 dns.rrset.from_text_list(question.name, 60, "IN", rdtype, answers)
             )
-        elif not any(name == question.name.to_text() for name, _ in ZONE):
+        elif not any(name == question.name.to_text() for name, _ in self.zone):
             response.set_rcode(dns.rcode.NXDOMAIN)
         self.transport.sendto(response.to_wire(), addr)  # type: ignore[attr-defined]
 
