@@ -803,3 +803,41 @@ async def test_srv_lookup_and_direct_tls(tmp_path: Path) -> None:
         await a.stop()
         await b.stop()
         transport.close()
+
+
+async def test_peer_stream_error_closes_only_that_link(fed: Federation) -> None:
+    alice = await user(fed.a, "alice", A, presence=True)
+    bob = await user(fed.b, "bob", B, presence=True)
+    alice.send(f"<message to='bob@{B}' id='e1'><body>first</body></message>")
+    await bob.take(is_message, timeout=10)
+    raw, _features = await raw_server(fed.b_address, A, B)
+    assert raw.header is not None
+    key = dialback_key(fed.a.s2s.secret, B, A, raw.header["id"])
+    raw.send(f"<db:result xmlns:db='{DB}' from='{A}' to='{B}'>{key}</db:result>")
+    assert (await raw.expect(q(DB, "result"), timeout=10)).get("type") == "valid"
+    raw.send(
+        "<stream:error><undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        "</stream:error></stream:stream>"
+    )
+    await raw.closed()
+    # The real link between A and B is untouched.
+    alice.send(f"<message to='bob@{B}' id='e2'><body>second</body></message>")
+    got = await bob.take(is_message, timeout=10)
+    assert got.findtext(q(CLIENT, "body")) == "second"
+    await alice.close()
+    await bob.close()
+
+
+async def test_dialback_secret_survives_a_restart(tmp_path: Path) -> None:
+    """The generated secret is kept in data_dir: keys handed out before a restart still
+    verify after it."""
+    address = f"127.0.0.2:{free_port('127.0.0.2')}"
+    a = await start_peer(tmp_path / "a", [A], address, {})
+    secret = a.s2s.secret
+    await a.stop()
+    assert (tmp_path / "a" / "s2s-secret").stat().st_mode & 0o777 == 0o600
+    a = await start_peer(tmp_path / "a", [A], address, {})
+    try:
+        assert a.s2s.secret == secret
+    finally:
+        await a.stop()

@@ -309,7 +309,9 @@ class S2SManager:
         self.resolver = Resolver(self.config.nameservers)
         self.secret = load_secret(self.config.dialback_secret, server.config.data_path)
         self.links: dict[str, OutgoingLink] = {}
-        self.incoming: set[IncomingS2SStream] = set()
+        #: Authenticated incoming streams by (local, remote) pair (XEP-0288: a bidi one
+        #: carries our stanzas back).
+        self.incoming: dict[tuple[str, str], IncomingS2SStream] = {}
         self.blocked = frozenset(self.config.blocked_domains)
         self.allowed = frozenset(self.config.allowed_domains)
         self.negotiation_config = S2SConfig(
@@ -372,11 +374,11 @@ class S2SManager:
         if not stanza.attrs.get("from"):
             stanza = stanza.shallow_copy()
             stanza.attrs["from"] = str(event.sender)
-        for stream in self.incoming:
+        stream = self.incoming.get((local, remote))
+        if stream is not None and stream.machine.bidi and stream.state != "closed":
             # XEP-0288: a bidirectional stream from the peer with this pair authenticated.
-            if stream.machine.bidi and stream.has_pair(local, remote) and stream.state != "closed":
-                stream.send(stanza)
-                return
+            stream.send(stanza)
+            return
         link = self.links.get(remote)
         if link is None:
             limit = self.config.max_outgoing
@@ -409,10 +411,11 @@ class S2SManager:
 
     # ---- incoming streams -------------------------------------------------------------------
     def incoming_authenticated(self, stream: IncomingS2SStream, local: str, remote: str) -> None:
-        self.incoming.add(stream)
+        self.incoming[(local, remote)] = stream
 
     def incoming_ended(self, stream: IncomingS2SStream) -> None:
-        self.incoming.discard(stream)
+        for key in [key for key, value in self.incoming.items() if value is stream]:
+            del self.incoming[key]
 
     def incoming_count(self) -> int:
         from dovecote.stream.s2s import IncomingS2SStream
