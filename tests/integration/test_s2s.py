@@ -841,3 +841,49 @@ async def test_dialback_secret_survives_a_restart(tmp_path: Path) -> None:
         assert a.s2s.secret == secret
     finally:
         await a.stop()
+
+
+async def test_queue_limit_while_connecting(tmp_path: Path) -> None:
+    """`max_queue` stanzas wait for a link being set up; one more is refused at once with
+    resource-constraint; the waiting ones bounce when the peer never answers."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.3", 0))
+    silent.listen(5)
+    route = f"127.0.0.3:{silent.getsockname()[1]}"
+    a = await start_peer(
+        tmp_path / "a",
+        [A],
+        f"127.0.0.2:{free_port('127.0.0.2')}",
+        {B: route},
+        s2s={"connect_timeout": 2, "max_queue": 2},
+    )
+    try:
+        alice = await user(a, "alice", A)
+        for n in range(3):
+            alice.send(f"<message to='bob@{B}' id='q{n}'><body>{n}</body></message>")
+        refused = await alice.take(is_message, timeout=5)
+        assert (refused.get("id"), error_condition(refused)) == (
+            "q2",
+            ("wait", "resource-constraint"),
+        )
+        for _ in range(2):
+            late = await alice.take(is_message, timeout=10)
+            assert late.get("id") in ("q0", "q1")
+            assert error_condition(late) == ("wait", "remote-server-timeout")
+        await alice.close()
+    finally:
+        await a.stop()
+        silent.close()
+
+
+async def test_federation_off_keeps_remote_server_not_found(tmp_path: Path) -> None:
+    a = await start_peer(tmp_path / "a", [A], "", {}, s2s={"enabled": False})
+    try:
+        assert a.s2s is None and "s2s" not in a.ports
+        alice = await user(a, "alice", A)
+        alice.send(f"<message to='bob@{B}' id='x1'><body>x</body></message>")
+        got = await alice.take(is_message)
+        assert error_condition(got) == ("cancel", "remote-server-not-found")
+        await alice.close()
+    finally:
+        await a.stop()
