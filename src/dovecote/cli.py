@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import json
 import multiprocessing
 import os
 import signal
@@ -199,6 +200,42 @@ def check_config(config_path: str | None) -> None:
     click.echo(f"config OK: {config.source or 'built-in defaults'}")
     click.echo(f"domains: {', '.join(config.server.domains)}")
     click.echo(f"modules: {' '.join(modules)}")
+
+
+@main.command("s2s")
+@click.option("--json", "as_json", is_flag=True, help="Print the links as JSON.")
+@config_option
+def s2s_links(as_json: bool, config_path: str | None) -> None:
+    """List the open server-to-server links of the running server."""
+    config = _config(config_path)
+    from dovecote.control import request_server
+
+    reply = _run(request_server(config.data_path, {"event": "s2s-links"}))
+    if reply is None or not reply.get("ok"):
+        fail("no running server answered on the control socket")
+    links = reply.get("links") or []
+    if as_json:
+        click.echo(json.dumps(links, indent=2))
+        return
+    if not links:
+        click.echo("no server-to-server links")
+        return
+    rows = [
+        (
+            link.get("direction", "?"),
+            ",".join(link.get("local") or []) or "-",
+            ",".join(link.get("remote") or []) or "-",
+            link.get("auth", "?"),
+            link.get("tls") or "-",
+            "bidi" if link.get("bidi") else "",
+            f"{link.get('idle', 0):.0f}s",
+        )
+        for link in links
+    ]
+    header = ("DIR", "LOCAL", "REMOTE", "AUTH", "TLS", "", "IDLE")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 @main.group()

@@ -115,7 +115,10 @@ class ServerSection(_Section):
 class ListenSection(_Section):
     c2s: ListenAddress = "0.0.0.0:5222"
     c2s_tls: ListenAddress = "0.0.0.0:5223"
+    #: Server-to-server streams (RFC 6120, STARTTLS); empty: no incoming federation.
     s2s: ListenAddress = "0.0.0.0:5269"
+    #: Server-to-server streams over direct TLS (XEP-0368, ALPN xmpp-server); empty: off.
+    s2s_tls: ListenAddress = ""
     #: Plain HTTP (WebSocket, BOSH, host-meta; upload to come), for use behind a
     #: reverse proxy that terminates TLS; empty: off.
     http: ListenAddress = "0.0.0.0:5280"
@@ -393,6 +396,80 @@ class BoshSection(_Section):
         if self.max_requests <= self.max_hold:
             raise ValueError("bosh.max_requests must be greater than bosh.max_hold")
         return self
+
+
+def _check_route(value: str) -> str:
+    _host, port = parse_listen(value)
+    if not port:
+        raise ValueError(f"a route needs a port, got {value!r}")
+    return value
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """'ip', 'ip:port', '[v6]:port' or 'v6' -> (ip, port); port 53 by default."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest.removeprefix(":") or "53"
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, "53"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (with an optional :port)") from None
+    if not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ValueError(f"bad port in {value!r}")
+    return host, int(port_text)
+
+
+def _check_nameserver(value: str) -> str:
+    parse_nameserver(value)
+    return value
+
+
+class S2SSection(_Section):
+    """Federation: server-to-server streams (RFC 6120), dialback (XEP-0220)."""
+
+    #: Federation on (outgoing links; incoming ones need `[listen] s2s`); false: every
+    #: remote address gets remote-server-not-found.
+    enabled: bool = True
+    #: Static routes "domain" = "host:port" used instead of DNS (private deployments, tests).
+    routes: dict[Domain, Annotated[str, AfterValidator(_check_route)]] = Field(default_factory=dict)
+    #: Refuse peers whose certificate is not trusted (else they may use dialback).
+    require_valid_certs: bool = False
+    #: Trusted CAs for peer certificates (PEM file, directory); unset: the system's.
+    ca_file: str | None = None
+    ca_path: str | None = None
+    #: Allow Server Dialback (XEP-0220).
+    dialback: bool = True
+    #: TLS before dialback and stanzas, both directions (RFC 6120 §5.3.1).
+    require_tls: bool = True
+    #: Offer and use bidirectional streams (XEP-0288).
+    bidi: bool = True
+    #: Seconds without traffic after which a link is closed.
+    idle_timeout: float = Field(default=600.0, gt=0)
+    #: Remote domains refused both ways; `allowed_domains` non-empty: only those.
+    blocked_domains: list[Domain] = Field(default_factory=list)
+    allowed_domains: list[Domain] = Field(default_factory=list)
+    #: Stanzas queued per remote domain while its link is set up; beyond:
+    #: resource-constraint.
+    max_queue: int = Field(default=1000, ge=1)
+    #: Seconds to connect and authenticate a link before queued stanzas bounce with
+    #: remote-server-timeout.
+    connect_timeout: float = Field(default=30.0, gt=0)
+    #: DNS servers ("ip" or "ip:port") for SRV/A look-ups; empty: the system's.
+    nameservers: list[Annotated[str, AfterValidator(_check_nameserver)]] = Field(
+        default_factory=list
+    )
+    #: The dialback secret; unset: a random one kept in data_dir/s2s-secret.
+    dialback_secret: str | None = Field(default=None, min_length=16)
+    #: Incoming and outgoing server connections open at once (0: no limit).
+    max_incoming: int = Field(default=1000, ge=0)
+    max_outgoing: int = Field(default=1000, ge=0)
+    #: Bytes per second one incoming server connection may send (0: no limit), burst.
+    rate: int = Field(default=1048576, ge=0)
+    burst: int = Field(default=4194304, ge=0)
 
 
 class ServiceDomainSection(_Section):
@@ -724,6 +801,7 @@ class Config(_Section):
     components: dict[Domain, ComponentSection] = Field(default_factory=dict)
     http: HttpSection = Field(default_factory=HttpSection)
     bosh: BoshSection = Field(default_factory=BoshSection)
+    s2s: S2SSection = Field(default_factory=S2SSection)
 
     #: Where the file was read from (None: built-in defaults).
     source: str | None = None

@@ -8,6 +8,7 @@ Events sent by the CLI:
 
 - ``{"event": "account-deleted", "jid": "user@domain"}``
 - ``{"event": "password-changed", "jid": "user@domain"}``
+- ``{"event": "s2s-links"}``, answered ``{"ok": true, "links": [...]}`` (`dovecote s2s`)
 
 A unix socket path is limited to about 107 bytes (``sun_path``). When
 ``<data_dir>/control.sock`` is longer, the socket lives instead in a private directory
@@ -41,7 +42,8 @@ MAX_LINE = 64 * 1024
 #: Seconds the CLI waits for the server's answer.
 NOTIFY_TIMEOUT = 5.0
 
-EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+#: Handles one event; a dict it returns is merged into the answer (`request_server`).
+EventHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 class ControlError(OSError):
@@ -188,11 +190,11 @@ class ControlServer:
         if not isinstance(message, dict) or not isinstance(message.get("event"), str):
             return {"ok": False, "error": "expected an object with an 'event'"}
         try:
-            await self._on_event(message)
+            result = await self._on_event(message)
         except Exception as exc:
             log.exception("control event %r failed", message)
             return {"ok": False, "error": str(exc) or type(exc).__name__}
-        return {"ok": True}
+        return {"ok": True, **(result or {})}
 
 
 async def notify_server(data_dir: Path, event: dict[str, Any]) -> bool:
@@ -201,6 +203,13 @@ async def notify_server(data_dir: Path, event: dict[str, Any]) -> bool:
     False, silently, when no server is listening (or it does not answer within
     `NOTIFY_TIMEOUT` seconds).
     """
+    reply = await request_server(data_dir, event)
+    return reply is not None and reply.get("ok") is True
+
+
+async def request_server(data_dir: Path, event: dict[str, Any]) -> dict[str, Any] | None:
+    """Send `event` to the server using `data_dir` and return its answer; None when no
+    server is listening or it does not answer within `NOTIFY_TIMEOUT` seconds."""
     path = control_socket_path(Path(data_dir))
     writer: asyncio.StreamWriter | None = None
     try:
@@ -210,9 +219,9 @@ async def notify_server(data_dir: Path, event: dict[str, Any]) -> bool:
             await writer.drain()
             line = await reader.readline()
         reply = json.loads(line)
-        return isinstance(reply, dict) and reply.get("ok") is True
+        return reply if isinstance(reply, dict) else None
     except (OSError, TimeoutError, ValueError):
-        return False
+        return None
     finally:
         if writer is not None:
             writer.close()

@@ -88,6 +88,8 @@ class Server:
         self.sm_expired: dict[str, int] = {}
         self.storage: Any = None
         self.tls: ServerTLS | None = None
+        #: Federation (core/s2s.py `S2SManager`); None when `[s2s] enabled` is false.
+        self.s2s: Any = None
         self.modules: dict[str, Any] = {}
         self.ports: dict[str, int] = {}
         self.started_at = time.time()
@@ -148,6 +150,13 @@ class Server:
             )
         except Exception as exc:
             raise StartupError(f"cannot open storage: {exc}") from None
+        if config.s2s.enabled:
+            from dovecote.core.s2s import S2SManager
+
+            try:
+                self.s2s = S2SManager(self)
+            except (OSError, ssl.SSLError) as exc:
+                raise StartupError(f"cannot set up federation (s2s): {exc}") from None
         delivery.setup(self)
         try:
             self.modules = load_modules(self, names)
@@ -157,6 +166,7 @@ class Server:
             await self._listen("c2s", config.listen.c2s, direct_tls=False)
             await self._listen("c2s_tls", config.listen.c2s_tls, direct_tls=True)
             await self._listen_components()
+            await self._listen_s2s()
             await self._listen_http()
             await self._start_components()
         except StartupError:
@@ -233,6 +243,20 @@ class Server:
         address = self.config.listen.component
         await self._listen("component", address, False, lambda: ComponentTCPProtocol(self))
 
+    async def _listen_s2s(self) -> None:
+        """RFC 6120 server-to-server streams on `[listen] s2s` (STARTTLS) and `s2s_tls`
+        (XEP-0368 direct TLS, ALPN xmpp-server)."""
+        if self.s2s is None:
+            return
+        from dovecote.transport.s2s_tcp import S2SIncomingProtocol
+
+        listen = self.config.listen
+        await self._listen("s2s", listen.s2s, False, lambda: S2SIncomingProtocol(self, False))
+        s2s_context = self.tls.s2s_context if self.tls else None
+        await self._listen(
+            "s2s_tls", listen.s2s_tls, True, lambda: S2SIncomingProtocol(self, True), s2s_context
+        )
+
     async def _listen_http(self) -> None:
         """The HTTP application on `[listen] http` and `https` (http/app.py)."""
         listen = self.config.listen
@@ -271,19 +295,23 @@ class Server:
             )
             self._control = None
 
-    async def _control_event(self, event: dict[str, Any]) -> None:
-        """A `dovecote user ...` command changed an account (see control.py)."""
+    async def _control_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """A `dovecote user ...` command changed an account, or `dovecote s2s` asks for
+        the server-to-server links (see control.py)."""
         kind = event.get("event")
+        if kind == "s2s-links":
+            return {"links": self.s2s.describe() if self.s2s is not None else []}
         try:
             jid = JID.parse(str(event.get("jid", "")))
         except InvalidJID:
-            return
+            return None
         if kind == "account-deleted":
             self.kick(jid, "not-authorized", "account deleted")
             await self.events.fire_all("account/deleted", jid.bare)
         elif kind == "password-changed":
             # RFC 6120 §4.9.3.16: the credentials changed; clients must reconnect.
             self.kick(jid, "reset", "password changed")
+        return None
 
     async def wait_durable(self) -> None:
         """Everything handled so far is in storage (XEP-0198 acks wait for this)."""
@@ -312,6 +340,8 @@ class Server:
                     shutdown()
                 except Exception:
                     log.exception("shutting down %r failed", component)
+        if self.s2s is not None:
+            self.s2s.stop()
         for stream in list(self.streams):
             stream.close("system-shutdown", "the server is shutting down")
         for session in list(self.sm_sessions.values()):

@@ -513,3 +513,44 @@ def test_bosh_defaults_and_limits() -> None:
     assert "bosh.max_body_size" in error_of({"bosh": {"max_body_size": 10}})
     # The rid window must exceed the requests held.
     assert "bosh.max_requests" in error_of({"bosh": {"max_hold": 2, "max_requests": 2}})
+
+
+# ---- [s2s] -----------------------------------------------------------------------------
+def test_s2s_defaults() -> None:
+    s2s = config_from_dict({}).s2s
+    assert s2s.enabled and s2s.dialback and s2s.bidi and s2s.require_tls
+    assert not s2s.require_valid_certs
+    assert (s2s.idle_timeout, s2s.max_queue, s2s.connect_timeout) == (600.0, 1000, 30.0)
+    assert s2s.routes == {} and s2s.nameservers == [] and s2s.dialback_secret is None
+    assert config_from_dict({}).listen.s2s_tls == ""
+
+
+def test_s2s_routes_and_nameservers() -> None:
+    s2s = config_from_dict(
+        {
+            "s2s": {
+                "routes": {"Other.Example": "127.0.0.2:5269"},
+                "nameservers": ["192.0.2.53", "127.0.0.1:5353", "[::1]:53", "::1"],
+                "blocked_domains": ["Bad.Example"],
+            }
+        }
+    ).s2s
+    assert s2s.routes == {"other.example": "127.0.0.2:5269"}
+    assert s2s.blocked_domains == ["bad.example"]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"routes": {"other.example": "nohost"}}, "s2s.routes"),
+        ({"routes": {"other.example": "host:0"}}, "s2s.routes"),
+        ({"nameservers": ["dns.example"]}, "s2s.nameservers"),
+        ({"nameservers": ["127.0.0.1:0"]}, "s2s.nameservers"),
+        ({"idle_timeout": 0}, "s2s.idle_timeout"),
+        ({"max_queue": 0}, "s2s.max_queue"),
+        ({"dialback_secret": "short"}, "s2s.dialback_secret"),
+        ({"blocked_domains": ["bad domain"]}, "s2s.blocked_domains"),
+    ],
+)
+def test_s2s_validation(section: dict[str, Any], key: str) -> None:
+    assert key in error_of({"s2s": section})

@@ -309,8 +309,11 @@ class Router:
         elif to.domain in server.components:
             await server.components[to.domain].receive(event)
             return
+        elif server.s2s is not None:
+            # Federation (core/s2s.py): a remote domain.
+            await server.s2s.route(event)
+            return
         else:
-            # Federation comes with the s2s issue; until then remote domains are unreachable.
             raise StanzaError("remote-server-not-found", f"{to.domain} is not reachable")
         if kind == "iq" and target != "full":
             await self._dispatch_iq(event, target, addressed)

@@ -18,6 +18,13 @@ Other modules read `features_of(session)` and listen to
 
 (the features known at a session's initial presence are there when `presence/initial`
 fires, so that event needs no `caps/updated`).
+
+Contacts on other servers (federation): their available presence reaching a local account
+carries their caps too; the same verification asks the remote full JID (over s2s), and
+`remote_available(server, bare)` / `remote_features(server, jid)` tell PEP which of their
+resources want which notifications. Then
+  caps/remote  (owner, jid)  a remote full JID whose presence reached the local account
+                             `owner` has (new) verified features
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from dovecote.core import iq
 from dovecote.core.modules import ModuleInfo
 from dovecote.core.slots import SessionSlot
+from dovecote.jid import JID
 from dovecote.xml import ns
 from dovecote.xml.element import XML_LANG, Element
 
@@ -70,6 +78,52 @@ ANNOUNCED = SessionSlot[tuple[str, str, str]]("caps.announced")
 KNOWN = SessionSlot[frozenset[str]]("caps.features")
 _EMPTY: frozenset[str] = frozenset()
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Remote full JIDs known available (from presence over s2s), kept at most.
+MAX_REMOTE = 10000
+
+
+class RemoteCaps:
+    """Per server: remote full JID -> (announced, features), least recently seen first."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[JID, tuple[tuple[str, str, str], frozenset[str]]] = OrderedDict()
+        #: bare JID -> its full JIDs in `entries`.
+        self.by_bare: dict[JID, set[JID]] = {}
+
+    def put(self, jid: JID, announced: tuple[str, str, str], features: frozenset[str]) -> None:
+        self.entries[jid] = (announced, features)
+        self.entries.move_to_end(jid)
+        self.by_bare.setdefault(jid.bare, set()).add(jid)
+        while len(self.entries) > MAX_REMOTE:
+            old, _value = self.entries.popitem(last=False)
+            self._unindex(old)
+
+    def drop(self, jid: JID) -> None:
+        if self.entries.pop(jid, None) is not None:
+            self._unindex(jid)
+
+    def _unindex(self, jid: JID) -> None:
+        fulls = self.by_bare.get(jid.bare)
+        if fulls is not None:
+            fulls.discard(jid)
+            if not fulls:
+                del self.by_bare[jid.bare]
+
+
+_remote: weakref.WeakKeyDictionary[Any, RemoteCaps] = weakref.WeakKeyDictionary()
+
+
+def remote_available(server: Any, bare: JID) -> list[JID]:
+    """The full JIDs of a remote account known available (their presence came here)."""
+    table = _remote.get(server)
+    return sorted(table.by_bare.get(bare, ()), key=str) if table is not None else []
+
+
+def remote_features(server: Any, jid: JID) -> frozenset[str]:
+    """The verified features of a remote full JID (empty when unknown)."""
+    table = _remote.get(server)
+    entry = table.entries.get(jid) if table is not None else None
+    return entry[1] if entry is not None else _EMPTY
 
 
 def features_of(session: Any) -> frozenset[str]:
@@ -129,6 +183,7 @@ def setup(server: Server) -> None:
         return
     _installed.add(server)
     events = server.events
+    remote = _remote[server] = RemoteCaps()
     #: (hash, ver) -> verified features, most recently used last.
     cache: OrderedDict[tuple[str, str], frozenset[str]] = OrderedDict()
     #: (hash, ver) being verified -> its outcome (None: not verified), so that many
@@ -191,10 +246,10 @@ def setup(server: Server) -> None:
             if shared is not None:
                 features = await asyncio.shield(shared)
             if features is None:
-                features = await verify(session, announced, share=shared is None)
+                features = await verify(session.jid, announced, share=shared is None)
         else:
             # §5.4 step 2: an unknown hash function; believed for this session only.
-            query = await disco_info(session, f"{node}#{ver}")
+            query = await disco_info(session.jid, f"{node}#{ver}")
             if query is not None:
                 features = frozenset(
                     el.get("var") or "" for el in query.find_all("feature", ns.DISCO_INFO)
@@ -204,7 +259,7 @@ def setup(server: Server) -> None:
         believe(session, features or _EMPTY, notify=True)
 
     async def verify(
-        session: Any, announced: tuple[str, str, str], share: bool
+        jid: JID, announced: tuple[str, str, str], share: bool, from_domain: str | None = None
     ) -> frozenset[str] | None:
         """Ask the session; its answer must hash to 'ver' (XEP-0115 §5.4 step 3)."""
         hash_name, node, ver = announced
@@ -215,7 +270,7 @@ def setup(server: Server) -> None:
             inflight[key] = future
         features: frozenset[str] | None = None
         try:
-            query = await disco_info(session, f"{node}#{ver}")
+            query = await disco_info(jid, f"{node}#{ver}", from_domain)
             if query is not None:
                 computed = verification_string(query, hash_name)
                 if computed == ver:
@@ -226,7 +281,7 @@ def setup(server: Server) -> None:
                 else:
                     log.info(
                         "%s announced caps ver %r but its disco#info hashes to %r: not believed",
-                        session.jid,
+                        jid,
                         ver,
                         computed,
                     )
@@ -236,16 +291,68 @@ def setup(server: Server) -> None:
                 future.set_result(features)
         return features
 
-    async def disco_info(session: Any, node: str) -> Element | None:
+    async def disco_info(jid: JID, node: str, from_domain: str | None = None) -> Element | None:
         request = Element(
             "iq",
             ns.CLIENT,
-            {"type": "get", "from": session.jid.domain, "to": str(session.jid)},
+            {"type": "get", "from": from_domain or jid.domain, "to": str(jid)},
             [Element("query", ns.DISCO_INFO, {"node": node})],
         )
         try:
             result = await iq.request(server, request, QUERY_TIMEOUT)
         except (iq.IQRequestError, TimeoutError) as exc:
-            log.debug("no caps from %s: %r", session.jid, exc)
+            log.debug("no caps from %s: %r", jid, exc)
             return None
         return result.find("query", ns.DISCO_INFO)
+
+    # ---- contacts on other servers --------------------------------------------------------
+    def is_remote(jid: JID) -> bool:
+        return jid.domain not in server.hosts and jid.domain not in server.components
+
+    @events.on("presence/bare", 500)
+    @events.on("presence/full", 500)
+    def remote_presence(event: StanzaEvent) -> bool:
+        """A remote contact's presence to a local account: remember its caps."""
+        sender = event.sender
+        if event.origin is not None or sender.resource is None or not is_remote(sender):
+            return False
+        if event.to.domain not in server.hosts:
+            return False
+        presence_type = event.type
+        if presence_type == "unavailable":
+            remote.drop(sender)
+            return False
+        if presence_type is not None:
+            return False
+        c = event.stanza.find("c", CAPS)
+        announced = (
+            (c.get("hash") or "", c.get("node") or "", c.get("ver") or "")
+            if c is not None
+            else ("", "", "")
+        )
+        entry = remote.entries.get(sender)
+        if entry is not None and (c is None or entry[0] == announced):
+            remote.entries.move_to_end(sender)
+            return False
+        hash_name, _node, ver = announced
+        known = cache.get((hash_name, ver)) if hash_name in HASHES else None
+        if known is not None or not all(announced):
+            remote.put(sender, announced, known or _EMPTY)
+            if known:
+                server.spawn(events.fire_all("caps/remote", (event.to.bare, sender)))
+            return False
+        remote.put(sender, announced, _EMPTY)
+        server.spawn(learn_remote(event.to.bare, sender, announced))
+        return False
+
+    async def learn_remote(owner: JID, jid: JID, announced: tuple[str, str, str]) -> None:
+        hash_name, _node, ver = announced
+        shared = inflight.get((hash_name, ver))
+        features = await asyncio.shield(shared) if shared is not None else None
+        if features is None:
+            features = await verify(jid, announced, share=shared is None, from_domain=owner.domain)
+        entry = remote.entries.get(jid)
+        if entry is None or entry[0] != announced or not features:
+            return
+        remote.put(jid, announced, features)
+        await events.fire_all("caps/remote", (owner, jid))

@@ -426,11 +426,13 @@ def setup(server: Server) -> None:
         event.reply()
 
     # ---- notifications (XEP-0163 §4) --------------------------------------------------------
-    async def recipients(owner: JID, node: Node) -> list[Any]:
+    async def recipients(owner: JID, node: Node) -> tuple[list[Any], list[JID]]:
         """The available sessions to notify (XEP-0163 §4.1): the owner's and those of the
-        contacts the access model lets in, each with NODE+notify in its caps (§4.2)."""
+        contacts the access model lets in, each with NODE+notify in its caps (§4.2); and
+        the full JIDs of contacts on other servers whose caps say so (over s2s)."""
         feature = f"{node.name}+notify"
         targets = [s for s in sessions.available(owner, None) if feature in caps.features_of(s)]
+        remote: list[JID] = []
         roster = await roster_of(owner)
         for contact, item in roster.items.items():
             if not _subscribed_from(item):
@@ -439,15 +441,25 @@ def setup(server: Server) -> None:
                 contact_jid = JID.parse(contact)
             except InvalidJID:
                 continue
-            available = sessions.available(contact_jid, None)
-            if not available or not node.allows(
+            if contact_jid.domain in server.hosts:
+                available = sessions.available(contact_jid, None)
+                fulls: list[JID] = []
+            else:
+                available = []
+                fulls = [
+                    j
+                    for j in caps.remote_available(server, contact_jid)
+                    if feature in caps.remote_features(server, j)
+                ]
+            if not (available or fulls) or not node.allows(
                 Asker(contact, presence_subscription=True, roster_groups=item.groups)
             ):
                 continue
             if await blocked(owner, contact_jid):
                 continue
             targets.extend(s for s in available if feature in caps.features_of(s))
-        return targets
+            remote.extend(fulls)
+        return targets, remote
 
     async def blocked(owner: JID, contact: JID) -> bool:
         """XEP-0191 §3.3: nothing goes between a user and a JID either of them blocks."""
@@ -458,14 +470,18 @@ def setup(server: Server) -> None:
         to the contacts' interested sessions, then to explicit subscribers."""
         if not node.flag("pubsub#deliver_notifications"):
             return  # XEP-0060 §16.4.4: nobody is notified
-        targets = await recipients(owner, node)
+        targets, remote = await recipients(owner, node)
         message = notification_message(str(owner), node, child)
         deliver(targets, message)
+        for jid in remote:
+            copy = message.shallow_copy()
+            copy.attrs["to"] = str(jid)
+            await server.router.route(copy)
         subscribers = node.subscribers()
         if not subscribers:
             return
         # Explicit subscribers (XEP-0060 §6.1) not reached through presence already.
-        reached = {s.jid.bare for s in targets} | {owner}
+        reached = {s.jid.bare for s in targets} | {j.bare for j in remote} | {owner}
         roster = await roster_of(owner)
         for jid_text in subscribers:
             try:
@@ -566,6 +582,38 @@ def setup(server: Server) -> None:
         owners = [o for o in (user, *local_contacts(roster)) if o not in interest.owners]
         interest.owners.update(owners)
         await send_last_items(session, owners, set(interest.nodes), roster)
+
+    @events.on("caps/remote")
+    async def remote_contact_caps(args: tuple[JID, JID]) -> None:
+        """XEP-0163 §4.3.2: a contact on another server came online (or its caps became
+        known) with NODE+notify: send it the owner's last items it may see."""
+        owner, jid = args
+        if not sessions.is_online(owner) and not await server.storage.accounts.exists(
+            owner.local or "", owner.domain
+        ):
+            return
+        wanted = interests(caps.remote_features(server, jid))
+        if not wanted:
+            return
+        roster = await roster_of(owner)
+        item = roster.items.get(str(jid.bare))
+        if not _subscribed_from(item) or await blocked(owner, jid.bare):
+            return
+        assert item is not None
+        service = await service_of(owner)
+        for name in wanted & service.nodes.keys():
+            node = service.nodes[name]
+            if (
+                node.last is None
+                or not node.sends_last_on("presence")
+                or not node.allows(
+                    Asker(str(jid.bare), presence_subscription=True, roster_groups=item.groups)
+                )
+            ):
+                continue
+            message = last_item_message(str(owner), node)
+            message.attrs["to"] = str(jid)
+            await server.router.route(message)
 
     @events.on("caps/updated")
     async def caps_updated(session: Any) -> None:

@@ -417,13 +417,14 @@ def setup(server: Server) -> None:
         for jid, item in list(roster.items.items()):
             if item.subscription in ("to", "both"):
                 contact = JID.parse(jid)
-                if contact.domain in server.hosts:
-                    probe = Element(
-                        "presence",
-                        ns.CLIENT,
-                        {"type": "probe", "from": str(session.jid), "to": jid},
-                    )
-                    await router.route(probe)
+                # RFC 6121 §4.3.1: to a remote contact the probe comes from the bare
+                # JID (its server answers for each available resource of the contact).
+                local = contact.domain in server.hosts
+                sender = session.jid if local else session.jid.bare
+                probe = Element(
+                    "presence", ns.CLIENT, {"type": "probe", "from": str(sender), "to": jid}
+                )
+                await router.route(probe)
         # §3.1.3: pending subscription requests are shown again at each login.
         for contact, text in list(roster.pending.items()):
             request = parse_stored(text, f"subscription request from {contact} to {user}")

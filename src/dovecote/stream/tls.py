@@ -26,6 +26,9 @@ class ServerTLS:
     end_point_hash: bytes
     #: The same certificate for HTTPS (`[listen] https`): ALPN http/1.1, not xmpp-client.
     http_context: ssl.SSLContext | None = None
+    #: Server-to-server streams (incoming): ALPN xmpp-server (XEP-0368).
+    s2s_context: ssl.SSLContext | None = None
+    key_path: Path | None = None
 
 
 def ensure_self_signed(data_dir: Path, domains: list[str]) -> tuple[Path, Path]:
@@ -110,7 +113,8 @@ def make_server_tls(cert_path: Path, key_path: Path) -> ServerTLS:
         digest = end_point_hash(cert_path.read_bytes())
     except ValueError as exc:
         raise CertificateError(f"cannot parse certificate {cert_path}: {exc}") from None
-    return ServerTLS(context, cert_path, digest, http_context)
+    s2s_context = _context(cert_path, key_path, "xmpp-server")
+    return ServerTLS(context, cert_path, digest, http_context, s2s_context, key_path)
 
 
 def _context(cert_path: Path, key_path: Path, alpn: str) -> ssl.SSLContext:

@@ -93,8 +93,12 @@ class XMLStreamProtocol(asyncio.Protocol):
         if not self._count_connection():
             self.stream.fail("policy-violation", "too many connections from your address")
             return
-        timeout = self.server.config.limits.negotiation_timeout
+        timeout = self.negotiation_timeout()
         self._timer = asyncio.get_running_loop().call_later(timeout, self._negotiation_timeout)
+
+    def negotiation_timeout(self) -> float:
+        """Seconds from connecting to the end of negotiation (`stream_bound`)."""
+        return self.server.config.limits.negotiation_timeout
 
     def _set_write_limits(self) -> None:
         # Flow control (`write_paused`) starts early and the same on every loop and TLS
