@@ -917,3 +917,50 @@ async def test_stream_management_csi_and_carbons(tmp_path: Path) -> None:
     finally:
         await bosh.close()
         await server.stop()
+
+
+async def test_a_reloaded_page_resuming_its_session_is_not_polling_too_often(
+    tmp_path: Path,
+) -> None:
+    """Regression (found by the Converse.js browser test): a page reloaded within
+    `polling` seconds of its last request resumed its session with an empty request while
+    the old page's request, whose connection the browser had closed, still counted as
+    held: the new request looked like polling too often (§12) and the session ended with
+    policy-violation. Requests whose HTTP connection is gone no longer count."""
+    server = await bosh_server(tmp_path)
+    bosh = await BoshClient.open(server)
+    old_page = aiohttp.ClientSession()
+    try:
+        await add_user(server, "romeo")
+        el = await bosh.create(wait="2")
+        await bosh.features(el)
+        await bosh.auth_scram("romeo", mechanism="SCRAM-SHA-1")
+        await bosh.restart()
+        await bosh.bind("web")
+        # The old page's empty request is held ...
+        bosh.rid += 1
+        held = asyncio.ensure_future(
+            old_page.post(
+                bosh.url,
+                data=bosh.body().encode(),
+                headers={"Content-Type": "text/xml; charset=utf-8"},
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not held.done()
+        # ... when the page goes away (its connection closes) and the new page resumes.
+        held.cancel()
+        await old_page.close()
+        await asyncio.sleep(0.1)
+        resumed = await bosh.send()
+        assert resumed.get("type") is None, bosh.last_raw
+        answer = await bosh.send(
+            f"<iq xmlns='{CLIENT}' type='get' id='p'><ping xmlns='{PING}'/></iq>"
+        )
+        if answer.find(q(CLIENT, "iq")) is None:
+            answer = await bosh.send()
+        assert answer.find(q(CLIENT, "iq")) is not None, bosh.last_raw
+    finally:
+        await old_page.close()
+        await bosh.close()
+        await server.stop()

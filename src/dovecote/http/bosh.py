@@ -102,7 +102,9 @@ class BoshService:
         rid = _rid(parsed.attrs.get("rid"))
         if rid is None:
             return session.terminate_with("bad-request", "a valid 'rid' is required")
-        return await session.request(rid, parsed, len(data))
+        transport = request.transport
+        gone = transport.is_closing if transport is not None else None
+        return await session.request(rid, parsed, len(data), gone)
 
     async def _create(self, parsed: ParsedBody, request: web.Request) -> Reply:
         """XEP-0124 §7: a new session, with what the client asks capped by `[bosh]`."""

@@ -216,7 +216,7 @@ class SessionParams:
 class _Request:
     """A request received and not yet answered."""
 
-    __slots__ = ("attrs", "elements", "future", "held_at", "rid", "size", "timer")
+    __slots__ = ("attrs", "elements", "future", "gone", "held_at", "rid", "size", "timer")
 
     def __init__(
         self,
@@ -225,12 +225,16 @@ class _Request:
         elements: list[ElementReceived],
         size: int,
         future: asyncio.Future[Reply],
+        gone: Callable[[], bool] | None = None,
     ) -> None:
         self.rid = rid
         self.attrs = attrs
         self.elements = elements
         self.size = size
         self.future = future
+        #: True once the HTTP connection this request came on is closed (the page that
+        #: sent it was reloaded or closed): it can no longer carry a response.
+        self.gone = gone
         self.timer: asyncio.TimerHandle | None = None
         self.held_at = 0.0
 
@@ -348,8 +352,15 @@ class BoshSession:
         self._pump(creation=True)
         return await request.future
 
-    async def request(self, rid: int, parsed: ParsedBody, size: int) -> Reply:
-        """A request of this session (after creation)."""
+    async def request(
+        self,
+        rid: int,
+        parsed: ParsedBody,
+        size: int,
+        gone: Callable[[], bool] | None = None,
+    ) -> Reply:
+        """A request of this session (after creation); `gone` tells whether its HTTP
+        connection has closed."""
         if self.ended:
             return terminate("item-not-found", legacy=self.legacy)
         loop = asyncio.get_running_loop()
@@ -383,7 +394,7 @@ class BoshSession:
             waiting.future = loop.create_future()
             _resolve(previous, Reply(body({"type": "error"})))
             return await waiting.future
-        request = _Request(rid, parsed.attrs, parsed.elements, size, loop.create_future())
+        request = _Request(rid, parsed.attrs, parsed.elements, size, loop.create_future(), gone)
         self._inbox[rid] = request
         if rid != self.rid + 1:
             # Ahead of a gap: waits for it, at most `wait` seconds (then the recoverable
@@ -496,8 +507,21 @@ class BoshSession:
         elif key is not None:
             self._key = key.lower()
 
+    def _drop_abandoned(self) -> None:
+        """Held requests whose HTTP connection closed (a reloaded page resuming its
+        session) are answered empty and dropped, keeping what waits to be sent for a
+        request that can carry it; they no longer count as held (§11, §12)."""
+        for old in [r for r in self._held if r.gone is not None and r.gone()]:
+            self._held.remove(old)
+            if old.timer is not None:
+                old.timer.cancel()
+                old.timer = None
+            self._answer(old, with_output=False)
+
     def _check_polling(self, now: float) -> None:
-        """§11, §12: empty requests more often than `polling` allows."""
+        """§11, §12: empty requests more often than `polling` allows (requests whose
+        connection is gone do not count)."""
+        self._drop_abandoned()
         params = self.params
         if not params.polling or not self._last_empty:
             return
