@@ -149,8 +149,10 @@ class WebProsody(ProsodyServer):
     lifted (its default is 10 x the size limit per user and day).
     """
 
-    def __init__(self, workdir: Path, binary: str, core: int | None, file_size: int) -> None:
-        super().__init__(workdir, binary)
+    def __init__(
+        self, workdir: Path, binary: str, core: int | None, file_size: int, tuned: bool
+    ) -> None:
+        super().__init__(workdir, binary, tuned=tuned)
         self.core = core
         self.http_port = free_port()
         self.file_size = file_size
@@ -851,8 +853,11 @@ class Slot:
     get_url: str
 
 
-async def request_slots(client: TcpClient, files: int, size: int, round_no: int) -> list[Slot]:
-    """XEP-0363 §4: ``files`` slot requests on one connection (pipelined)."""
+async def request_slots(
+    client: TcpClient, files: int, size: int, round_no: int, refusals: list[str]
+) -> list[Slot]:
+    """XEP-0363 §4: ``files`` slot requests on one connection (pipelined); the slots
+    granted (refusals, §6, are added to ``refusals``)."""
     for f in range(files):
         client._write(
             f"<iq type='get' to='{UPLOAD_DOMAIN}' id='slot{f}'>"
@@ -860,15 +865,22 @@ async def request_slots(client: TcpClient, files: int, size: int, round_no: int)
             f"size='{size}' content-type='application/octet-stream'/></iq>"
         )
     slots: dict[str, Slot] = {}
-    while len(slots) < files:
+    answered = 0
+    while answered < files:
         answer = await client.next()
         ident = answer.attrs.get("id", "")
         if answer.tag != "iq" or not ident.startswith("slot"):
             continue
+        answered += 1
         if answer.attrs.get("type") != "result":
             error = answer.find("error")
-            reason = " ".join(c.tag for c in error.children) if error is not None else "?"
-            raise RuntimeError(f"slot request refused: {reason}")
+            reason = (
+                " ".join(f"{c.tag} {c.text!r}" if c.text else c.tag for c in error.children)
+                if error is not None
+                else "?"
+            )
+            refusals.append(f"u{client.index}: {reason}")
+            continue
         slot = answer.find("slot", NS_UPLOAD)
         put = slot.find("put") if slot is not None else None
         get = slot.find("get") if slot is not None else None
@@ -899,26 +911,36 @@ async def upload_phase(
             await wait_server_idle(server.pid, 10)
             started = time.monotonic()
             cpu = process_cpu_seconds(server.pid)
+            refusals: list[str] = []
             per_user = await asyncio.wait_for(
                 asyncio.gather(
                     *(
-                        request_slots(c, options.files_per_user, options.file_size, round_no)
+                        request_slots(
+                            c, options.files_per_user, options.file_size, round_no, refusals
+                        )
                         for c in clients
                     )
                 ),
                 options.step_timeout,
             )
+            if refusals:
+                log.warning("%s: %d slot requests refused, first: %s", server.name,
+                            len(refusals), refusals[0])  # fmt: skip
             slots = [slot for user in per_user for slot in user]
             slot_wall = time.monotonic() - started
             slot_cpu = process_cpu_seconds(server.pid) - cpu
             entry: dict[str, Any] = {
                 "files": len(slots),
+                "slots_refused": len(refusals),
+                "first_refusal": refusals[0] if refusals else None,
                 "slots_per_s": round(len(slots) / slot_wall) if slot_wall else None,
                 "slot_server_cpu_us": round(slot_cpu * 1e6 / len(slots)),
             }
             label = f"{server.name}-upload{round_no}"
-            entry["put"] = await _transfer(server, slots, options, label, _put(session, payload))
-            entry["get"] = await _transfer(server, slots, options, "", _get(session, payload))
+            entry["put"], stored = await _transfer(
+                server, slots, options, label, _put(session, payload)
+            )
+            entry["get"], _ = await _transfer(server, stored, options, "", _get(session, payload))
             rounds.append(entry)
             log.info(
                 "%s upload round %d: PUT %s MB/s (%s ms CPU/MB), GET %s MB/s (%s ms CPU/MB)",
@@ -934,6 +956,7 @@ async def upload_phase(
             values = [r[kind][key] for r in rounds if r[kind].get(key) is not None]
             result[f"{kind}_{key}"] = round(statistics.median(values), 1) if values else None
         result[f"{kind}_failed"] = sum(r[kind]["failed"] for r in rounds)
+    result["slots_refused"] = sum(r["slots_refused"] for r in rounds)
     result["slot_server_cpu_us"] = statistics.median(r["slot_server_cpu_us"] for r in rounds)
     return result
 
@@ -966,13 +989,16 @@ def _get(session: aiohttp.ClientSession, payload: bytes) -> Transfer:
 
 async def _transfer(
     server: Server, slots: list[Slot], options: Options, label: str, action: Transfer
-) -> dict[str, Any]:
-    """Every transfer at once; wall time from the first request to the last answer."""
+) -> tuple[dict[str, Any], list[Slot]]:
+    """Every transfer at once; wall time from the first request to the last answer.
+    The numbers, and the slots whose transfer went through."""
     errors: list[str] = []
+    done: list[Slot] = []
 
     async def one(slot: Slot) -> None:
         try:
             await action(slot)
+            done.append(slot)
         except (aiohttp.ClientError, RuntimeError, OSError, TimeoutError) as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -990,11 +1016,11 @@ async def _transfer(
     if profiler.process is not None:
         profiler.process.terminate()
     await profiler.stop()
-    done = len(slots) - len(errors)
-    megabytes = done * options.file_size / MB
+    megabytes = len(done) * options.file_size / MB
     if errors:
         log.warning("%s: %d transfers failed, first: %s", server.name, len(errors), errors[0])
     return {
+        "transfers": len(done),
         "wall_s": round(wall, 3),
         "failed": len(errors),
         "first_error": errors[0] if errors else None,
@@ -1003,7 +1029,7 @@ async def _transfer(
         "server_cpu_pct": round(100 * server_cpu / wall, 1) if wall > 0 else None,
         "client_cpu_pct": round(100 * client_cpu / wall, 1) if wall > 0 else None,
         "machine_busy_pct": busy,
-    }
+    }, done
 
 
 async def run_all(server: Server, http_port: int, options: Options) -> dict[str, Any]:
@@ -1017,7 +1043,7 @@ async def run_all(server: Server, http_port: int, options: Options) -> dict[str,
         if options.transports:
             result["chat"] = await chat_phase(server, http_port, session, tls, options)
         if options.upload_rounds > 0:
-            await wait_server_idle(server.pid, 10)
+            await wait_server_idle(server.pid, 30)
             result["upload"] = await upload_phase(server, session, tls, options)
     result["rss_end_kib"] = process_rss_kib(server.pid)
     return result
@@ -1028,10 +1054,10 @@ async def run_all(server: Server, http_port: int, options: Options) -> dict[str,
 
 def make_server(name: str, workdir: Path, args: argparse.Namespace) -> WebDovecote | WebProsody:
     core = None if args.no_pin else SERVER_CORE
-    if name == "prosody":
+    if name in ("prosody", "prosody-tuned"):
         binary = args.prosody_bin or ensure_prosody_installed()
         binary = str(Path(binary).resolve()) if os.sep in binary else binary
-        return WebProsody(workdir, binary, core, args.file_size)
+        return WebProsody(workdir, binary, core, args.file_size, tuned=name == "prosody-tuned")
     if args.dovecote_src:
         binary = dovecote_from_source(workdir, Path(args.dovecote_src))
     else:
@@ -1110,7 +1136,9 @@ def table(report: dict[str, Any], servers: list[str], options: Options) -> str:
             ("upload: GET MB/s", ("upload", "get_mb_per_s"), "{:.1f}"),
             ("upload: GET server CPU ms/MB", ("upload", "get_server_cpu_ms_per_mb"), "{:.2f}"),
             ("upload: slot request server CPU µs", ("upload", "slot_server_cpu_us"), "{:.0f}"),
-            ("upload: failed transfers", ("upload", "put_failed"), "{:d}"),
+            ("upload: slots refused, all rounds", ("upload", "slots_refused"), "{:d}"),
+            ("upload: PUTs failed, all rounds", ("upload", "put_failed"), "{:d}"),
+            ("upload: GETs failed, all rounds", ("upload", "get_failed"), "{:d}"),
         ]  # fmt: skip
     rows.append(("server RSS at the end (MB)", ("rss_end_kib",), "{:.0f}"))
     header = "| | " + " | ".join(servers) + " |"
@@ -1145,7 +1173,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "Dovecote and Prosody side by side.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--servers", default="dovecote,prosody", help="dovecote, prosody")
+    parser.add_argument(
+        "--servers",
+        default="dovecote,prosody",
+        help="dovecote, prosody, prosody-tuned (Prosody with loadgen.py's --prosody-tuned "
+        "profile: blocklist cache, generational GC, Nagle off)",
+    )
     parser.add_argument(
         "--transports", default="tcp,tls,ws", help="chat transports (tcp, tls, ws; '' for none)"
     )
@@ -1182,7 +1215,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
     for name in args.server_list:
-        if name not in ("dovecote", "prosody"):
+        if name not in ("dovecote", "prosody", "prosody-tuned"):
             parser.error(f"unknown server {name!r}")
     args.transport_list = [t.strip() for t in args.transports.split(",") if t.strip()]
     for name in args.transport_list:
