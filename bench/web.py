@@ -53,6 +53,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -911,6 +912,8 @@ async def upload_phase(
             await wait_server_idle(server.pid, 10)
             started = time.monotonic()
             cpu = process_cpu_seconds(server.pid)
+            slot_profiler = Profiler(options.py_spy, server, f"{server.name}-slots{round_no}", 5)
+            await slot_profiler.start()
             refusals: list[str] = []
             per_user = await asyncio.wait_for(
                 asyncio.gather(
@@ -929,6 +932,9 @@ async def upload_phase(
             slots = [slot for user in per_user for slot in user]
             slot_wall = time.monotonic() - started
             slot_cpu = process_cpu_seconds(server.pid) - cpu
+            if slot_profiler.process is not None and slot_profiler.process.returncode is None:
+                slot_profiler.process.send_signal(signal.SIGINT)
+            await slot_profiler.stop()
             entry: dict[str, Any] = {
                 "files": len(slots),
                 "slots_refused": len(refusals),
@@ -1013,8 +1019,8 @@ async def _transfer(
     server_cpu = process_cpu_seconds(server.pid) - cpu
     client_cpu = self_cpu_seconds() - client_cpu
     busy = machine_busy_pct(machine, machine_cpu_times())
-    if profiler.process is not None:
-        profiler.process.terminate()
+    if profiler.process is not None and profiler.process.returncode is None:
+        profiler.process.send_signal(signal.SIGINT)  # py-spy writes what it has
     await profiler.stop()
     megabytes = len(done) * options.file_size / MB
     if errors:
@@ -1121,6 +1127,8 @@ def table(report: dict[str, Any], servers: list[str], options: Options) -> str:
             (f"chat {name}: server / client CPU %",
              ("chat", name, "server_cpu_pct", "client_cpu_pct"), "{:.0f} / {:.0f}"),
             (f"chat {name}: lost", ("chat", name, "lost_after_drain"), "{:d}"),
+            (f"login {name}: server CPU ms/login", ("chat", f"{name}_login_server_cpu_ms"),
+             "{:.1f}"),
         ]  # fmt: skip
     if options.upload_rounds:
         n = options.upload_users * options.files_per_user
