@@ -23,7 +23,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 
 from dovecote.storage import (
     AccountExists,
@@ -870,3 +870,36 @@ async def test_unwritable_directory_fails_the_start(
     monkeypatch.setattr(os, "access", access)
     with pytest.raises(StorageError, match="not writable"):
         await open_storage(f"sqlite+aiosqlite:///{path}")
+
+
+async def test_sqlite_writes_of_one_process_take_turns(tmp_path: Path) -> None:
+    """Regression (bench/web.py: 100 uploads at once got 503, "database is locked"):
+    concurrent write transactions of one process waited in SQLite's busy handler and gave
+    up after busy_timeout. They now queue in the process, first come first served, and
+    the busy timeout is left for other processes."""
+    storage = await open_storage(
+        f"sqlite+aiosqlite:///{tmp_path}/dovecote.sqlite3", busy_timeout=0.02
+    )
+    try:
+        await storage.accounts.create("alice", D, CREDS)
+
+        async def slow_write(n: int) -> None:
+            async with storage.begin(f"write {n}") as conn:
+                await conn.execute(
+                    insert(account_kv).values(domain=D, local="alice", key=f"k{n}", value=str(n))
+                )
+                await asyncio.sleep(0.03)  # longer than busy_timeout
+
+        results = await asyncio.gather(*(slow_write(n) for n in range(15)), return_exceptions=True)
+        assert results == [None] * 15
+        for n in range(15):
+            assert await storage.kv.get("alice", D, f"k{n}") == str(n)
+        # A write begun inside another one of the same task does not wait for itself
+        # (on the process's lock: it meets SQLite's lock and gives up after busy_timeout).
+        async with storage.begin("outer"):
+            async with asyncio.timeout(5):
+                with pytest.raises(StorageBusy):
+                    async with storage.begin("inner"):
+                        pass
+    finally:
+        await storage.close()

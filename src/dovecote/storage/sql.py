@@ -18,6 +18,8 @@ A locked database and a full disk become `StorageBusy` / `StorageFull` (clients 
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -96,6 +98,10 @@ DEFAULT_BUSY_TIMEOUT = 1.0
 #: burst (50 logins at once) queues here, while a stalled lock frees each connection after
 #: busy_timeout, so nothing waits behind one stalled write for longer than that.
 POOL_TIMEOUT = 30.0
+
+#: Set while the current task holds `SQLStorage`'s SQLite write lock (a write begun
+#: inside another one of the same task does not wait for itself).
+_WRITING: contextvars.ContextVar[bool] = contextvars.ContextVar("dovecote_writing", default=False)
 
 #: `Connection` execution option marking read-only transactions (BEGIN DEFERRED on SQLite).
 _READ_ONLY = "dovecote_read_only"
@@ -327,6 +333,11 @@ class SQLStorage(Storage):
         self._engine_options = engine_options
         self._engine: AsyncEngine | None = None
         self._read_engine: AsyncEngine | None = None
+        #: SQLite has one writer at a time: this process's writes take turns here, first
+        #: come first served, instead of in SQLite's busy handler, whose polling gives up
+        #: after `busy_timeout` under a burst (100 uploads at once). The busy timeout is
+        #: then only for other processes (the CLI) holding the lock.
+        self._write_lock: asyncio.Lock | None = None
         self.accounts: SQLAccountStore = SQLAccountStore(self)
         self.kv: SQLKVStore = SQLKVStore(self)
         self.roster: SQLRosterStore = SQLRosterStore(self)
@@ -393,6 +404,7 @@ class SQLStorage(Storage):
         except (SQLAlchemyError, ImportError) as exc:
             raise StorageError(f"cannot use storage {self.safe_url}: {exc}") from None
         if backend == "sqlite":
+            self._write_lock = asyncio.Lock()
             event.listen(
                 engine.sync_engine, "connect", functools.partial(_sqlite_on_connect, busy_ms)
             )
@@ -466,6 +478,28 @@ class SQLStorage(Storage):
 
         IntegrityError passes through for the stores to turn into their own errors.
         """
+        lock = self._write_lock
+        if lock is None or _WRITING.get():
+            async with self._write(what) as conn:
+                yield conn
+            return
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT):
+                await lock.acquire()
+        except TimeoutError:
+            error = StorageBusy(f"waited {POOL_TIMEOUT:.0f} s for the other writes")
+            log.error("storage write failed, %s not stored: %s", what or "data", error)
+            raise error from None
+        token = _WRITING.set(True)
+        try:
+            async with self._write(what) as conn:
+                yield conn
+        finally:
+            _WRITING.reset(token)
+            lock.release()
+
+    @asynccontextmanager
+    async def _write(self, what: str) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.begin() as conn:
                 yield conn
