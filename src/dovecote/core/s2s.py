@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from dovecote.config import parse_listen
 from dovecote.core.dns import Resolver, Target
 from dovecote.core.events import describe
+from dovecote.stream import certs
 from dovecote.stream.errors import StanzaError, error_reply
 from dovecote.stream.s2s_negotiation import S2SConfig, dialback_key
 from dovecote.xml.element import Element
@@ -293,6 +294,7 @@ class OutgoingLink:
             "remote": [self.remote],
             "auth": "connecting",
             "tls": None,
+            "certificate": "-",
             "bidi": False,
             "idle": 0.0,
             "peer": "",
@@ -322,27 +324,87 @@ class S2SManager:
             dialback=self.config.dialback,
             bidi=self.config.bidi,
             domain_allowed=self.domain_allowed,
+            require_valid_certs=self.config.require_valid_certs,
         )
+        #: Certificates are checked after the handshake (stream/certs.py); false: only
+        #: OpenSSL's own checks (require_valid_certs then fails the handshake itself).
+        self.check_certificates = certs.available()
         self.client_context = self._client_context()
+        self.server_context = self._server_context()
+        self.own_identities = self._own_identities()
+
+    def _trust(self, context: ssl.SSLContext) -> None:
+        config = self.config
+        if config.ca_file or config.ca_path:
+            context.load_verify_locations(cafile=config.ca_file, capath=config.ca_path)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
 
     def _client_context(self) -> ssl.SSLContext:
-        """TLS for our outgoing links. With `require_valid_certs` off (the default) an
-        untrusted certificate does not stop the handshake: dialback authenticates; the
-        certificate checks for SASL EXTERNAL (XEP-0178) hook in here."""
+        """TLS for our outgoing links: our certificate is presented (SASL EXTERNAL on the
+        peer's side, XEP-0178 §4); the peer's is checked after the handshake (chain
+        against `ca_file`/`ca_path`/the system's, then RFC 6125 names for the domain,
+        stream/certs.py), never by OpenSSL's plain host name check. An untrusted
+        certificate does not stop the handshake unless `require_valid_certs` is on:
+        dialback authenticates then."""
         config = self.config
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=config.ca_file, capath=config.ca_path
-        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if not config.require_valid_certs:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context.check_hostname = False
+        self._trust(context)
         tls = self.server.tls
         if tls is not None and tls.key_path is not None:
-            # Presented to the peer, for SASL EXTERNAL on its side.
             context.load_cert_chain(tls.cert_path, tls.key_path)
         context.set_alpn_protocols(["xmpp-server"])
+        if not certs.accept_any_certificate(context):
+            context.verify_mode = ssl.CERT_REQUIRED if config.require_valid_certs else ssl.CERT_NONE
         return context
+
+    def _server_context(self) -> ssl.SSLContext | None:
+        """TLS for incoming streams (STARTTLS and `[listen] s2s_tls`): our certificate,
+        ALPN xmpp-server (XEP-0368), and the peer's certificate requested (for SASL
+        EXTERNAL, XEP-0178 §3) without refusing an untrusted one in the handshake."""
+        tls = self.server.tls
+        if tls is None or tls.key_path is None:
+            return tls.s2s_context if tls is not None else None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_COMPRESSION
+        context.set_alpn_protocols(["xmpp-server"])
+        context.load_cert_chain(tls.cert_path, tls.key_path)
+        if self.check_certificates:
+            self._trust(context)
+            certs.accept_any_certificate(context)
+        return context
+
+    def _own_identities(self) -> certs.Identities:
+        tls = self.server.tls
+        if tls is None:
+            return certs.Identities()
+        der = ssl.PEM_cert_to_DER_cert(tls.cert_path.read_text())
+        return certs.identities(der)
+
+    def can_use_external(self, local: str) -> bool:
+        """Our certificate names `local` (RFC 6125): worth trying SASL EXTERNAL."""
+        return self.own_identities.matches(local)
+
+    def certificate_problem(self, ssl_object: Any, domain: str) -> str | None:
+        """Why the peer's certificate on `ssl_object` does not authenticate `domain`
+        (completing "Your server's certificate ..."), None when it does."""
+        if not self.check_certificates:
+            return "could not be validated"
+        peer = certs.peer_certificate(ssl_object)
+        if peer.der is None:
+            return "was not presented"
+        if not peer.trusted:
+            if "self-signed" in peer.error or "self signed" in peer.error:
+                return "is self-signed"
+            if "expired" in peer.error:
+                return "has expired"
+            return f"is not trusted ({peer.error})"
+        if not certs.identities(peer.der).matches(domain):
+            return f"is not valid for {domain}"
+        return None
 
     # ---- policy ---------------------------------------------------------------------------
     def is_local(self, domain: str) -> bool:
