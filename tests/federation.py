@@ -151,3 +151,173 @@ class DnsMasq:
 
 def which(name: str) -> str | None:
     return shutil.which(name)
+
+
+# ---- Prosody -----------------------------------------------------------------------------
+def _wait_port(host: str, port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), 0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def _lua(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class ProsodyHost:
+    """A VirtualHost; `certificate`/`key` unset: no TLS for it (RFC 6120 §5: a peer that
+    offers no STARTTLS)."""
+
+    domain: str
+    certificate: Path | None = None
+    key: Path | None = None
+    #: False: mod_tls off for this host (no STARTTLS offered).
+    tls: bool = True
+
+
+@dataclass
+class Prosody:
+    """Prosody (Debian's 0.12) as a real peer: its own config, data, pid and log under
+    `directory`, c2s and s2s (5269) on `address`, names resolved by its libunbound through
+    the test's dnsmasq (`unbound = { forward = "127.0.0.1@PORT" }`)."""
+
+    directory: Path
+    address: str
+    hosts: list[ProsodyHost]
+    dns: DnsMasq
+    cafile: Path | None = None
+    secure_auth: bool = False
+    process: subprocess.Popen[bytes] | None = None
+    c2s_port: int = 0
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "prosody.cfg.lua"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "prosody.log"
+
+    def write_config(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "data").mkdir(exist_ok=True)
+        (self.directory / "certs").mkdir(exist_ok=True)
+        if not self.c2s_port:
+            self.c2s_port = free_port(self.address)
+        d = self.directory
+        lines = [
+            "run_as_root = true",
+            'prosody_user = "root"',
+            'prosody_group = "root"',
+            f"pidfile = {_lua(str(d / 'prosody.pid'))}",
+            f"data_path = {_lua(str(d / 'data'))}",
+            f"certificates = {_lua(str(d / 'certs'))}",
+            f"interfaces = {{ {_lua(self.address)} }}",
+            f"local_interfaces = {{ {_lua(self.address)} }}",
+            f"c2s_ports = {{ {self.c2s_port} }}",
+            f"c2s_interfaces = {{ {_lua(self.address)} }}",
+            "s2s_ports = { 5269 }",
+            f"s2s_interfaces = {{ {_lua(self.address)} }}",
+            "c2s_direct_tls_ports = { }",
+            "s2s_direct_tls_ports = { }",
+            "http_ports = { }",
+            "https_ports = { }",
+            'authentication = "internal_hashed"',
+            'storage = "internal"',
+            "c2s_require_encryption = true",
+            "s2s_require_encryption = true",
+            f"s2s_secure_auth = {'true' if self.secure_auth else 'false'}",
+            "s2s_timeout = 20",
+            "modules_enabled = {",
+            '  "roster", "saslauth", "tls", "dialback", "disco", "ping", "version",',
+            "}",
+            'modules_disabled = { "posix" }',
+            "log = {",
+            '  { levels = { min = "debug" }, to = "file",',
+            f"    filename = {_lua(str(self.log_path))} }},",
+            "}",
+            "unbound = {",
+            f'  forward = "{self.dns.listen}@{self.dns.port}",',
+            "  resolvconf = false, hoststxt = false,",
+            "}",
+        ]
+        for host in self.hosts:
+            lines.append(f"VirtualHost {_lua(host.domain)}")
+            if not host.tls:
+                lines.append('  modules_disabled = { "tls" }')
+            if host.certificate is not None and host.key is not None:
+                ssl_opts = [
+                    f"certificate = {_lua(str(host.certificate))}",
+                    f"key = {_lua(str(host.key))}",
+                ]
+                if self.cafile is not None:
+                    ssl_opts.append(f"cafile = {_lua(str(self.cafile))}")
+                lines.append(f"  ssl = {{ {', '.join(ssl_opts)} }}")
+            else:
+                lines.append("  ssl = { }")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["prosodyctl", "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def register(self, local: str, domain: str, password: str) -> None:
+        proc = self.ctl("register", local, domain, password)
+        if proc.returncode != 0:
+            raise RuntimeError(f"prosodyctl register {local}@{domain}: {proc.stderr}{proc.stdout}")
+
+    def start(self) -> Prosody:
+        self.write_config()
+        log = open(self.directory / "stdout.log", "wb")  # closed with the process
+        self.process = subprocess.Popen(
+            ["prosody", "--config", str(self.config_path), "-F"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+        )
+        if not (
+            _wait_port(self.address, 5269, self.process, 30)
+            and _wait_port(self.address, self.c2s_port, self.process, 30)
+        ):
+            self.stop()
+            output = (self.directory / "stdout.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"prosody did not start:\n{output}")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def loopback_port_free(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
