@@ -98,6 +98,7 @@ class DnsMasq:
                 "--no-hosts",
                 "--no-poll",
                 "--local=/#/",  # every other name: NXDOMAIN, not REFUSED
+                "--local-ttl=60",  # TTL 0 answers confuse Erlang's resolver cache
                 "--bind-interfaces",
                 f"--listen-address={self.listen}",
                 "--except-interface=nonexistent",
@@ -321,3 +322,179 @@ def loopback_port_free(address: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+# ---- ejabberd ----------------------------------------------------------------------------
+@dataclass
+class Ejabberd:
+    """ejabberd (Debian's 23.01) as a real peer: `ejabberdctl` with its own config dir
+    (ejabberd.yml, ejabberdctl.cfg, inetrc), spool, logs and Erlang node name under
+    `directory`, owned by the `ejabberd` user (ejabberdctl run as root switches to it).
+    c2s and s2s (5269) on `address`; names resolved by Erlang's resolver through the test's
+    dnsmasq (inetrc `{nameserver, {127,0,0,1}, PORT}`)."""
+
+    directory: Path
+    address: str
+    domain: str
+    dns: DnsMasq
+    certfiles: list[Path]
+    cafile: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    c2s_port: int = 0
+    node: str = ""
+
+    def _args(self) -> list[str]:
+        d = self.directory
+        return [
+            BINARIES["ejabberd"],
+            "--config-dir",
+            str(d),
+            "--config",
+            str(d / "ejabberd.yml"),
+            "--ctl-config",
+            str(d / "ejabberdctl.cfg"),
+            "--logs",
+            str(d / "logs"),
+            "--spool",
+            str(d / "spool"),
+            "--node",
+            self.node,
+        ]
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "logs" / "ejabberd.log"
+
+    def write_config(self) -> None:
+        import pwd
+
+        d = self.directory
+        for sub in ("logs", "spool", "certs"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        if not self.c2s_port:
+            self.c2s_port = free_port(self.address)
+        self.node = self.node or f"dovecote-interop-{os.getpid()}@localhost"
+        certs = []
+        for path in self.certfiles:
+            copy = d / "certs" / path.name
+            shutil.copyfile(path, copy)
+            certs.append(copy)
+        ca_line = ""
+        if self.cafile is not None:
+            ca_copy = d / "certs" / "ca-file.pem"
+            shutil.copyfile(self.cafile, ca_copy)
+            ca_line = f'ca_file: "{ca_copy}"\n'
+        cert_lines = "".join(f'  - "{path}"\n' for path in certs)
+        (d / "ejabberd.yml").write_text(
+            f"""hosts:
+  - "{self.domain}"
+loglevel: info
+log_rotate_count: 0
+certfiles:
+{cert_lines}{ca_line}s2s_use_starttls: required
+s2s_dns_timeout: 5
+s2s_dns_retries: 1
+auth_method: internal
+listen:
+  -
+    port: {self.c2s_port}
+    ip: "{self.address}"
+    module: ejabberd_c2s
+    starttls_required: true
+  -
+    port: 5269
+    ip: "{self.address}"
+    module: ejabberd_s2s_in
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  c2s:
+    allow: all
+modules:
+  mod_disco: {{}}
+  mod_ping: {{}}
+  mod_roster: {{}}
+  mod_s2s_dialback: {{}}
+  mod_version: {{}}
+"""
+        )
+        (d / "ejabberdctl.cfg").write_text(
+            f'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\nEJABBERD_PID_PATH={d / "ejabberd.pid"}\n'
+        )
+        (d / "inetrc").write_text(
+            # No resolv.conf/hosts watching: inet_db would replace the name servers
+            # with the system's on the first query.
+            '{resolv_conf, ""}.\n'
+            '{hosts_file, ""}.\n'
+            "{lookup, [file, dns]}.\n"
+            '{host, {127,0,0,1}, ["localhost"]}.\n'
+            f"{{nameserver, {{{self.dns.listen.replace('.', ',')}}}, {self.dns.port}}}.\n"
+        )
+        user = pwd.getpwnam("ejabberd")
+        for path in [d, *d.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        # The parents must be passable for the ejabberd user.
+        parent = d.parent
+        while parent != parent.parent:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+            parent = parent.parent
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self._args(), *args], capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self) -> Ejabberd:
+        self.write_config()
+        out = open(self.directory / "stdout.log", "wb")  # closed with the process
+        self.process = subprocess.Popen(
+            [*self._args(), "foreground"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if not (
+            _wait_port(self.address, 5269, self.process, 120)
+            and _wait_port(self.address, self.c2s_port, self.process, 60)
+        ):
+            self.stop()
+            output = (self.directory / "stdout.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"ejabberd did not start:\n{output}\n{self.log()[-3000:]}")
+        return self
+
+    def register(self, local: str, password: str) -> None:
+        proc = self.ctl("register", local, self.domain, password)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ejabberdctl register {local}: {proc.stdout}{proc.stderr}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            try:
+                self.ctl("stop", timeout=30)
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        if process.poll() is None:
+            # Our own process group (start_new_session): su and the Erlang VM under it.
+            try:
+                os.killpg(process.pid, 15)
+                process.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, 9)
+                process.wait()
+        self.process = None

@@ -124,8 +124,12 @@ async def test_dialback_with_prosody(env: Env, dovecote_untrusted: Server) -> No
     (incoming,) = links(server, "in")
     assert (incoming["remote"], incoming["auth"]) == ([P], "dialback")
     log = env.prosody.log()[log_start:]
-    # Prosody verified our key with <db:verify/> and we verified its (XEP-0220).
-    assert "dialback" in log
+    # Prosody checked our key with the Authoritative Server (us, <db:verify/>), and
+    # answered ours (XEP-0220 §2.1-§2.2).
+    assert "verified dialback key... it is valid" in log
+    assert "sent dialback key on outgoing s2s stream" in log
+    assert f"Outgoing s2s connection {P}->{D} complete" in log
+    assert f"Incoming s2s connection {D}->{P} complete" in log
 
 
 async def test_certificates_with_prosody(env: Env, dovecote_trusted: Server) -> None:
