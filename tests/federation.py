@@ -79,13 +79,6 @@ class DnsMasq:
     def address(self) -> str:
         return f"{self.listen}:{self.port}"
 
-    def resolv_conf(self) -> Path:
-        """A resolv.conf naming this server (for Prosody's libunbound, which takes no
-        port there: see `unbound_conf`)."""
-        path = self.directory / "resolv.conf"
-        path.write_text(f"nameserver {self.listen}\n")
-        return path
-
     def start(self) -> DnsMasq:
         self.directory.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
@@ -148,10 +141,6 @@ class DnsMasq:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)
 
 
 # ---- Prosody -----------------------------------------------------------------------------
