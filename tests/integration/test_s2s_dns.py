@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dovecote.server import Server
-from tests.federation import SRV, DnsMasq, free_port, require
+from tests.federation import SRV, DnsMasq, free_port, loopback_port_free, require
 from tests.helpers import CLIENT, error_condition, q
 from tests.integration.test_s2s import is_message, user
 
@@ -124,11 +124,8 @@ async def test_a_record_fallback_on_5269(
     tmp_path: Path, dns: DnsMasq, servers: list[Server]
 ) -> None:
     """RFC 6120 §3.2.2: no SRV record: the domain's own address, port 5269."""
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.6", 5269))
-        except OSError:
-            pytest.skip("127.0.0.6:5269 is taken")
+    if not loopback_port_free("127.0.0.6", 5269):
+        pytest.skip("127.0.0.6:5269 is taken")
     a_port = free_port("127.0.0.2")
     dns.hosts = {C: "127.0.0.6", f"xmpp.{A}": "127.0.0.2"}
     dns.srv = [SRV(A, f"xmpp.{A}", a_port)]  # for C's dialback check with A
@@ -155,3 +152,50 @@ async def test_unknown_domain_bounces(tmp_path: Path, dns: DnsMasq, servers: lis
     assert error_condition(got) == ("cancel", "remote-server-not-found")
     await alice.close()
     await asyncio.sleep(0)
+
+
+async def test_next_target_when_the_first_offers_no_tls(
+    tmp_path: Path, dns: DnsMasq, servers: list[Server]
+) -> None:
+    """RFC 6120 §3.2.1: the first SRV target answers but offers no STARTTLS (TLS is
+    required): the link goes on to the next target instead of bouncing."""
+    seen: list[str] = []
+
+    async def no_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        seen.append("connected")
+        writer.write(
+            (
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+                "xmlns:stream='http://etherx.jabber.org/streams' "
+                f"xmlns:db='jabber:server:dialback' from='{B}' id='x1' version='1.0'>"
+                "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/>"
+                "</stream:features>"
+            ).encode()
+        )
+        await writer.drain()
+        await reader.read(4096)
+        writer.close()
+
+    plain = await asyncio.start_server(no_tls, "127.0.0.3", 0)
+    a_port, b_port = free_port("127.0.0.2"), free_port("127.0.0.3")
+    dns.hosts = {f"xmpp.{A}": "127.0.0.2", f"plain.{B}": "127.0.0.3", f"xmpp.{B}": "127.0.0.3"}
+    dns.srv = [
+        SRV(A, f"xmpp.{A}", a_port),
+        SRV(B, f"plain.{B}", plain.sockets[0].getsockname()[1], priority=0),
+        SRV(B, f"xmpp.{B}", b_port, priority=10),
+    ]
+    dns.start()
+    try:
+        a = await peer(tmp_path, A, f"127.0.0.2:{a_port}", dns, servers)
+        b = await peer(tmp_path, B, f"127.0.0.3:{b_port}", dns, servers)
+        alice = await user(a, "alice", A)
+        bob = await user(b, "bob", B, presence=True)
+        alice.send(f"<message to='bob@{B}' id='m1'><body>past the first</body></message>")
+        got = await bob.take(is_message, timeout=10)
+        assert got.findtext(q(CLIENT, "body")) == "past the first"
+        assert seen == ["connected"]
+        await alice.close()
+        await bob.close()
+    finally:
+        plain.close()

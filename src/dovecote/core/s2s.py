@@ -93,8 +93,16 @@ class OutgoingLink:
         #: (local, stream id) -> the future of a verification (XEP-0220 §2.1.2).
         self.verifications: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._verify_requests: list[tuple[str, str, str]] = []
+        #: The keys of those verifications (asked again on the next target).
+        self._keys: dict[tuple[str, str], str] = {}
         self._connecting: asyncio.Task[None] | None = None
         self.closed = False
+        #: Targets not tried yet (RFC 6120 §3.2.1: the next one when a connection fails
+        #: before the stream is ready: refused, TLS failed or not offered, a stream
+        #: error), and the time by which one must work.
+        self._candidates: deque[tuple[Target, str, int]] = deque()
+        self._deadline = 0.0
+        self._reasons: list[str] = []
 
     def __repr__(self) -> str:
         return f"<OutgoingLink {self.remote} queued={self.queued}>"
@@ -132,6 +140,7 @@ class OutgoingLink:
         if existing is not None:
             return existing
         self.verifications[(local, stream_id)] = future
+        self._keys[(local, stream_id)] = key
         if self.stream is not None:
             self.stream.verify_key(local, stream_id, key)
         else:
@@ -148,41 +157,54 @@ class OutgoingLink:
         manager = self.manager
         config = manager.config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.connect_timeout
-        reasons: list[str] = []
-        timed_out = False
+        self._deadline = loop.time() + config.connect_timeout
+        self._reasons = []
+        self._candidates.clear()
         try:
             targets = await asyncio.wait_for(manager.targets(self.remote), config.connect_timeout)
             for target in targets:
                 addresses = await manager.resolver.addresses(target.host, target.port)
                 if not addresses:
-                    reasons.append(f"{target.host}: no address")
-                for host, port in addresses:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        timed_out = True
-                        break
-                    if self._verify_requests or self.queues:
-                        local = next(iter(self.queues), None) or self._verify_requests[0][0]
-                    try:
-                        await asyncio.wait_for(self._connect_to(target, host, port, local), left)
-                        return
-                    except TimeoutError:
-                        timed_out = True
-                        reasons.append(f"{host}:{port}: timed out")
-                    except (OSError, ssl.SSLError) as exc:
-                        reasons.append(f"{host}:{port}: {exc.strerror or exc}")
-                if timed_out:
-                    break
+                    self._reasons.append(f"{target.host}: no address")
+                self._candidates.extend((target, host, port) for host, port in addresses)
             if not targets:
-                reasons.append("the domain offers no XMPP service")
+                self._reasons.append("the domain offers no XMPP service")
         except TimeoutError:
-            timed_out = True
-            reasons.append("DNS timed out")
+            self._connecting = None
+            self._reasons.append("DNS timed out")
+            self._give_up(timed_out=True)
+            return
+        await self._try_candidates(local)
+
+    async def _try_candidates(self, local: str) -> None:
+        """Connect to the next candidate that answers; give up when none is left."""
+        loop = asyncio.get_running_loop()
+        timed_out = False
+        try:
+            while self._candidates:
+                target, host, port = self._candidates.popleft()
+                left = self._deadline - loop.time()
+                if left <= 0:
+                    timed_out = True
+                    break
+                if self._verify_requests or self.queues:
+                    local = next(iter(self.queues), None) or self._verify_requests[0][0]
+                try:
+                    await asyncio.wait_for(self._connect_to(target, host, port, local), left)
+                    return
+                except TimeoutError:
+                    timed_out = True
+                    self._reasons.append(f"{host}:{port}: timed out")
+                    break
+                except (OSError, ssl.SSLError) as exc:
+                    self._reasons.append(f"{host}:{port}: {exc.strerror or exc}")
         finally:
             self._connecting = None
+        self._give_up(timed_out)
+
+    def _give_up(self, timed_out: bool) -> None:
         condition = "remote-server-timeout" if timed_out else "remote-server-not-found"
-        text = "; ".join(reasons) or "no route"
+        text = "; ".join(self._reasons) or "no route"
         log.info("cannot connect to %s: %s", self.remote, text)
         self.fail(condition, f"cannot reach {self.remote}")
 
@@ -230,6 +252,7 @@ class OutgoingLink:
 
     def key_verified(self, local: str, stream_id: str, result: str) -> None:
         future = self.verifications.pop((local, stream_id), None)
+        self._keys.pop((local, stream_id), None)
         if future is not None and not future.done():
             future.set_result(result)
 
@@ -237,6 +260,24 @@ class OutgoingLink:
         if self.stream is not stream:
             return
         self.stream = None
+        if (
+            not stream.machine.ready
+            and not stream.timed_out
+            and self._candidates
+            and (self.queues or self.verifications)
+            and not self.closed
+        ):
+            # RFC 6120 §3.2.1: this target failed before the stream was usable (TLS
+            # failed or not offered, a stream error): the next one.
+            condition, text = stream.failure or ("remote-server-not-found", "stream ended")
+            self._reasons.append(f"{stream.transport.peer_address}: {text or condition}")
+            self._verify_requests = [
+                (lo, sid, self._keys[(lo, sid)])
+                for (lo, sid), future in self.verifications.items()
+                if not future.done() and (lo, sid) in self._keys
+            ]
+            self._connecting = self.server.spawn(self._try_candidates(stream.machine.local))
+            return
         condition, text = stream.failure or ("remote-server-not-found", "")
         if not stream.machine.pairs and stream.failure is None:
             # Closed before anything was authenticated (a timeout or a dropped stream).
@@ -273,6 +314,7 @@ class OutgoingLink:
                 future.set_result(verify_result)
         self.verifications.clear()
         self._verify_requests.clear()
+        self._keys.clear()
         if self.stream is None:
             self.manager.link_gone(self)
 
