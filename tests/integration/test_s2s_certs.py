@@ -15,7 +15,7 @@ import pytest
 
 from dovecote.server import Server
 from tests.ca import Leaf, TestCA
-from tests.helpers import CLIENT, RawClient, error_condition, q
+from tests.helpers import CLIENT, RawClient, error_condition, q, start_server
 from tests.integration.test_s2s import (
     DB,
     SERVER_NS,
@@ -312,5 +312,42 @@ async def test_require_valid_certs_refuses_untrusted_peer(
     context.load_cert_chain(other.cert, other.key)
     raw, _features = await raw_server_tls(b_addr, "a.example", "b.example", context, features=False)
     assert await raw.stream_error() == "not-authorized"
+    await alice.close()
+    await bob.close()
+
+
+async def test_direct_tls_route_with_external(tmp_path: Path, stop: list[Server]) -> None:
+    """`[s2s.routes]` "tls://host:port": TLS from the first byte to B's `[listen] s2s_tls`
+    (XEP-0368), our certificate presented in that handshake, SASL EXTERNAL."""
+    ca = TestCA(tmp_path / "ca")
+    a_leaf = ca.issue("a", dns=("a.example",))
+    b_leaf = ca.issue("b", dns=("b.example",))
+    b_tls = f"127.0.0.3:{free_port('127.0.0.3')}"
+    a = await start_peer(
+        tmp_path / "a",
+        ["a.example"],
+        f"127.0.0.2:{free_port('127.0.0.2')}",
+        {"b.example": f"tls://{b_tls}"},
+        s2s={"ca_file": str(ca.path)},
+        tls={"cert": str(a_leaf.cert), "key": str(a_leaf.key)},
+    )
+    stop.append(a)
+    b = await start_server(
+        tmp_path / "b",
+        server={"domains": ["b.example"], "data_dir": str(tmp_path / "b")},
+        listen={"s2s": "", "s2s_tls": b_tls},
+        s2s={"ca_file": str(ca.path), "routes": {"a.example": "127.0.0.2:1"}},
+        tls={"cert": str(b_leaf.cert), "key": str(b_leaf.key)},
+    )
+    stop.append(b)
+    alice = await user(a, "alice", "a.example")
+    bob = await user(b, "bob", "b.example", presence=True)
+    alice.send("<message to='bob@b.example' id='d1'><body>direct</body></message>")
+    got = await bob.take(is_message, timeout=10)
+    assert got.findtext(q(CLIENT, "body")) == "direct"
+    (out,) = links(a, "out")
+    assert (out["auth"], out["certificate"]) == ("external", "valid")
+    (incoming,) = links(b, "in")
+    assert (incoming["auth"], incoming["certificate"]) == ("external", "valid")
     await alice.close()
     await bob.close()

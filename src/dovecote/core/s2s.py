@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dovecote.config import parse_listen
+from dovecote.config import DIRECT_TLS_ROUTE, parse_listen
 from dovecote.core.dns import Resolver, Target
 from dovecote.core.events import describe
 from dovecote.stream import certs
@@ -460,8 +460,10 @@ class S2SManager:
     async def targets(self, domain: str) -> list[Target]:
         route = self.routes.get(domain)
         if route is not None:
-            host, port = parse_listen(route)
-            return [Target(host, port)]
+            # "host:port": STARTTLS; "tls://host:port": direct TLS (XEP-0368).
+            direct_tls = route.startswith(DIRECT_TLS_ROUTE)
+            host, port = parse_listen(route.removeprefix(DIRECT_TLS_ROUTE))
+            return [Target(host, port, direct_tls)]
         return await self.resolver.targets(domain)
 
     # ---- routing (from core/router.py) -------------------------------------------------------

@@ -171,6 +171,10 @@ class S2SStream(StreamBase):
         raise NotImplementedError
 
 
+def _not_checked(_domain: str) -> str:
+    return "was not checked"
+
+
 class IncomingS2SStream(S2SStream):
     """A peer server's stream to us: we are the Receiving (and Authoritative) Server."""
 
@@ -186,24 +190,19 @@ class IncomingS2SStream(S2SStream):
             secure=transport.secure,
             can_starttls=transport.can_starttls,
         )
-        if transport.secure:
-            self._tls_done([])
+        # XEP-0178 §3 step 5: the machine asks, per domain, whether the certificate the
+        # peer presented (TLS by STARTTLS or from the first byte) is trusted and names it.
+        self.machine.certificate_problem = self._certificate_problem
+
+    def _certificate_problem(self, domain: str) -> str | None:
+        if not self.transport.secure:
+            return "was not presented"
+        return self.manager.certificate_problem(self._ssl_object(), domain)
 
     def _certificate_status(self, remote: str | None) -> str:
         if remote is None or not self.transport.secure:
             return "-"
-        problem = self.manager.certificate_problem(self._ssl_object(), remote)
-        return "valid" if problem is None else "invalid"
-
-    def _tls_done(self, actions: list[neg.Action]) -> list[neg.Action]:
-        """XEP-0178 §3 step 5: the machine asks, per domain, whether the certificate
-        the peer presented is trusted and names it."""
-        ssl_object = self._ssl_object()
-        manager = self.manager
-        self.machine.certificate_problem = lambda domain: manager.certificate_problem(
-            ssl_object, domain
-        )
-        return actions
+        return "valid" if self._certificate_problem(remote) is None else "invalid"
 
     def __repr__(self) -> str:
         pairs = ",".join(f"{r}->{lo}" for lo, r in sorted(self.machine.pairs)) or "-"
@@ -236,6 +235,8 @@ class IncomingS2SStream(S2SStream):
 
     def _ended(self) -> None:
         self.manager.incoming_ended(self)
+        # The machine held a bound method of this stream: no cycle is left behind.
+        self.machine.certificate_problem = _not_checked
 
     def describe(self) -> dict[str, Any]:
         machine = self.machine
