@@ -351,3 +351,32 @@ async def test_direct_tls_route_with_external(tmp_path: Path, stop: list[Server]
     assert (incoming["auth"], incoming["certificate"]) == ("external", "valid")
     await alice.close()
     await bob.close()
+
+
+async def test_without_the_openssl_hook(
+    tmp_path: Path, stop: list[Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where stream/certs.py cannot reach OpenSSL (another Python): no certificate is
+    requested, dialback authenticates; with `require_valid_certs` OpenSSL checks the
+    chain in the handshake and our name check still applies, so EXTERNAL works."""
+    from dovecote.stream import certs
+
+    monkeypatch.setattr(certs, "_available", False)
+    ca = TestCA(tmp_path / "ca")
+    a, b, _a_addr, _b_addr = await pair(
+        tmp_path,
+        "a.example",
+        "b.example",
+        ca.issue("a", dns=("a.example",)),
+        ca.issue("b", dns=("b.example",)),
+        ca.path,
+        ca.path,
+        a_s2s={"bidi": False},
+        b_s2s={"bidi": False, "require_valid_certs": True},
+    )
+    stop += [a, b]
+    await exchange(a, b, "a.example", "b.example")
+    (out_a,) = links(a, "out")
+    assert (out_a["auth"], out_a["certificate"]) == ("external", "invalid")
+    (out_b,) = links(b, "out")
+    assert (out_b["auth"], out_b["certificate"]) == ("dialback", "valid")

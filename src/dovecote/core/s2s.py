@@ -417,6 +417,11 @@ class S2SManager:
         if self.check_certificates:
             self._trust(context)
             certs.accept_any_certificate(context)
+        elif self.config.require_valid_certs:
+            # Without the verdict after the handshake: OpenSSL refuses untrusted client
+            # certificates in the handshake itself (and peers without one).
+            self._trust(context)
+            context.verify_mode = ssl.CERT_REQUIRED
         return context
 
     def _own_identities(self) -> certs.Identities:
@@ -430,12 +435,20 @@ class S2SManager:
         """Our certificate names `local` (RFC 6125): worth trying SASL EXTERNAL."""
         return self.own_identities.matches(local)
 
-    def certificate_problem(self, ssl_object: Any, domain: str) -> str | None:
+    def certificate_problem(
+        self, ssl_object: Any, domain: str, outgoing: bool = False
+    ) -> str | None:
         """Why the peer's certificate on `ssl_object` does not authenticate `domain`
         (completing "Your server's certificate ..."), None when it does."""
         if not self.check_certificates:
-            return "could not be validated"
-        peer = certs.peer_certificate(ssl_object)
+            # No verdict after the handshake: only a handshake made with CERT_REQUIRED
+            # (require_valid_certs) has verified the chain.
+            context = self.client_context if outgoing else self.server_context
+            if context is None or context.verify_mode != ssl.CERT_REQUIRED:
+                return "could not be validated"
+            peer = certs.peer_certificate(ssl_object, verified_by_openssl=True)
+        else:
+            peer = certs.peer_certificate(ssl_object)
         if peer.der is None:
             return "was not presented"
         if not peer.trusted:

@@ -299,7 +299,7 @@ class OutgoingS2SStream(S2SStream):
         link fails before anything is sent."""
         manager = self.server.s2s
         assert manager is not None
-        problem = manager.certificate_problem(self._ssl_object(), self.link.remote)
+        problem = manager.certificate_problem(self._ssl_object(), self.link.remote, outgoing=True)
         self.certificate = "valid" if problem is None else "invalid"
         if problem is not None and manager.config.require_valid_certs:
             log.info("certificate of %s %s: refused", self.link.remote, problem)
