@@ -227,12 +227,13 @@ def s2s_links(as_json: bool, config_path: str | None) -> None:
             ",".join(link.get("remote") or []) or "-",
             link.get("auth", "?"),
             link.get("tls") or "-",
+            link.get("certificate") or "-",
             "bidi" if link.get("bidi") else "",
             f"{link.get('idle', 0):.0f}s",
         )
         for link in links
     ]
-    header = ("DIR", "LOCAL", "REMOTE", "AUTH", "TLS", "", "IDLE")
+    header = ("DIR", "LOCAL", "REMOTE", "AUTH", "TLS", "CERT", "", "IDLE")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

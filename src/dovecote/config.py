@@ -398,8 +398,12 @@ class BoshSection(_Section):
         return self
 
 
+#: `[s2s.routes]` prefix for a route with TLS from the first byte (XEP-0368).
+DIRECT_TLS_ROUTE = "tls://"
+
+
 def _check_route(value: str) -> str:
-    _host, port = parse_listen(value)
+    _host, port = parse_listen(value.removeprefix(DIRECT_TLS_ROUTE))
     if not port:
         raise ValueError(f"a route needs a port, got {value!r}")
     return value

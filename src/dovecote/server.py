@@ -252,7 +252,7 @@ class Server:
 
         listen = self.config.listen
         await self._listen("s2s", listen.s2s, False, lambda: S2SIncomingProtocol(self, False))
-        s2s_context = self.tls.s2s_context if self.tls else None
+        s2s_context = self.s2s.server_context
         await self._listen(
             "s2s_tls", listen.s2s_tls, True, lambda: S2SIncomingProtocol(self, True), s2s_context
         )

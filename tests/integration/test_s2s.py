@@ -399,10 +399,11 @@ async def test_cli_lists_links(fed: Federation, tmp_path: Path) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
-    assert lines[0].split() == ["DIR", "LOCAL", "REMOTE", "AUTH", "TLS", "IDLE"]
+    assert lines[0].split() == ["DIR", "LOCAL", "REMOTE", "AUTH", "TLS", "CERT", "IDLE"]
     row = next(line.split() for line in lines[1:] if line.startswith("out"))
     assert row[:4] == ["out", A, B, "dialback"]
     assert row[4].startswith("TLSv1.")
+    assert row[5] == "invalid"  # self-signed: not trusted
     await alice.close()
     await bob.close()
 

@@ -402,3 +402,121 @@ def test_no_bidi_when_off() -> None:
     pair = secure_pair(bidi=False)
     assert not pair.out.bidi
     assert all(e.ns != BIDI for a in pair.log for e in ([a.element] if isinstance(a, Send) else []))
+
+
+# ---- certificates: SASL EXTERNAL (XEP-0178) ------------------------------------------------
+def sasl(actions: list[Action]) -> list[Element]:
+    return [e for e in sent(actions) if e.ns == ns.SASL]
+
+
+def first_child(element: Element) -> str:
+    return next(iter(element.elements)).tag
+
+
+def external_pair(
+    valid_for: set[str], use_external: bool = True, **incoming: object
+) -> tuple[Pair, list[Action]]:
+    """A to B over TLS; B's driver says the certificate is good for `valid_for`."""
+    out = OutgoingNegotiation(config({A, A2}, SECRET_A), A, B, secure=True)
+    out.use_external = use_external
+    inc = IncomingNegotiation(config({B}, SECRET_B, **incoming), secure=True)  # type: ignore[arg-type]
+    inc.certificate_problem = lambda d: None if d in valid_for else "is self-signed"
+    authoritative = IncomingNegotiation(config({A, A2}, SECRET_A), secure=True)
+    authoritative.stream_opened(server_header({"from": B, "to": A, "version": "1.0"}))
+    pair = Pair(out, inc, authoritative)
+    return pair, pair.to_outgoing(pair.to_incoming(out.start()))
+
+
+def test_external_offered_used_and_restarted() -> None:
+    pair, actions = external_pair({A})
+    # XEP-0178 §4 step 8: <auth mechanism='EXTERNAL'>, the authzid our domain.
+    (auth,) = sasl(actions)
+    assert (auth.tag, auth.attrs["mechanism"], auth.text) == ("auth", "EXTERNAL", "YS5leGFtcGxl")
+    answers = pair.to_incoming(actions)
+    assert [type(a) for a in answers] == [ResetStream, Send, PairAuthenticated]
+    assert answers[2] == PairAuthenticated(B, A, "external")
+    restart = pair.to_outgoing(answers)
+    assert [type(a) for a in restart] == [ResetStream, SendHeader]
+    # The features after the restart offer no SASL; the pair is ours without dialback.
+    after = pair.to_outgoing(pair.to_incoming(restart))
+    assert PairAuthenticated(A, B, "external") in after
+    assert pair.out.ready and pair.out.pairs == {A}
+    assert not sent(after)  # no <db:result/>, no second <bidi/>
+    assert pair.out.bidi  # enabled before EXTERNAL
+    # Stanzas from A flow; a second sender domain uses dialback on the same stream.
+    message = Element("message", ns.CLIENT, {"from": f"x@{A}", "to": f"y@{B}"})
+    (stanza,) = only(pair.to_incoming([Send(message)]), Stanza)
+    assert stanza.element.attrs["from"] == f"x@{A}"
+    result = dialback(pair, A2)
+    assert PairAuthenticated(A2, B) in result
+
+
+def test_external_not_offered_for_an_untrusted_certificate() -> None:
+    pair, actions = external_pair(set())
+    (features_answer,) = [a for a in actions if isinstance(a, ReadyForDialback)]
+    assert features_answer == ReadyForDialback()
+    assert pair.out.ready and not sasl(actions)  # straight to dialback
+
+
+def test_external_failure_falls_back_to_dialback() -> None:
+    """The peer offers EXTERNAL but refuses it (ejabberd does so for self-signed
+    certificates): dialback on the same stream."""
+    pair, actions = external_pair({A})
+    pair.inc.certificate_domains = frozenset()  # it changed its mind
+    pair.inc.certificate_problem = lambda _d: "is self-signed"
+    answers = pair.to_incoming(actions)
+    (failure,) = sasl(answers)
+    assert failure.tag == "failure" and first_child(failure) == "not-authorized"
+    more = pair.to_outgoing(answers)
+    assert only(more, ReadyForDialback) and pair.out.ready
+    assert PairAuthenticated(A, B) in dialback(pair, A)
+
+
+def test_incoming_external_authzid_checks() -> None:
+    pair, _actions = external_pair({A})
+    for text, condition in (("Yy5leGFtcGxl", "not-authorized"), ("%%%", "incorrect-encoding")):
+        auth = Element("auth", ns.SASL, {"mechanism": "EXTERNAL"}, text=text)
+        (failure,) = sent(pair.inc.element(wire(auth)))
+        assert first_child(failure) == condition
+    plain = Element("auth", ns.SASL, {"mechanism": "PLAIN"})
+    (failure,) = sent(pair.inc.element(wire(plain)))
+    assert first_child(failure) == "invalid-mechanism"
+    # "=": no authorization identity: the header's 'from' (XEP-0178 §3 note).
+    auth = Element("auth", ns.SASL, {"mechanism": "EXTERNAL"}, text="=")
+    assert PairAuthenticated(B, A, "external") in pair.inc.element(wire(auth))
+
+
+def test_trusted_certificate_answers_dialback_without_verify() -> None:
+    """XEP-0344 §2.4: no VerifyKey when the certificate is trusted for the sender."""
+    pair, _actions = external_pair({A}, use_external=False)
+    result = pair.to_incoming(pair.out.request_pair(A))
+    assert not only(result, VerifyKey)
+    assert PairAuthenticated(B, A, "dialback+cert") in result
+    assert PairAuthenticated(A, B) in pair.to_outgoing(result)
+
+
+def test_require_valid_certs_refuses_at_the_header_and_at_dialback() -> None:
+    out = OutgoingNegotiation(config({A}, SECRET_A), A, B, secure=True)
+    inc = IncomingNegotiation(config({B}, SECRET_B, require_valid_certs=True), secure=True)
+    inc.certificate_problem = lambda _d: "is self-signed"
+    actions = inc.stream_opened(server_header({"from": A, "to": B, "version": "1.0"}))
+    (error,) = only(actions, StreamError)
+    assert error == StreamError("not-authorized", "Your server's certificate is self-signed")
+    # No 'from' on the header: refused at the first <db:result/>.
+    inc = IncomingNegotiation(config({B}, SECRET_B, require_valid_certs=True), secure=True)
+    inc.certificate_problem = lambda d: None if d == A2 else f"is not valid for {d}"
+    inc.stream_opened(server_header({"to": B, "version": "1.0"}))
+    key = dialback_key(SECRET_A, B, A, inc.stream_id)
+    request = Element("result", DIALBACK, {"from": A, "to": B}, text=key)
+    (error,) = only(inc.element(wire(request)), StreamError)
+    assert error.condition == "not-authorized"
+    assert out.state == "start"
+
+
+def test_outgoing_certificate_refused() -> None:
+    out = OutgoingNegotiation(config({A}, SECRET_A), A, B)
+    out.start()
+    actions = out.certificate_refused("Your server's certificate is self-signed")
+    assert only(actions, LinkFailed)[0].condition == "remote-server-not-found"
+    assert only(actions, StreamError)[0].condition == "not-authorized"
+    assert out.state == "closed"

@@ -29,9 +29,10 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dovecote.config import parse_listen
+from dovecote.config import DIRECT_TLS_ROUTE, parse_listen
 from dovecote.core.dns import Resolver, Target
 from dovecote.core.events import describe
+from dovecote.stream import certs
 from dovecote.stream.errors import StanzaError, error_reply
 from dovecote.stream.s2s_negotiation import S2SConfig, dialback_key
 from dovecote.xml.element import Element
@@ -92,8 +93,16 @@ class OutgoingLink:
         #: (local, stream id) -> the future of a verification (XEP-0220 §2.1.2).
         self.verifications: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._verify_requests: list[tuple[str, str, str]] = []
+        #: The keys of those verifications (asked again on the next target).
+        self._keys: dict[tuple[str, str], str] = {}
         self._connecting: asyncio.Task[None] | None = None
         self.closed = False
+        #: Targets not tried yet (RFC 6120 §3.2.1: the next one when a connection fails
+        #: before the stream is ready: refused, TLS failed or not offered, a stream
+        #: error), and the time by which one must work.
+        self._candidates: deque[tuple[Target, str, int]] = deque()
+        self._deadline = 0.0
+        self._reasons: list[str] = []
 
     def __repr__(self) -> str:
         return f"<OutgoingLink {self.remote} queued={self.queued}>"
@@ -131,6 +140,7 @@ class OutgoingLink:
         if existing is not None:
             return existing
         self.verifications[(local, stream_id)] = future
+        self._keys[(local, stream_id)] = key
         if self.stream is not None:
             self.stream.verify_key(local, stream_id, key)
         else:
@@ -147,41 +157,54 @@ class OutgoingLink:
         manager = self.manager
         config = manager.config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.connect_timeout
-        reasons: list[str] = []
-        timed_out = False
+        self._deadline = loop.time() + config.connect_timeout
+        self._reasons = []
+        self._candidates.clear()
         try:
             targets = await asyncio.wait_for(manager.targets(self.remote), config.connect_timeout)
             for target in targets:
                 addresses = await manager.resolver.addresses(target.host, target.port)
                 if not addresses:
-                    reasons.append(f"{target.host}: no address")
-                for host, port in addresses:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        timed_out = True
-                        break
-                    if self._verify_requests or self.queues:
-                        local = next(iter(self.queues), None) or self._verify_requests[0][0]
-                    try:
-                        await asyncio.wait_for(self._connect_to(target, host, port, local), left)
-                        return
-                    except TimeoutError:
-                        timed_out = True
-                        reasons.append(f"{host}:{port}: timed out")
-                    except (OSError, ssl.SSLError) as exc:
-                        reasons.append(f"{host}:{port}: {exc.strerror or exc}")
-                if timed_out:
-                    break
+                    self._reasons.append(f"{target.host}: no address")
+                self._candidates.extend((target, host, port) for host, port in addresses)
             if not targets:
-                reasons.append("the domain offers no XMPP service")
+                self._reasons.append("the domain offers no XMPP service")
         except TimeoutError:
-            timed_out = True
-            reasons.append("DNS timed out")
+            self._connecting = None
+            self._reasons.append("DNS timed out")
+            self._give_up(timed_out=True)
+            return
+        await self._try_candidates(local)
+
+    async def _try_candidates(self, local: str) -> None:
+        """Connect to the next candidate that answers; give up when none is left."""
+        loop = asyncio.get_running_loop()
+        timed_out = False
+        try:
+            while self._candidates:
+                target, host, port = self._candidates.popleft()
+                left = self._deadline - loop.time()
+                if left <= 0:
+                    timed_out = True
+                    break
+                if self._verify_requests or self.queues:
+                    local = next(iter(self.queues), None) or self._verify_requests[0][0]
+                try:
+                    await asyncio.wait_for(self._connect_to(target, host, port, local), left)
+                    return
+                except TimeoutError:
+                    timed_out = True
+                    self._reasons.append(f"{host}:{port}: timed out")
+                    break
+                except (OSError, ssl.SSLError) as exc:
+                    self._reasons.append(f"{host}:{port}: {exc.strerror or exc}")
         finally:
             self._connecting = None
+        self._give_up(timed_out)
+
+    def _give_up(self, timed_out: bool) -> None:
         condition = "remote-server-timeout" if timed_out else "remote-server-not-found"
-        text = "; ".join(reasons) or "no route"
+        text = "; ".join(self._reasons) or "no route"
         log.info("cannot connect to %s: %s", self.remote, text)
         self.fail(condition, f"cannot reach {self.remote}")
 
@@ -229,6 +252,7 @@ class OutgoingLink:
 
     def key_verified(self, local: str, stream_id: str, result: str) -> None:
         future = self.verifications.pop((local, stream_id), None)
+        self._keys.pop((local, stream_id), None)
         if future is not None and not future.done():
             future.set_result(result)
 
@@ -236,6 +260,24 @@ class OutgoingLink:
         if self.stream is not stream:
             return
         self.stream = None
+        if (
+            not stream.machine.ready
+            and not stream.timed_out
+            and self._candidates
+            and (self.queues or self.verifications)
+            and not self.closed
+        ):
+            # RFC 6120 §3.2.1: this target failed before the stream was usable (TLS
+            # failed or not offered, a stream error): the next one.
+            condition, text = stream.failure or ("remote-server-not-found", "stream ended")
+            self._reasons.append(f"{stream.transport.peer_address}: {text or condition}")
+            self._verify_requests = [
+                (lo, sid, self._keys[(lo, sid)])
+                for (lo, sid), future in self.verifications.items()
+                if not future.done() and (lo, sid) in self._keys
+            ]
+            self._connecting = self.server.spawn(self._try_candidates(stream.machine.local))
+            return
         condition, text = stream.failure or ("remote-server-not-found", "")
         if not stream.machine.pairs and stream.failure is None:
             # Closed before anything was authenticated (a timeout or a dropped stream).
@@ -272,6 +314,7 @@ class OutgoingLink:
                 future.set_result(verify_result)
         self.verifications.clear()
         self._verify_requests.clear()
+        self._keys.clear()
         if self.stream is None:
             self.manager.link_gone(self)
 
@@ -293,6 +336,7 @@ class OutgoingLink:
             "remote": [self.remote],
             "auth": "connecting",
             "tls": None,
+            "certificate": "-",
             "bidi": False,
             "idle": 0.0,
             "peer": "",
@@ -322,27 +366,100 @@ class S2SManager:
             dialback=self.config.dialback,
             bidi=self.config.bidi,
             domain_allowed=self.domain_allowed,
+            require_valid_certs=self.config.require_valid_certs,
         )
+        #: Certificates are checked after the handshake (stream/certs.py); false: only
+        #: OpenSSL's own checks (require_valid_certs then fails the handshake itself).
+        self.check_certificates = certs.available()
         self.client_context = self._client_context()
+        self.server_context = self._server_context()
+        self.own_identities = self._own_identities()
+
+    def _trust(self, context: ssl.SSLContext) -> None:
+        config = self.config
+        if config.ca_file or config.ca_path:
+            context.load_verify_locations(cafile=config.ca_file, capath=config.ca_path)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
 
     def _client_context(self) -> ssl.SSLContext:
-        """TLS for our outgoing links. With `require_valid_certs` off (the default) an
-        untrusted certificate does not stop the handshake: dialback authenticates; the
-        certificate checks for SASL EXTERNAL (XEP-0178) hook in here."""
+        """TLS for our outgoing links: our certificate is presented (SASL EXTERNAL on the
+        peer's side, XEP-0178 §4); the peer's is checked after the handshake (chain
+        against `ca_file`/`ca_path`/the system's, then RFC 6125 names for the domain,
+        stream/certs.py), never by OpenSSL's plain host name check. An untrusted
+        certificate does not stop the handshake unless `require_valid_certs` is on:
+        dialback authenticates then."""
         config = self.config
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=config.ca_file, capath=config.ca_path
-        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if not config.require_valid_certs:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        context.check_hostname = False
+        self._trust(context)
         tls = self.server.tls
         if tls is not None and tls.key_path is not None:
-            # Presented to the peer, for SASL EXTERNAL on its side.
             context.load_cert_chain(tls.cert_path, tls.key_path)
         context.set_alpn_protocols(["xmpp-server"])
+        if not certs.accept_any_certificate(context):
+            context.verify_mode = ssl.CERT_REQUIRED if config.require_valid_certs else ssl.CERT_NONE
         return context
+
+    def _server_context(self) -> ssl.SSLContext | None:
+        """TLS for incoming streams (STARTTLS and `[listen] s2s_tls`): our certificate,
+        ALPN xmpp-server (XEP-0368), and the peer's certificate requested (for SASL
+        EXTERNAL, XEP-0178 §3) without refusing an untrusted one in the handshake."""
+        tls = self.server.tls
+        if tls is None or tls.key_path is None:
+            return tls.s2s_context if tls is not None else None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_COMPRESSION
+        context.set_alpn_protocols(["xmpp-server"])
+        context.load_cert_chain(tls.cert_path, tls.key_path)
+        if self.check_certificates:
+            self._trust(context)
+            certs.accept_any_certificate(context)
+        elif self.config.require_valid_certs:
+            # Without the verdict after the handshake: OpenSSL refuses untrusted client
+            # certificates in the handshake itself (and peers without one).
+            self._trust(context)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def _own_identities(self) -> certs.Identities:
+        tls = self.server.tls
+        if tls is None:
+            return certs.Identities()
+        der = ssl.PEM_cert_to_DER_cert(tls.cert_path.read_text())
+        return certs.identities(der)
+
+    def can_use_external(self, local: str) -> bool:
+        """Our certificate names `local` (RFC 6125): worth trying SASL EXTERNAL."""
+        return self.own_identities.matches(local)
+
+    def certificate_problem(
+        self, ssl_object: Any, domain: str, outgoing: bool = False
+    ) -> str | None:
+        """Why the peer's certificate on `ssl_object` does not authenticate `domain`
+        (completing "Your server's certificate ..."), None when it does."""
+        if not self.check_certificates:
+            # No verdict after the handshake: only a handshake made with CERT_REQUIRED
+            # (require_valid_certs) has verified the chain.
+            context = self.client_context if outgoing else self.server_context
+            if context is None or context.verify_mode != ssl.CERT_REQUIRED:
+                return "could not be validated"
+            peer = certs.peer_certificate(ssl_object, verified_by_openssl=True)
+        else:
+            peer = certs.peer_certificate(ssl_object)
+        if peer.der is None:
+            return "was not presented"
+        if not peer.trusted:
+            if "self-signed" in peer.error or "self signed" in peer.error:
+                return "is self-signed"
+            if "expired" in peer.error:
+                return "has expired"
+            return f"is not trusted ({peer.error})"
+        if not certs.identities(peer.der).matches(domain):
+            return f"is not valid for {domain}"
+        return None
 
     # ---- policy ---------------------------------------------------------------------------
     def is_local(self, domain: str) -> bool:
@@ -356,8 +473,10 @@ class S2SManager:
     async def targets(self, domain: str) -> list[Target]:
         route = self.routes.get(domain)
         if route is not None:
-            host, port = parse_listen(route)
-            return [Target(host, port)]
+            # "host:port": STARTTLS; "tls://host:port": direct TLS (XEP-0368).
+            direct_tls = route.startswith(DIRECT_TLS_ROUTE)
+            host, port = parse_listen(route.removeprefix(DIRECT_TLS_ROUTE))
+            return [Target(host, port, direct_tls)]
         return await self.resolver.targets(domain)
 
     # ---- routing (from core/router.py) -------------------------------------------------------

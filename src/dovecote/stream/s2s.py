@@ -115,7 +115,7 @@ class S2SStream(StreamBase):
                 except Exception as exc:
                     log.info("TLS with %s failed: %s", transport.peer_address, exc)
                     return self.machine.tls_failed()
-                return self.machine.tls_started()
+                return self._tls_done(self.machine.tls_started())
             case neg.StreamError(condition, text):
                 self._stream_error(StreamError(condition, text))
             case neg.Close(graceful):
@@ -133,6 +133,14 @@ class S2SStream(StreamBase):
 
     def _carry_out_own(self, action: neg.Action) -> list[neg.Action] | None:
         raise NotImplementedError
+
+    def _tls_done(self, actions: list[neg.Action]) -> list[neg.Action]:
+        """TLS is up (STARTTLS or direct): look at the peer's certificate."""
+        return actions
+
+    def _ssl_object(self) -> Any:
+        raw = getattr(self.transport, "_transport", None)
+        return raw.get_extra_info("ssl_object") if raw is not None else None
 
     # ---- output -----------------------------------------------------------------------
     def send(self, stanza: Element) -> None:
@@ -163,6 +171,10 @@ class S2SStream(StreamBase):
         raise NotImplementedError
 
 
+def _not_checked(_domain: str) -> str:
+    return "was not checked"
+
+
 class IncomingS2SStream(S2SStream):
     """A peer server's stream to us: we are the Receiving (and Authoritative) Server."""
 
@@ -178,6 +190,19 @@ class IncomingS2SStream(S2SStream):
             secure=transport.secure,
             can_starttls=transport.can_starttls,
         )
+        # XEP-0178 §3 step 5: the machine asks, per domain, whether the certificate the
+        # peer presented (TLS by STARTTLS or from the first byte) is trusted and names it.
+        self.machine.certificate_problem = self._certificate_problem
+
+    def _certificate_problem(self, domain: str) -> str | None:
+        if not self.transport.secure:
+            return "was not presented"
+        return self.manager.certificate_problem(self._ssl_object(), domain)
+
+    def _certificate_status(self, remote: str | None) -> str:
+        if remote is None or not self.transport.secure:
+            return "-"
+        return "valid" if self._certificate_problem(remote) is None else "invalid"
 
     def __repr__(self) -> str:
         pairs = ",".join(f"{r}->{lo}" for lo, r in sorted(self.machine.pairs)) or "-"
@@ -210,6 +235,8 @@ class IncomingS2SStream(S2SStream):
 
     def _ended(self) -> None:
         self.manager.incoming_ended(self)
+        # The machine held a bound method of this stream: no cycle is left behind.
+        self.machine.certificate_problem = _not_checked
 
     def describe(self) -> dict[str, Any]:
         machine = self.machine
@@ -222,6 +249,7 @@ class IncomingS2SStream(S2SStream):
             "remote": sorted({r for _lo, r in pairs}) or [machine.remote_domain or "?"],
             "auth": self.auth_method if pairs else "none",
             "tls": self.transport.tls_version(),
+            "certificate": self._certificate_status(pairs[0][1] if pairs else None),
             "bidi": machine.bidi,
             "idle": round(self.idle_seconds(), 1),
             "peer": self.transport.peer_address,
@@ -246,6 +274,9 @@ class OutgoingS2SStream(S2SStream):
             secure=transport.secure,
             can_starttls=True,
         )
+        self.machine.use_external = manager.can_use_external(local)
+        #: The peer's certificate for its domain: "valid", "invalid" or "-" (no TLS yet).
+        self.certificate = "-"
         #: Why the stream failed: the stanza error for what was queued.
         self.failure: tuple[str, str] | None = None
         #: The peer did not complete negotiation within `connect_timeout`.
@@ -257,7 +288,25 @@ class OutgoingS2SStream(S2SStream):
 
     def start(self) -> None:
         """The connection is up: open the stream, then ask for what the link wants."""
-        self.server.spawn(self._drive(self.machine.start()))
+        actions = self.machine.start()
+        if self.transport.secure:  # direct TLS (XEP-0368)
+            actions = self._tls_done(actions)
+        self.server.spawn(self._drive(actions))
+
+    def _tls_done(self, actions: list[neg.Action]) -> list[neg.Action]:
+        """RFC 6120 §13.7.2.1, XEP-0178: with `require_valid_certs` the peer's
+        certificate must be trusted and name the remote domain (RFC 6125), else the
+        link fails before anything is sent."""
+        manager = self.server.s2s
+        assert manager is not None
+        problem = manager.certificate_problem(self._ssl_object(), self.link.remote, outgoing=True)
+        self.certificate = "valid" if problem is None else "invalid"
+        if problem is not None and manager.config.require_valid_certs:
+            log.info("certificate of %s %s: refused", self.link.remote, problem)
+            return actions + self.machine.certificate_refused(
+                f"Your server's certificate {problem}"
+            )
+        return actions
 
     def request_pair(self, local: str) -> None:
         self.server.spawn(self._drive(self.machine.request_pair(local)))
@@ -304,6 +353,7 @@ class OutgoingS2SStream(S2SStream):
             "remote": [self.link.remote],
             "auth": self.auth_method if self.machine.pairs else "none",
             "tls": self.transport.tls_version(),
+            "certificate": self.certificate,
             "bidi": self.machine.bidi,
             "idle": round(self.idle_seconds(), 1),
             "peer": self.transport.peer_address,

@@ -167,6 +167,9 @@ class S2SConfig:
     bidi: bool = True
     #: Is this remote domain allowed to federate (block/allow lists)?
     domain_allowed: Callable[[str], bool] = lambda _domain: True
+    #: Refuse peers whose certificate is not trusted for their domain (XEP-0178 §3; no
+    #: dialback fallback): `[s2s] require_valid_certs`.
+    require_valid_certs: bool = False
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -271,6 +274,10 @@ class IncomingNegotiation:
         self.certificate_domains: frozenset[str] = frozenset()
         #: The domain authenticated by SASL EXTERNAL (any of our domains as target).
         self.external_domain: str | None = None
+        #: Why the peer's certificate is not trusted and valid for a domain (RFC 6125),
+        #: completing "Your server's certificate ..."; None: it is. Set by the driver
+        #: after the TLS handshake.
+        self.certificate_problem: Callable[[str], str | None] = lambda _d: "was not presented"
         self._tls_pending = False
 
     @property
@@ -317,6 +324,14 @@ class IncomingNegotiation:
         if not _version_ok(header):
             # RFC 6120 §4.7.5: stream features need XMPP 1.0; so does TLS.
             return actions + self._fail("unsupported-version", "XMPP 1.0 is required")
+        if self.secure and self.external_domain is None and self.remote_domain is not None:
+            # XEP-0178 §3 step 5: EXTERNAL is offered when the certificate is trusted and
+            # valid for the 'from' of the header.
+            problem = self.certificate_problem(self.remote_domain)
+            if problem is None:
+                self.certificate_domains = frozenset({self.remote_domain})
+            elif self.config.require_valid_certs:
+                return actions + self._certificate_refused(problem)
         self.state = "open"
         actions.append(Send(self._features()))
         return actions
@@ -397,6 +412,11 @@ class IncomingNegotiation:
         actions = self.error_header()
         self.state = "closed"
         return [*actions, StreamError(condition, text)]
+
+    def _certificate_refused(self, problem: str) -> list[Action]:
+        """`require_valid_certs`: an untrusted peer is refused with <not-authorized/>
+        (what Prosody sends with s2s_secure_auth; RFC 6120 §4.9.3.12)."""
+        return self._fail("not-authorized", f"Your server's certificate {problem}")
 
     def _features(self) -> Element:
         """RFC 6120 §4.3.2; XEP-0220 §2.5.2; XEP-0288 §2.1 (before and after TLS)."""
@@ -491,6 +511,17 @@ class IncomingNegotiation:
         key = element.text.strip()
         if not key:
             return [Send(_db_error("result", target, sender, "not-acceptable"))]
+        problem = self.certificate_problem(sender) if self.secure else "was not presented"
+        if problem is None:
+            # XEP-0344 §2.4: a certificate trusted for the sender makes the call to the
+            # Authoritative Server unnecessary (what Prosody does too).
+            self.pairs.add((target, sender))
+            return [
+                Send(_db("result", target, sender, type="valid")),
+                PairAuthenticated(target, sender, "dialback+cert"),
+            ]
+        if self.config.require_valid_certs:
+            return self._certificate_refused(problem)
         self.pending.add((target, sender))
         return [VerifyKey(target, sender, self.stream_id, key)]
 
@@ -573,6 +604,12 @@ class OutgoingNegotiation:
         self._verify_queue: list[tuple[str, str, str]] = []
         self._verifying: set[tuple[str, str]] = set()
         self._tls_pending = False
+        #: Our certificate is valid for `local` (RFC 6125): SASL EXTERNAL is tried when
+        #: the peer offers it (XEP-0178 §4). Set by the driver.
+        self.use_external = False
+        #: EXTERNAL succeeded for `local`: the restart's features make the pair ready.
+        self.external_done = False
+        self._external_tried = False
 
     @property
     def waiting(self) -> str | None:
@@ -639,6 +676,10 @@ class OutgoingNegotiation:
             if element.ns == ns.STREAMS and element.tag == "features":
                 return self._features(element)
             return self._fail("bad-format", "expected stream features")
+        if self.state == "wait-sasl":
+            if element.ns == ns.SASL:
+                return self._sasl_answer(element)
+            return self._fail("bad-format", "expected a SASL answer")
         if self.state == "wait-proceed":
             if element.ns == ns.TLS and element.tag == "proceed":
                 self.state = "wait-tls"
@@ -664,6 +705,16 @@ class OutgoingNegotiation:
         self.state = "wait-header"
         return [SendHeader({"from": self.local, "to": self.remote, "version": "1.0"})]
 
+    def certificate_refused(self, text: str) -> list[Action]:
+        """`require_valid_certs`: the peer's certificate is not trusted for `remote`
+        (RFC 6120 §13.7.2.1): nothing may be sent; the stream ends with <not-authorized/>
+        (as Prosody does: the peer's operator learns why)."""
+        self.state = "closed"
+        return [
+            LinkFailed("remote-server-not-found", text),
+            StreamError("not-authorized", text),
+        ]
+
     def tls_failed(self) -> list[Action]:
         self._tls_pending = False
         self.state = "closed"
@@ -688,16 +739,47 @@ class OutgoingNegotiation:
                 self.state = "closed"
                 return [LinkFailed("remote-server-not-found", "the peer offers no TLS"), Close()]
         actions: list[Action] = []
-        if self.config.bidi and features.find("bidi", BIDI_FEATURE) is not None:
+        if (
+            self.config.bidi
+            and not self.external_done
+            and features.find("bidi", BIDI_FEATURE) is not None
+        ):
             self.bidi = True
             actions.append(Send(Element("bidi", BIDI)))
         self.dialback_errors = features.find("dialback", DIALBACK_FEATURE) is not None
-        # SASL EXTERNAL (XEP-0178) goes here once certificates are checked (the
-        # certificate helper): `<auth mechanism='EXTERNAL'/>`, then a restart.
+        if self.external_done:
+            # XEP-0178 §4 step 11: the features after the restart; `local` is ours.
+            return actions + self._become_ready(
+                [PairAuthenticated(self.local, self.remote, "external")]
+            )
+        mechanisms = features.find("mechanisms", ns.SASL)
+        offered = (
+            {m.text.strip() for m in mechanisms.elements if m.tag == "mechanism"}
+            if mechanisms is not None
+            else set()
+        )
+        if self.secure and self.use_external and not self._external_tried and "EXTERNAL" in offered:
+            # XEP-0178 §4 step 8: the authorization identity is our domain (SHOULD, "for
+            # backward compatibility").
+            self._external_tried = True
+            self.state = "wait-sasl"
+            authzid = base64.b64encode(self.local.encode()).decode()
+            auth = Element("auth", ns.SASL, {"mechanism": "EXTERNAL"}, text=authzid)
+            return [*actions, Send(auth)]
+        return actions + self._dialback_or_fail()
+
+    def _dialback_or_fail(self) -> list[Action]:
         if not self.config.dialback or not (self.dialback_errors or self.peer_dialback):
             self.state = "closed"
             return [LinkFailed("remote-server-not-found", "no common authentication"), Close()]
+        return self._become_ready([])
+
+    def _become_ready(self, actions: list[Action]) -> list[Action]:
         self.state = "ready"
+        if self.external_done:
+            self.pairs.add(self.local)
+            self.pending.discard(self.local)
+            self._wanted = [lo for lo in self._wanted if lo != self.local]
         actions.append(ReadyForDialback())
         wanted, self._wanted = self._wanted, []
         for local in wanted:
@@ -706,6 +788,27 @@ class OutgoingNegotiation:
         for local, stream_id, key in queued:
             actions += self.verify_key(local, stream_id, key)
         return actions
+
+    def _sasl_answer(self, element: Element) -> list[Action]:
+        """XEP-0178 §4 steps 9-10: <success/>: restart the stream (RFC 6120 §6.4.6);
+        <failure/>: dialback on this stream when both sides allow it, else give up."""
+        if element.tag == "success":
+            self.external_done = True
+            self.state = "wait-header"
+            return [
+                ResetStream(),
+                SendHeader({"from": self.local, "to": self.remote, "version": "1.0"}),
+            ]
+        if element.tag == "failure":
+            condition = next((c.tag for c in element.elements if c.tag != "text"), "")
+            actions = self._dialback_or_fail()
+            if self.state == "closed":
+                return [
+                    LinkFailed("remote-server-not-found", f"SASL EXTERNAL failed: {condition}"),
+                    StreamError("not-authorized", "no common authentication"),
+                ]
+            return actions
+        return self._fail("bad-format", "unexpected SASL element")
 
     def _dialback_answer(self, element: Element) -> list[Action]:
         kind = element.get("type")

@@ -115,9 +115,9 @@ class S2SIncomingProtocol(S2SProtocol):
         return True
 
     async def starttls(self) -> None:
-        tls = self.server.tls
-        assert tls is not None and tls.s2s_context is not None
-        await self._start_tls(tls.s2s_context, True, None)
+        manager = self.server.s2s
+        assert manager is not None and manager.server_context is not None
+        await self._start_tls(manager.server_context, True, None)
 
 
 class S2SOutgoingProtocol(S2SProtocol):
