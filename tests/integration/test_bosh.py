@@ -314,10 +314,12 @@ async def test_empty_response_after_wait(tmp_path: Path) -> None:
         await bosh.login("romeo", wait="1")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        el = await bosh.send()
+        # Answered empty once `wait` is over (never held for good: the wait_for is a
+        # liveness bound, not a timing assertion).
+        el = await asyncio.wait_for(bosh.send(), 30)
         elapsed = loop.time() - started
         assert list(el) == [] and el.get("type") is None
-        assert 0.8 <= elapsed < 3
+        assert elapsed >= 0.8
     finally:
         await bosh.close()
         await server.stop()

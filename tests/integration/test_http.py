@@ -237,9 +237,9 @@ async def test_idle_connection_is_closed(tmp_path: Path) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.ports["http"])
         writer.write(b"GET /.well-known/host-meta HTTP/1.1\r\nHost: exa")
         await writer.drain()
-        started = asyncio.get_running_loop().time()
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        assert asyncio.get_running_loop().time() - started < 3
+        # Closed by the server (keepalive_timeout 0.5 s, not aiohttp's default 75 s); the
+        # wait_for bounds a hang, it is not a timing assertion.
+        assert await asyncio.wait_for(reader.read(), 30) == b""
         writer.close()
     finally:
         await server.stop()
