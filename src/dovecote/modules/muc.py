@@ -18,6 +18,7 @@ from dovecote.services.muc.service import MucService
 from dovecote.storage.base import StorageError
 
 if TYPE_CHECKING:
+    from dovecote.jid import JID
     from dovecote.server import Server
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ def setup(server: Server) -> None:
     @server.events.on("session/ended")
     def session_ended(session: Any) -> None:
         service.session_ended(session.jid)
+
+    @server.events.on("account/deleted")
+    async def account_deleted(account: JID) -> None:
+        await service.forget_affiliate(account)
 
 
 #: Seconds between two purges of expired room messages.

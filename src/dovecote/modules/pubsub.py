@@ -134,7 +134,14 @@ def setup(server: Server) -> None:
     section = server.config.pubsub
     if section.domain is None:
         return  # no service domain configured: nothing to serve
-    server.components[section.domain] = PubSubComponent(server, section.domain)
+    component = PubSubComponent(server, section.domain)
+    server.components[section.domain] = component
+
+    @server.events.on("account/deleted")
+    async def account_deleted(account: JID) -> None:
+        # The account's subscriptions and affiliations left storage with it
+        # (`AccountStore.delete`): the loaded service forgets them too.
+        await component.service.forget_entity(str(account.bare))
 
 
 def policy_of(server: Server) -> NodePolicy:

@@ -287,9 +287,11 @@ def setup(server: Server) -> None:
         for contact in sorted(refused):
             if not _is_local(server, contact):
                 await server.router.route(_presence(user, contact, "unsubscribed"))
+        # The modules' clean-up (contacts' rosters, PEP, the pubsub service, MUC rooms)
+        # before the answer too, so that the answer means it is all done.
+        await server.events.fire_all("account/deleted", account)
         event.reply()
         server.kick(account, "not-authorized", "the account was removed")
-        await server.events.fire_all("account/deleted", account)
 
 
 def _is_local(server: Server, bare_jid: str) -> bool:

@@ -82,8 +82,12 @@ from dovecote.storage.sql_archive import (
     room_archive_messages,
     room_archive_usage,
 )
-from dovecote.storage.sql_muc import SQLMucStore
-from dovecote.storage.sql_pubsub import SQLPubSubStore
+from dovecote.storage.sql_muc import SQLMucStore, muc_affiliations
+from dovecote.storage.sql_pubsub import (
+    SQLPubSubStore,
+    pubsub_affiliations,
+    pubsub_subscriptions,
+)
 from dovecote.storage.sql_upload import SQLUploadStore
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -619,7 +623,13 @@ class SQLAccountStore(AccountStore):
         XEP-0237 clients are told) and the subscription requests it sent that wait there.
         A new account of the same name then inherits no subscription (RFC 6121 §3: a
         subscription is to the account, not the address). Others' blocklists keep it, as
-        their owners chose to block the address."""
+        their owners chose to block the address.
+
+        Its pubsub subscriptions (bare and full JIDs) and affiliations on every service
+        (a pubsub domain's nodes, others' PEP nodes) and its affiliations in every stored
+        MUC room go too: a namesake must not inherit ownership of a node or a room, nor a
+        membership. A node or room whose only owner this was stays, ownerless, with its
+        other affiliations (README, "Account deletion")."""
         bare = f"{local}@{domain}"
         async with self._storage.begin(f"deletion of account {bare}") as conn:
             await _lock_account(conn, local, domain)
@@ -644,6 +654,14 @@ class SQLAccountStore(AccountStore):
                     ["domain", "local", "contact"],
                 )
             await conn.execute(delete(roster_pending).where(roster_pending.c.contact == bare))
+            subscriptions = pubsub_subscriptions.c.jid
+            await conn.execute(
+                delete(pubsub_subscriptions).where(
+                    (subscriptions == bare) | subscriptions.startswith(f"{bare}/", autoescape=True)
+                )
+            )
+            await conn.execute(delete(pubsub_affiliations).where(pubsub_affiliations.c.jid == bare))
+            await conn.execute(delete(muc_affiliations).where(muc_affiliations.c.jid == bare))
             result = await conn.execute(
                 delete(accounts).where(accounts.c.domain == domain, accounts.c.local == local)
             )

@@ -245,6 +245,26 @@ class MucService:
         if store is not None:
             await store.delete_archive(local, self.domain)
 
+    async def forget_affiliate(self, account: JID) -> int:
+        """A deleted account: its affiliation goes from every loaded room (an occupant
+        still there is treated as after any change to 'none', XEP-0045 §9.4), persistent
+        ones stored. Rooms not loaded have lost it in storage with the account
+        (`AccountStore.delete`). A room whose only owner it was stays, ownerless, with its
+        other affiliations; the server's admins are owners of every room. Returns how many
+        loaded rooms changed."""
+        bare = str(account.bare)
+        changed = 0
+        for room in list(self.rooms.values()):
+            if bare not in room.affiliations or room.destroyed:
+                continue
+            room.set_affiliation(account.bare, "none", "", "", None)
+            changed += 1
+            if room.config.persistent:
+                await self._store.set_affiliation(
+                    self.domain, room.jid.local or "", StoredAffiliation(bare, "none")
+                )
+        return changed
+
     async def forget_storage(self, room: Room) -> None:
         await self._store.delete_room(self.domain, room.jid.local or "")
 

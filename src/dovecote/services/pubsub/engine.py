@@ -689,6 +689,25 @@ class PubSubService:
             del node.subscriptions[jid]
             return PubSubSubscription(name, jid, "none", existing.subid)
 
+    async def forget_entity(self, bare: str) -> int:
+        """A deleted account (`bare`): drop its subscriptions (bare and full JIDs) and its
+        affiliations with every node, in memory and in the store (where the account's
+        deletion has usually removed them already). A node it was the only owner of stays,
+        ownerless. Returns how many entries went."""
+        if not self._loaded:
+            return 0  # loaded later from the store, which no longer has them
+        removed = 0
+        async with self.lock:
+            for name, node in list(self.nodes.items()):
+                for sub in self.subscriptions_of(bare, name):
+                    await self.store.set_subscription(self.local, self.domain, name, sub.jid, None)
+                    node.subscriptions.pop(sub.jid, None)
+                    removed += 1
+                if node.affiliations.pop(bare, None) is not None:
+                    await self.store.set_affiliation(self.local, self.domain, name, bare, None)
+                    removed += 1
+        return removed
+
     def subscriptions_of(self, bare: str, name: str | None = None) -> list[PubSubSubscription]:
         """§5.6: the subscriptions of `bare`'s JIDs (of one node when given)."""
         found = []
