@@ -202,10 +202,10 @@ async def test_server_lists_the_service_with_its_identity_and_features(
     features = {f.get("var") for f in info.iter(q(DISCO_INFO, "feature"))}
     assert PUBSUB in features
     for name in ("create-nodes", "instant-nodes", "subscription-options", "access-authorize",
-                 "manage-subscriptions", "modify-affiliations", "publish-options"):  # fmt: skip
+                 "manage-subscriptions", "modify-affiliations", "publish-options",
+                 "auto-create"):  # fmt: skip
         assert f"{PUBSUB}#{name}" in features
     assert f"{PUBSUB}#collections" not in features
-    assert f"{PUBSUB}#auto-create" not in features
     assert f"{PUBSUB}#get-pending" not in features
 
 
@@ -717,6 +717,64 @@ async def test_nodes_items_subscriptions_and_affiliations_survive_a_restart(
         await server.stop()
 
 
+# ---- auto-create (§7.1.4, §7.1.5) ---------------------------------------------------------------
+async def test_publish_to_a_missing_node_creates_it_with_the_publish_options(
+    data_dir: Path,
+) -> None:
+    server = await start(data_dir)
+    opened: list[Resource] = []
+    publish_form = f"{PUBSUB}#publish-options"
+    whitelist = f"<publish-options>{form(publish_form, access_model='whitelist')}</publish-options>"
+    try:
+        for name in ("alice", "bob"):
+            await add_user(server, name)
+        alice = await login(server, opened, "alice")
+        bob = await login(server, opened, "bob")
+        answer = ok(await publish(alice, "auto", entry("one"), "one", whitelist))
+        published = answer.find(f"{q(PUBSUB, 'pubsub')}/{q(PUBSUB, 'publish')}")
+        assert published is not None and published.get("node") == "auto"
+        # The publisher owns it; the preconditions are its settings, the rest the defaults.
+        assert {(a.get("jid"), a.get("affiliation")) for a in listing_of(
+            ok(await ps(alice, "<affiliations node='auto'/>", owner=True))
+        )} == {(ALICE, "owner")}  # fmt: skip
+        got = ok(await ps(alice, "<configure node='auto'/>", owner=True))
+        values = form_values(
+            got.find(f"{q(OWNER, 'pubsub')}/{q(OWNER, 'configure')}/{q(DATA, 'x')}")
+        )
+        assert values["pubsub#access_model"] == ["whitelist"]
+        assert values["pubsub#max_items"] == ["max"]
+        assert_error(await items(bob, "auto"), "cancel", "not-allowed", "closed-node")
+        # Now it exists: the same options are met, others are not (§7.1.5).
+        ok(await publish(alice, "auto", entry("two"), "two", whitelist))
+        opened_form = (
+            f"<publish-options>{form(publish_form, access_model='open')}</publish-options>"
+        )
+        refused = await publish(alice, "auto", entry("three"), "three", opened_form)
+        assert_error(refused, "cancel", "conflict", "precondition-not-met")
+        # Without options: the defaults (open), and bob creates his own node the same way.
+        ok(await publish(bob, "bobs", entry("hi"), "hi"))
+        assert item_ids(ok(await items(alice, "bobs"))) == ["hi"]
+        # Another's node: publishing there is still judged by its publish model.
+        assert_error(await publish(bob, "auto", entry("no"), "no"), "auth", "forbidden")
+    finally:
+        for res in opened:
+            await res.close()
+        await server.stop()
+    server = await start(data_dir)
+    opened = []
+    try:
+        alice = await login(server, opened, "alice")
+        assert item_ids(ok(await items(alice, "auto"))) == ["one", "two"]
+    finally:
+        for res in opened:
+            await res.close()
+        await server.stop()
+
+
+def listing_of(answer: ET.Element) -> list[ET.Element]:
+    return list(answer.iter(q(OWNER, "affiliation")))
+
+
 # ---- bad input and limits ----------------------------------------------------------------------
 async def test_bad_input_gets_the_spec_error_and_the_service_goes_on(
     server: Server, resources: list[Resource]
@@ -739,8 +797,12 @@ async def test_bad_input_gets_the_spec_error_and_the_service_goes_on(
     # A huge payload (§7.1.3.4).
     huge = entry("x" * 2000)
     assert_error(await publish(alice, "n", huge), "modify", "not-acceptable", "payload-too-big")
-    # Publishing: no node (§7.1.3.3), no NodeID, no item, two payloads.
-    assert_error(await publish(alice, "nope", entry("a")), "cancel", "item-not-found")
+    # Publishing: no node and an unknown publish-option (§7.1.5: rejected, nothing is
+    # auto-created), no NodeID, no item, two payloads.
+    colour = f"<publish-options>{form(f'{PUBSUB}#publish-options', colour='red')}</publish-options>"
+    unknown_option = await publish(alice, "nope", entry("a"), "a", colour)
+    assert_error(unknown_option, "cancel", "conflict", "precondition-not-met")
+    assert_error(await items(alice, "nope"), "cancel", "item-not-found")
     assert_error(await ps(alice, "<publish/>", "set"), "modify", "bad-request", "nodeid-required")
     assert_error(
         await ps(alice, "<publish node='n'/>", "set"), "modify", "bad-request", "item-required"
@@ -778,8 +840,13 @@ async def test_limits(data_dir: Path) -> None:
         alice = await login(server, opened, "alice")
         bob = await login(server, opened, "bob")
         carol = await login(server, opened, "carol")
-        # creators = "admins": nobody here is one.
+        # creators = "admins": nobody here is one; no auto-create either (§7.1.3.3).
         assert_error(await create(alice, "a"), "auth", "forbidden")
+        assert_error(await publish(alice, "a", entry("x"), "x"), "cancel", "item-not-found")
+        info = ok(await alice.request(f"<query xmlns='{DISCO_INFO}'/>", to=PS))
+        assert f"{PUBSUB}#auto-create" in {
+            f.get("var") for f in info.iter(q(DISCO_INFO, "feature"))
+        }
     finally:
         for res in opened:
             await res.close()
@@ -797,6 +864,8 @@ async def test_limits(data_dir: Path) -> None:
         ok(await create(alice, "a2"))
         too_many = await create(alice, "a3")
         assert_error(too_many, "modify", "policy-violation", "max-nodes-exceeded")
+        auto_too_many = await publish(alice, "a3", entry("x"), "x")  # auto-create: same limit
+        assert_error(auto_too_many, "modify", "policy-violation", "max-nodes-exceeded")
         ok(await create(bob, "b1"))
         service_full = await create(bob, "b2")
         assert_error(service_full, "modify", "policy-violation", "max-nodes-exceeded")

@@ -13,7 +13,10 @@ it every stanza to its domain. What is implemented (leaf nodes only, no collecti
   (§8.3), delete with an optional redirect (§8.4), purge (§8.5); who may create nodes is
   `[pubsub] creators`;
 - publish with and without ItemIDs, publish-options as preconditions (§7.1.5), retract
-  with notify (§7.2), items (§6.5: all, max_items, by id);
+  with notify (§7.2), items (§6.5: all, max_items, by id); publishing to a node that does
+  not exist creates it (auto-create, §7.1.4) with the publish-options as its settings,
+  the publisher its owner, for those `[pubsub] creators` lets create nodes (others:
+  item-not-found);
 - subscribe and unsubscribe, bare or full JIDs (§6.1, §6.2), subscription options (§6.3:
   pubsub#deliver and pubsub#show-values), subscribe with options (§6.3.7), the default
   options (§6.4), one's own subscriptions and affiliations (§5.6, §5.7);
@@ -36,7 +39,11 @@ it every stanza to its domain. What is implemented (leaf nodes only, no collecti
 
 Not implemented, answered feature-not-implemented with <unsupported feature=.../>:
 collection nodes (XEP-0248), retrieving pending subscription approvals by ad-hoc command
-(§8.7, get-pending), leased subscriptions and digests.
+(§8.7, get-pending), leased subscriptions and digests. An entity whose affiliation an owner
+changes is not notified (§8.9.4 makes that a MAY).
+
+A deleted account's subscriptions and affiliations go (storage: `AccountStore.delete`; the
+loaded service: "account/deleted"); a node whose only owner it was stays, ownerless.
 """
 
 from __future__ import annotations
@@ -80,9 +87,11 @@ log = logging.getLogger(__name__)
 _FEATURE_NAMES = (
     "access-authorize",
     "access-open",
+    "access-open",
     "access-presence",
     "access-roster",
     "access-whitelist",
+    "auto-create",
     "config-node",
     "create-and-configure",
     "create-nodes",
@@ -244,16 +253,21 @@ class PubSubComponent:
             groups.update(item.groups)
         return Asker(bare, presence_subscription=subscribed, roster_groups=tuple(groups))
 
-    def check_creator(self, requester: JID) -> None:
-        """`[pubsub] creators` (§8.1.1: forbidden for those who may not create nodes)."""
+    def may_create(self, requester: JID) -> bool:
+        """`[pubsub] creators`: whether `requester` may create nodes (§8.1.1)."""
         creators = self.config.creators
         if creators == "all":
-            return
-        if creators == "local" and requester.domain in self.server.hosts:
-            return
-        if creators == "admins" and str(requester.bare) in self.server.config.server.admins:
-            return
-        raise errors.Forbidden("you may not create nodes here")
+            return True
+        if creators == "local":
+            return requester.domain in self.server.hosts
+        if creators == "admins":
+            return str(requester.bare) in self.server.config.server.admins
+        return False
+
+    def check_creator(self, requester: JID) -> None:
+        """`[pubsub] creators` (§8.1.1: forbidden for those who may not create nodes)."""
+        if not self.may_create(requester):
+            raise errors.Forbidden("you may not create nodes here")
 
     # ---- disco (§5) -------------------------------------------------------------------------
     async def disco_info(self, event: StanzaEvent, query: Element) -> None:
@@ -370,7 +384,10 @@ class PubSubComponent:
             payload,
             publisher=str(event.sender),
             options=options,
-            auto_create=False,
+            # §7.1.4 "Automatic Node Creation": a missing node is created, with the
+            # publish-options applied (§7.1.5), for those who may create nodes; others
+            # get item-not-found (§7.1.3.3).
+            auto_create=self.may_create(event.sender),
         )
         assert outcome.item is not None
         event.reply(frontend.publish_result(name, outcome.item.id))
