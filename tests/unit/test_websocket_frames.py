@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from dovecote.transport.websocket import FrameParser, parse_frame_once
+from dovecote.transport.websocket import FrameParser, parse_frame_once, text_frame_header
 from dovecote.xml.element import serialize
 from dovecote.xml.parser import ElementReceived, StreamClosed, StreamOpened, XMLStreamError
 
@@ -234,3 +234,12 @@ def test_random_frames_match_reference() -> None:
             parser.close()
             parser = FrameParser(MAX)
     parser.close()
+
+
+def test_text_frame_header() -> None:
+    """RFC 6455 §5.2: FIN + text opcode, no mask, 7/16/64-bit payload length."""
+    assert text_frame_header(0) == b"\x81\x00"
+    assert text_frame_header(125) == b"\x81\x7d"
+    assert text_frame_header(126) == b"\x81\x7e\x00\x7e"
+    assert text_frame_header(65535) == b"\x81\x7e\xff\xff"
+    assert text_frame_header(65536) == b"\x81\x7f" + (65536).to_bytes(8, "big")

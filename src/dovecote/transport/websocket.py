@@ -16,8 +16,9 @@ The stream is the same `C2SStream` (negotiation machine, SASL, binding, XEP-0198
   have their own serialization (`ClientSession.wire`, router `Fanout`);
 - no STARTTLS (§3.9): TLS belongs to the HTTP layer (`https`, or a reverse proxy).
 
-What we write goes through a queue per connection, drained by one task into aiohttp
-(`send_frame` waits while the socket's buffer is full): `write_paused` tells the session
+What we write goes through a queue per connection, drained by one task: what is queued
+when it runs goes out as consecutive text frames in one write to the socket (aiohttp's
+transport; the task waits while the socket's buffer is full): `write_paused` tells the session
 when a backlog must wait, and a client that lets more than `max_write_buffer` bytes pile
 up is dropped, as on TCP.
 """
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 #: Bytes waiting to be written before backlogs (offline messages) wait for the client.
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
+#: At most this many bytes of queued messages go to the socket in one write.
+WRITE_BATCH = 64 * 1024
 _STREAM_PREFIXES = {ns.STREAMS: "stream"}
 #: Each message is parsed as the content of this element: stanzas that leave out
 #: xmlns='jabber:client' (as some clients do) are still in it.
@@ -83,6 +86,16 @@ CLOSE_CODES = {
 #: left open by the message can swallow it (not-well-formed), and its "<" cannot be in
 #: an attribute value or a tag.
 _MARKER = b"<!-- -->"
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final text frame of `length` bytes (RFC 6455 §5.2: a
+    server's frames are not masked, §5.1; the 7-bit, 16-bit or 64-bit length)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 0x10000:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
 def _frame_event(received: list[ElementReceived], data: bytes) -> ParserEvent | None:
@@ -393,14 +406,39 @@ class WebSocketTransport:
     async def _write_queued(self) -> None:
         ws = self.ws
         queue = self._queue
+        # aiohttp's frame writer: its transport and protocol (for the socket's flow
+        # control). Without them (another aiohttp), one send_frame per message.
+        frames: Any = getattr(ws, "_writer", None)
+        transport: asyncio.Transport | None = getattr(frames, "transport", None)
+        protocol: Any = getattr(frames, "protocol", None)
+        if getattr(protocol, "_drain_helper", None) is None:
+            transport = None
         try:
             while queue:
-                data = queue.popleft()
-                self._queued -= len(data)
-                await ws.send_frame(data, WSMsgType.TEXT)
+                if transport is None:
+                    data = queue.popleft()
+                    self._queued -= len(data)
+                    await ws.send_frame(data, WSMsgType.TEXT)
+                else:
+                    # Everything queued now (up to WRITE_BATCH bytes) in one write: one
+                    # frame per message (RFC 7395 §3.3.3), one system call for them all.
+                    if ws.closed or transport.is_closing():
+                        raise ConnectionError("the WebSocket is closing")
+                    parts: list[bytes] = []
+                    size = 0
+                    while queue and size < WRITE_BATCH:
+                        data = queue.popleft()
+                        size += len(data)
+                        parts.append(text_frame_header(len(data)))
+                        parts.append(data)
+                    self._queued -= size
+                    transport.write(b"".join(parts))
                 if self.write_paused and self._queued <= WRITE_LOW_WATER:
                     self.write_paused = False
                     self._call_drained()
+                if transport is not None and protocol.writing_paused:
+                    # The socket's buffer is full: wait, while the queue takes the rest.
+                    await protocol._drain_helper()
             if self._close_requested and not ws.closed:
                 await ws.close(code=self._close_code)
         except (ConnectionError, RuntimeError) as exc:
