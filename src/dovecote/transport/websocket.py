@@ -158,6 +158,12 @@ class FrameParser(StreamParser):
         self._marker_at = -1
         self._marker_seen = False
         self._parser.CommentHandler = self._comment
+        # expat >= 2.6 may put off parsing a chunk that follows a partial token; none is
+        # ever pending here (each message ends with the complete marker), but the check
+        # relies on every byte being parsed at once: no deferral.
+        set_deferral = getattr(self._parser, "SetReparseDeferralEnabled", None)
+        if set_deferral is not None:
+            set_deferral(False)
         self.feed(_WRAP_OPEN)
 
     def _comment(self, _data: str) -> None:
