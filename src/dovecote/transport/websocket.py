@@ -3,10 +3,11 @@
 The stream is the same `C2SStream` (negotiation machine, SASL, binding, XEP-0198, the
 `ClientSession`) as on TCP; only the framing differs:
 
-- every WebSocket message is one complete XML element (RFC 7395 §3.2, §3.3.3), parsed on
-  its own with the TCP limits (`limits.max_stanza_size`, nesting depth): a message that is
-  not well-formed XML is `not-well-formed`, one that holds several elements, text or no
-  element but whitespace is `bad-format` (RFC 6120 §4.9.3.1, §4.9.3.13);
+- every WebSocket message is one complete XML element (RFC 7395 §3.2, §3.3.3), checked
+  as if parsed on its own (one expat parser per connection, `FrameParser`) with the TCP
+  limits (`limits.max_stanza_size`, nesting depth): a message that is not well-formed XML
+  is `not-well-formed`, one that holds several elements, text or no element but
+  whitespace is `bad-format` (RFC 6120 §4.9.3.1, §4.9.3.13);
 - `<open/>` and `<close/>` in urn:ietf:params:xml:ns:xmpp-framing stand for the stream
   header and its end (RFC 7395 §3.3.2, §3.4, §3.6); a stream restart is a new `<open/>`
   (§3.7);
@@ -15,8 +16,9 @@ The stream is the same `C2SStream` (negotiation machine, SASL, binding, XEP-0198
   have their own serialization (`ClientSession.wire`, router `Fanout`);
 - no STARTTLS (§3.9): TLS belongs to the HTTP layer (`https`, or a reverse proxy).
 
-What we write goes through a queue per connection, drained by one task into aiohttp
-(`send_frame` waits while the socket's buffer is full): `write_paused` tells the session
+What we write goes through a queue per connection, drained by one task: what is queued
+when it runs goes out as consecutive text frames in one write to the socket (aiohttp's
+transport; the task waits while the socket's buffer is full): `write_paused` tells the session
 when a backlog must wait, and a client that lets more than `max_write_buffer` bytes pile
 up is dropped, as on TCP.
 """
@@ -29,6 +31,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from xml.parsers import expat
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 #: Bytes waiting to be written before backlogs (offline messages) wait for the client.
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
+#: At most this many bytes of queued messages go to the socket in one write.
+WRITE_BATCH = 64 * 1024
 _STREAM_PREFIXES = {ns.STREAMS: "stream"}
 #: Each message is parsed as the content of this element: stanzas that leave out
 #: xmlns='jabber:client' (as some clients do) are still in it.
@@ -76,18 +81,26 @@ CLOSE_CODES = {
 }
 
 
-def parse_frame(data: bytes, max_stanza_size: int) -> ParserEvent | None:
-    """One WebSocket message as a parser event (RFC 7395 §3.3.3): `<open/>` is the
-    stream header, `<close/>` the stream's end, anything else an element. None for a
-    message of whitespace only (ignored). Raises XMLStreamError."""
-    parser = StreamParser(max_stanza_size)
-    try:
-        events = parser.feed(_WRAP_OPEN + data + _WRAP_CLOSE)
-    finally:
-        parser.close()
-    if not events or not isinstance(events[-1], StreamClosed):
-        raise XMLStreamError("not-well-formed", "a message must be one complete element")
-    received = [event for event in events if isinstance(event, ElementReceived)]
+#: Fed after every message (RFC 7395 §3.3.3 checks, `FrameParser`): a comment, which only
+#: the marker handler accepts. Its `<!--` holds "--" not followed by ">", so no comment
+#: left open by the message can swallow it (not-well-formed), and its "<" cannot be in
+#: an attribute value or a tag.
+_MARKER = b"<!-- -->"
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final text frame of `length` bytes (RFC 6455 §5.2: a
+    server's frames are not masked, §5.1; the 7-bit, 16-bit or 64-bit length)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 0x10000:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
+def _frame_event(received: list[ElementReceived], data: bytes) -> ParserEvent | None:
+    """The event of one message's elements (RFC 7395 §3.3.3): exactly one element;
+    `<open/>`, `<close/>` and a TCP stream header become stream events."""
     if not received:
         if data.strip(b" \t\r\n"):
             raise XMLStreamError("bad-format", "a message must be one complete element")
@@ -106,6 +119,92 @@ def parse_frame(data: bytes, max_stanza_size: int) -> ParserEvent | None:
         # negotiation (invalid-namespace) rather than taken for a stray element.
         return StreamOpened(StreamHeader("stream", ns.STREAMS, "stream", dict(element.attrs)))
     return event
+
+
+def parse_frame_once(data: bytes, max_stanza_size: int) -> ParserEvent | None:
+    """One WebSocket message as a parser event (RFC 7395 §3.3.3), parsed by a parser of
+    its own: `<open/>` is the stream header, `<close/>` the stream's end, anything else
+    an element. None for a message of whitespace only (ignored). Raises XMLStreamError.
+
+    The reference for `FrameParser` (which gives the same answers, cheaper)."""
+    parser = StreamParser(max_stanza_size)
+    try:
+        events = parser.feed(_WRAP_OPEN + data + _WRAP_CLOSE)
+    finally:
+        parser.close()
+    if not events or not isinstance(events[-1], StreamClosed):
+        raise XMLStreamError("not-well-formed", "a message must be one complete element")
+    received = [event for event in events if isinstance(event, ElementReceived)]
+    return _frame_event(received, data)
+
+
+class FrameParser(StreamParser):
+    """The messages of one connection, parsed by one expat parser (RFC 7395 §3.3.3).
+
+    The parser is fed `_WRAP_OPEN` once, then each message followed by `_MARKER`. A
+    message passes when the marker's comment is reported at the very byte where the
+    message ended, the wrapper still open around it and no element left open: expat
+    reports a token only once it is complete and tokens follow each other, so every
+    byte of the message was then consumed as complete tokens (a message ending inside
+    a tag, an attribute value, a comment, a CDATA section, a PI or a character
+    reference is refused, as a parser of its own would refuse it). Everything else
+    (restricted XML, text between elements, sizes, depth) is checked by `StreamParser`'s
+    handlers as on TCP. After an error the connection ends: the parser is not reused,
+    and the condition reported is the one `parse_frame_once` gives for the message.
+    """
+
+    def __init__(self, max_stanza_size: int) -> None:
+        super().__init__(max_stanza_size)
+        self._marker_at = -1
+        self._marker_seen = False
+        self._parser.CommentHandler = self._comment
+        # expat >= 2.6 may put off parsing a chunk that follows a partial token; none is
+        # ever pending here (each message ends with the complete marker), but the check
+        # relies on every byte being parsed at once: no deferral.
+        set_deferral = getattr(self._parser, "SetReparseDeferralEnabled", None)
+        if set_deferral is not None:
+            set_deferral(False)
+        self.feed(_WRAP_OPEN)
+
+    def _comment(self, _data: str) -> None:
+        if self._parser.CurrentByteIndex != self._marker_at:
+            raise XMLStreamError("restricted-xml", "a comment is not allowed in XMPP")
+        self._marker_seen = True
+
+    def close(self) -> None:
+        """Release expat; text it still holds is dropped (the connection is over)."""
+        self._depth = 0
+        super().close()
+
+    def parse(self, data: bytes) -> ParserEvent | None:
+        """One message as a parser event, as `parse_frame_once` gives it."""
+        try:
+            return self._parse(data)
+        except XMLStreamError:
+            # The connection ends with this error. Which condition a broken message
+            # gets when several apply (text before a broken token, a message closing
+            # the wrapper) is the reference's: ask it (once per connection, at most).
+            self.close()
+            parse_frame_once(data, self.max_stanza_size)
+            raise
+
+    def _parse(self, data: bytes) -> ParserEvent | None:
+        if self._closed:
+            raise XMLStreamError("not-well-formed", "a message must be one complete element")
+        self._marker_at = self._fed + len(data)
+        self._marker_seen = False
+        self._fed = self._marker_at + len(_MARKER)
+        try:
+            self._parser.Parse(data + _MARKER, False)
+        except expat.ExpatError as exc:
+            raise XMLStreamError("not-well-formed", expat.errors.messages[exc.code]) from None
+        events, self._events = self._events, []
+        if not self._marker_seen or self._depth != 1 or self._closed:
+            # The message ends inside a token that swallowed the marker (a CDATA
+            # section, a PI), inside an element, or it closed the wrapper.
+            raise XMLStreamError("not-well-formed", "a message must be one complete element")
+        received = [event for event in events if isinstance(event, ElementReceived)]
+        return _frame_event(received, data)
 
 
 class WebSocketTransport:
@@ -154,6 +253,8 @@ class WebSocketTransport:
         self._readable.set()
         self._timer: asyncio.TimerHandle | None = None
         self._counted_as: str | None = None
+        #: The connection's messages, one parser for all (RFC 7395 §3.3.3).
+        self._frames = FrameParser(self.max_stanza_size)
         self.stream: C2SStream | None = C2SStream(server, self)
 
     def __repr__(self) -> str:
@@ -207,7 +308,7 @@ class WebSocketTransport:
                         self._pause("rate")
                         loop.call_later(pause, self._resume, "rate")
                 try:
-                    event = parse_frame(data, self.max_stanza_size)
+                    event = self._frames.parse(data)
                 except XMLStreamError as exc:
                     log.debug("XML error %s from %s", exc, self.peer_address)
                     stream.fail(exc.condition, exc.text)
@@ -226,6 +327,7 @@ class WebSocketTransport:
 
     def _connection_lost(self) -> None:
         self._closing = True
+        self._frames.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -310,14 +412,39 @@ class WebSocketTransport:
     async def _write_queued(self) -> None:
         ws = self.ws
         queue = self._queue
+        # aiohttp's frame writer: its transport and protocol (for the socket's flow
+        # control). Without them (another aiohttp), one send_frame per message.
+        frames: Any = getattr(ws, "_writer", None)
+        transport: asyncio.Transport | None = getattr(frames, "transport", None)
+        protocol: Any = getattr(frames, "protocol", None)
+        if getattr(protocol, "_drain_helper", None) is None:
+            transport = None
         try:
             while queue:
-                data = queue.popleft()
-                self._queued -= len(data)
-                await ws.send_frame(data, WSMsgType.TEXT)
+                if transport is None:
+                    data = queue.popleft()
+                    self._queued -= len(data)
+                    await ws.send_frame(data, WSMsgType.TEXT)
+                else:
+                    # Everything queued now (up to WRITE_BATCH bytes) in one write: one
+                    # frame per message (RFC 7395 §3.3.3), one system call for them all.
+                    if ws.closed or transport.is_closing():
+                        raise ConnectionError("the WebSocket is closing")
+                    parts: list[bytes] = []
+                    size = 0
+                    while queue and size < WRITE_BATCH:
+                        data = queue.popleft()
+                        size += len(data)
+                        parts.append(text_frame_header(len(data)))
+                        parts.append(data)
+                    self._queued -= size
+                    transport.write(b"".join(parts))
                 if self.write_paused and self._queued <= WRITE_LOW_WATER:
                     self.write_paused = False
                     self._call_drained()
+                if transport is not None and protocol.writing_paused:
+                    # The socket's buffer is full: wait, while the queue takes the rest.
+                    await protocol._drain_helper()
             if self._close_requested and not ws.closed:
                 await ws.close(code=self._close_code)
         except (ConnectionError, RuntimeError) as exc:
