@@ -912,3 +912,38 @@ async def test_slixmpp_xep_0060_client(server: Server) -> None:
         assert "sli" in [n for _jid, n, _name in nodes["disco_items"]["items"]]
     finally:
         await disconnect(alice, bob)
+
+
+async def test_server_admins_manage_every_node(data_dir: Path) -> None:
+    """`[server] admins` act as owners of the service's nodes (§8), so a node whose owner
+    account was deleted can still be configured, purged and deleted; other users still
+    get forbidden."""
+    srv = await start_server(data_dir, pubsub={"domain": PS}, server={"admins": [CAROL]})
+    opened: list[Resource] = []
+    try:
+        for name in ("alice", "bob", "carol"):
+            await add_user(srv, name)
+        alice = await login(srv, opened, "alice")
+        bob = await login(srv, opened, "bob")
+        carol = await login(srv, opened, "carol")
+        ok(await create(alice, "orphan"))
+        ok(await publish(alice, "orphan", entry("a"), "a"))
+        opened.remove(alice)
+        await alice.close()
+        await srv.storage.accounts.delete("alice", DOMAIN)
+        await srv.events.fire_all("account/deleted", JID.parse(ALICE))
+        assert_error(
+            await ps(bob, "<configure node='orphan'/>", "get", owner=True), "auth", "forbidden"
+        )
+        assert_error(
+            await ps(bob, "<purge node='orphan'/>", "set", owner=True), "auth", "forbidden"
+        )
+        ok(await ps(carol, "<configure node='orphan'/>", "get", owner=True))
+        ok(await ps(carol, "<purge node='orphan'/>", "set", owner=True))
+        assert item_ids(ok(await items(bob, "orphan"))) == []
+        ok(await ps(carol, "<delete node='orphan'/>", "set", owner=True))
+        assert_error(await items(bob, "orphan"), "cancel", "item-not-found")
+    finally:
+        for res in opened:
+            await res.close()
+        await srv.stop()

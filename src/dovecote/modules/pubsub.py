@@ -43,7 +43,9 @@ collection nodes (XEP-0248), retrieving pending subscription approvals by ad-hoc
 changes is not notified (§8.9.4 makes that a MAY).
 
 A deleted account's subscriptions and affiliations go (storage: `AccountStore.delete`; the
-loaded service: "account/deleted"); a node whose only owner it was stays, ownerless.
+loaded service: "account/deleted"); a node whose only owner it was stays, ownerless, and
+the server's admins (`[server] admins`), owners of every node for the §8 use cases, can
+still configure, purge or delete it.
 """
 
 from __future__ import annotations
@@ -253,6 +255,14 @@ class PubSubComponent:
             groups.update(item.groups)
         return Asker(bare, presence_subscription=subscribed, roster_groups=tuple(groups))
 
+    def owner_asker(self, event: StanzaEvent) -> Asker:
+        """Who asks for an owner's use case (§8): server admins (`[server] admins`) act as
+        owners of every node of the service, so that a node whose owners are gone (their
+        accounts deleted) can still be configured or deleted; everyone else is what their
+        affiliation says."""
+        bare = str(event.sender.bare)
+        return Asker(bare, is_owner=bare in self.server.config.server.admins)
+
     def may_create(self, requester: JID) -> bool:
         """`[pubsub] creators`: whether `requester` may create nodes (§8.1.1)."""
         creators = self.config.creators
@@ -325,7 +335,7 @@ class PubSubComponent:
 
     async def configure_get(self, event: StanzaEvent, pubsub: Element, action: Element) -> None:
         node = self.service.node(requests.node_name(action))
-        self.service.check_owner(node, Asker(str(event.sender.bare)))
+        self.service.check_owner(node, self.owner_asker(event))
         event.reply(frontend.configure_result(self.policy, node))
 
     async def default_config(self, event: StanzaEvent, pubsub: Element, action: Element) -> None:
@@ -340,7 +350,7 @@ class PubSubComponent:
         values = submitted_config(action)
         if values is not None:
             values = {k: v for k, v in values.items() if k != "pubsub#node_type" or v != ["leaf"]}
-        outcome = await self.service.configure_node(name, Asker(str(event.sender.bare)), values)
+        outcome = await self.service.configure_node(name, self.owner_asker(event), values)
         event.reply()
         if outcome.event is not None and values is not None:
             await self.notify(outcome.node, outcome.event)
@@ -351,7 +361,7 @@ class PubSubComponent:
         redirect = redirect_el.get("uri") if redirect_el is not None else None
         if redirect_el is not None and not redirect:
             raise errors.BadRequest("a redirect needs a uri")
-        outcome = await self.service.delete_node(name, Asker(str(event.sender.bare)), redirect)
+        outcome = await self.service.delete_node(name, self.owner_asker(event), redirect)
         event.reply()
         if outcome.event is not None:
             await self.notify(outcome.node, outcome.event)
@@ -361,7 +371,7 @@ class PubSubComponent:
         node = self.service.node(name)
         if not node.flag("pubsub#persist_items"):
             raise Unsupported(feature="persistent-items")  # §8.5.3.2
-        outcome = await self.service.purge_node(name, Asker(str(event.sender.bare)))
+        outcome = await self.service.purge_node(name, self.owner_asker(event))
         event.reply()
         if outcome.event is not None:
             await self.notify(outcome.node, outcome.event)
@@ -476,26 +486,26 @@ class PubSubComponent:
     # ---- owners: subscriptions and affiliations (§8.6 .. §8.9) -------------------------------
     async def subscriptions_get(self, event: StanzaEvent, pubsub: Element, action: Element) -> None:
         name = requests.node_name(action)
-        found = self.service.node_subscriptions(name, Asker(str(event.sender.bare)))
+        found = self.service.node_subscriptions(name, self.owner_asker(event))
         event.reply(frontend.node_subscriptions(name, found))
 
     async def subscriptions_set(self, event: StanzaEvent, pubsub: Element, action: Element) -> None:
         name = requests.node_name(action)
         changes = frontend.subscription_changes(action)
-        changed = await self.service.set_subscriptions(name, Asker(str(event.sender.bare)), changes)
+        changed = await self.service.set_subscriptions(name, self.owner_asker(event), changes)
         event.reply()
         for subscription in changed:  # §8.8.4: each subscriber told its new state
             await self.tell_subscriber(subscription)
 
     async def affiliations_get(self, event: StanzaEvent, pubsub: Element, action: Element) -> None:
         name = requests.node_name(action)
-        pairs = self.service.node_affiliations(name, Asker(str(event.sender.bare)))
+        pairs = self.service.node_affiliations(name, self.owner_asker(event))
         event.reply(frontend.node_affiliations(name, pairs))
 
     async def affiliations_set(self, event: StanzaEvent, pubsub: Element, action: Element) -> None:
         name = requests.node_name(action)
         changes = frontend.affiliation_changes(action, SETTABLE_AFFILIATIONS)
-        await self.service.set_affiliations(name, Asker(str(event.sender.bare)), changes)
+        await self.service.set_affiliations(name, self.owner_asker(event), changes)
         event.reply()
 
     # ---- authorization of subscriptions (§8.6) ---------------------------------------------
@@ -554,7 +564,7 @@ class PubSubComponent:
         jid = str(frontend.parse_jid(subscriber, "subscriber"))
         await self.service.load()
         subscription = await self.service.authorize(
-            name, Asker(str(event.sender.bare)), jid, allow_text in ("1", "true"), subid
+            name, self.owner_asker(event), jid, allow_text in ("1", "true"), subid
         )
         await self.tell_subscriber(subscription)
 
