@@ -17,7 +17,6 @@ from dovecote.stream.s2s import IncomingS2SStream, OutgoingS2SStream
 from dovecote.stream.s2s_negotiation import DIALBACK
 from dovecote.transport.tcp import XMLStreamProtocol
 from dovecote.xml import ns
-from dovecote.xml.element import Element, escape_attr, serialize
 
 if TYPE_CHECKING:
     from dovecote.core.s2s import OutgoingLink
@@ -28,23 +27,9 @@ S2S_PREFIXES = {ns.STREAMS: "stream", DIALBACK: "db"}
 
 class S2SProtocol(XMLStreamProtocol):
     content_ns = ns.SERVER
+    # XEP-0220 §2.5.1: the dialback namespace declared on the header says we speak it.
+    prefixes = S2S_PREFIXES
     max_write_buffer = 32 * 1024 * 1024
-
-    def send_header(self, attrs: dict[str, str]) -> None:
-        # XEP-0220 §2.5.1: the dialback namespace declared on the header says we speak it.
-        parts = [
-            f"<?xml version='1.0'?><stream:stream xmlns='{ns.SERVER}' "
-            f"xmlns:stream='{ns.STREAMS}' xmlns:db='{DIALBACK}'"
-        ]
-        for key, value in attrs.items():
-            name = key.replace(f"{{{ns.XML}}}", "xml:")
-            parts.append(f" {name}='{escape_attr(value)}'")
-        parts.append(">")
-        self.write("".join(parts).encode())
-
-    def serialize(self, element: Element) -> bytes:
-        # jabber:client elements are written unqualified: jabber:server on the wire.
-        return serialize(element, ns.CLIENT, S2S_PREFIXES).encode()
 
     def tls_version(self) -> str | None:
         if self._transport is None:

@@ -50,6 +50,8 @@ class XMLStreamProtocol(asyncio.Protocol):
 
     #: The stream's default namespace on the wire (stanzas are jabber:client inside).
     content_ns = ns.CLIENT
+    #: Namespaces declared on the stream header with their prefixes (written prefixed).
+    prefixes: dict[str, str] = PREFIXES
     #: A peer that does not read while this much waits to be written is dropped.
     max_write_buffer = 8 * 1024 * 1024
     secure = False
@@ -207,8 +209,8 @@ class XMLStreamProtocol(asyncio.Protocol):
 
     def send_header(self, attrs: dict[str, str]) -> None:
         parts = [
-            f"<?xml version='1.0'?><stream:stream xmlns='{self.content_ns}' "
-            f"xmlns:stream='{ns.STREAMS}'"
+            f"<?xml version='1.0'?><stream:stream xmlns='{self.content_ns}'",
+            *(f" xmlns:{prefix}='{uri}'" for uri, prefix in self.prefixes.items()),
         ]
         for key, value in attrs.items():
             name = key.replace(f"{{{ns.XML}}}", "xml:")
@@ -217,8 +219,9 @@ class XMLStreamProtocol(asyncio.Protocol):
         self.write("".join(parts).encode())
 
     def serialize(self, element: Element) -> bytes:
-        # jabber:client elements are written unqualified: the stream's namespace on the wire.
-        return serialize(element, ns.CLIENT, PREFIXES).encode()
+        # jabber:client elements are written unqualified: the stream's namespace on the wire
+        # (jabber:client, jabber:server or jabber:component:accept, declared on the header).
+        return serialize(element, ns.CLIENT, self.prefixes).encode()
 
     def send_element(self, element: Element) -> None:
         self.write(self.serialize(element))
